@@ -1,0 +1,220 @@
+"""One call, one owner: the asyncio adapter around the `Call` core.
+
+`CallBridge.run()` owns everything a call starts: the Twilio reader, the Live
+session and its reader, and every tool run live in one TaskGroup, so ending
+the call (hang-up, failure, server shutdown) cancels all of it. Readers parse
+frames, feed `Call.handle()` and perform the returned actions; `handle()`
+never awaits, so transitions cannot interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketState
+
+from . import events as ev
+from . import live as live_mod
+from . import twilio_protocol as tw
+from .call import Call
+from .errors import LiveError, MalformedMessage
+from .settings import Settings
+from .tools import CallContext, ToolRegistry
+from .twiml import apology_twiml
+
+log = logging.getLogger("telephony.bridge")
+
+
+class _CallEnded(Exception):
+    """Raised inside the task group to stop every task of the call."""
+
+
+class CallBridge:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        *,
+        settings: Settings,
+        client: Any,
+        registry: ToolRegistry,
+        rest: Any | None = None,
+    ):
+        self.ws = websocket
+        self.settings = settings
+        self.client = client
+        self.registry = registry
+        self.rest = rest
+        self.call = Call(greeting=settings.agent_greeting)
+        self.live: live_mod.LiveSession | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._tools: dict[str, asyncio.Task] = {}
+        self._end: ev.EndCall | None = None
+        self._started = time.monotonic()
+        self._ws_closed = False
+
+    async def run(self) -> dict[str, object]:
+        """Run the call to its end; return its summary. Never raises for call-level problems."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._read_twilio(), name="twilio-reader")
+        except* _CallEnded:
+            pass
+        except* Exception as group:  # a bug of ours: end this call, never the server
+            for exc in group.exceptions:
+                log.error("call %s failed: %r", self.call.call_sid, exc, exc_info=exc)
+            if self._end is None:
+                self._end = ev.EndCall("internal error", apologize=True, close_code=1011)
+        finally:
+            await self._finish()
+        return self._summary()
+
+    # ----------------------------------------------------------- readers
+
+    async def _read_twilio(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                self._ws_closed = True
+                await self._perform(self.call.handle(ev.TwilioDisconnected(message.get("code"))))
+                raise _CallEnded
+            text = message.get("text")
+            frame = text if text is not None else (message.get("bytes") or b"")
+            try:
+                event = tw.parse(frame)
+            except MalformedMessage as exc:
+                actions = self.call.bad_frame(exc)
+            else:
+                actions = self.call.handle(event)
+            if actions:
+                await self._perform(actions)
+
+    async def _run_live(self) -> None:
+        config = live_mod.build_config(self.settings, self.registry.declarations())
+        try:
+            async with live_mod.open_session(self.client, self.settings, config) as session:
+                self.live = session
+                log.info("Live session open for call %s (model %s)", self.call.call_sid, self.settings.gemini_model)
+                await self._perform(self.call.handle(ev.LiveReady()))
+                async for event in session.events():
+                    actions = self.call.handle(event)
+                    if actions:
+                        await self._perform(actions)
+        except LiveError as exc:
+            log.error("Live session for call %s could not be opened: %s", self.call.call_sid, exc)
+            await self._perform(self.call.handle(ev.LiveFailed(str(exc))))
+        finally:
+            self.live = None
+
+    async def _run_tool(self, action: ev.RunTool) -> None:
+        ctx = CallContext(
+            call_sid=self.call.call_sid or "",
+            caller=self.call.parameters.get("From"),
+            called=self.call.parameters.get("To"),
+            settings=self.settings,
+        )
+        started = time.monotonic()
+        try:
+            response = await self.registry.call(action.name, action.args, ctx)
+        except asyncio.CancelledError:
+            log.info("tool call %s (%s) cancelled", action.call_id, action.name)
+            raise
+        finally:
+            self._tools.pop(action.call_id, None)
+        elapsed = time.monotonic() - started
+        log.info("tool %s answered in %.0f ms", action.name, elapsed * 1000)
+        await self._perform(self.call.handle(ev.ToolFinished(action.call_id, action.name, response, elapsed)))
+
+    # ----------------------------------------------------------- actions
+
+    async def _perform(self, actions: list[ev.Action]) -> None:
+        for action in actions:
+            if isinstance(action, ev.SendToTwilio):
+                await self._send_twilio(action.messages)
+            elif isinstance(action, ev.SendAudioToLive):
+                if self.live is not None:
+                    await self._to_live(self.live.send_audio(action.pcm))
+            elif isinstance(action, ev.SendTextToLive):
+                if self.live is not None:
+                    await self._to_live(self.live.send_text(action.text))
+            elif isinstance(action, ev.SendToolResponse):
+                if self.live is not None:
+                    await self._to_live(self.live.send_tool_response(action.call_id, action.name, action.response))
+            elif isinstance(action, ev.RunTool):
+                assert self._tg is not None
+                self._tools[action.call_id] = self._tg.create_task(self._run_tool(action), name=f"tool-{action.name}")
+            elif isinstance(action, ev.CancelTool):
+                task = self._tools.pop(action.call_id, None)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(action, ev.ConnectLive):
+                assert self._tg is not None
+                self._tg.create_task(self._run_live(), name="live")
+            elif isinstance(action, ev.EndCall):
+                self._end = action
+                raise _CallEnded
+
+    async def _send_twilio(self, messages: tuple[str, ...]) -> None:
+        if self._ws_closed:
+            return
+        try:
+            for text in messages:
+                await self.ws.send_text(text)
+        except Exception as exc:  # the caller's socket went away mid-send
+            self._ws_closed = True
+            log.info("Twilio socket closed while sending (%s)", type(exc).__name__)
+
+    async def _to_live(self, coro) -> None:
+        """Sends to a session the server just closed fail; the reader reports the close."""
+        try:
+            await coro
+        except Exception as exc:
+            log.debug("send to Live failed: %s", exc)
+
+    # ----------------------------------------------------------- the end
+
+    async def _finish(self) -> None:
+        end = self._end or ev.EndCall("stream ended")
+        for task in list(self._tools.values()):
+            task.cancel()
+        if self.call.end_reason is None:
+            self.call.end_reason = end.reason
+        if end.apologize:
+            await self._apologize()
+        if not self._ws_closed and self.ws.client_state is WebSocketState.CONNECTED:
+            try:
+                await self.ws.close(code=end.close_code)
+            except Exception:
+                pass
+        self._ws_closed = True
+        self.call.ended()
+
+    async def _apologize(self) -> None:
+        """The caller must not sit in silence: say sorry and hang up.
+
+        With REST credentials the live call is redirected to <Say> TwiML;
+        otherwise closing the stream lets Twilio run the <Say> that follows
+        <Connect> in our TwiML.
+        """
+        if self.rest is None or not self.call.call_sid:
+            return
+        try:
+            await self.rest.calls(self.call.call_sid).update_async(twiml=apology_twiml())
+            log.info("redirected call %s to the apology message", self.call.call_sid)
+        except Exception as exc:
+            log.warning("could not redirect call %s to the apology (%s); closing the stream instead", self.call.call_sid, exc)
+
+    def _summary(self) -> dict[str, object]:
+        summary = self.call.summary()
+        summary["duration_s"] = round(time.monotonic() - self._started, 2)
+        log.info("call summary %s", json.dumps(summary))
+        for role, text in self.call.transcript:
+            log.info("transcript %s %s: %s", self.call.call_sid, role, text.strip())
+        summary["transcript"] = [list(t) for t in self.call.transcript]
+        return summary

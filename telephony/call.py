@@ -1,0 +1,454 @@
+"""The heart of one phone call, without I/O.
+
+`Call.handle(event)` takes an event from Twilio (`twilio_protocol`), from the
+Live session or from the adapter (`events`) and returns the actions to
+perform, in order. It never awaits and never reads a clock, so every
+transition happens in one place and can be tested by feeding events.
+
+Phases::
+
+    AWAITING_START --start--> CONNECTING --LiveReady--> LISTENING <--> AGENT_SPEAKING
+          any --stop / Live failure / abuse--> ENDING --(adapter done)--> ENDED
+
+Playback truth comes from Twilio marks: a mark follows every chunk of agent
+audio we send, and its echo means the audio before it has been played. A
+`clear` makes Twilio echo every pending mark at once, so marks outstanding at
+a clear are counted as cleared, not heard.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from . import events as ev
+from . import twilio_protocol as tw
+from .audio import InboundAudio, OutboundAudio
+from .errors import InvalidCallState, MalformedMessage, StreamMismatch
+
+log = logging.getLogger("telephony.call")
+
+#: Bytes of 8 kHz mu-law per second: the unit of "how much the caller heard".
+ULAW_BYTES_PER_SECOND = 8000
+#: Caller audio kept while the Live session is still opening (1 s of 20 ms frames).
+PRE_LIVE_FRAMES = 50
+#: Bad frames tolerated before a stream is treated as abusive and closed with 1008.
+MAX_BAD_FRAMES = 50
+
+
+class Phase(enum.Enum):
+    AWAITING_START = "awaiting_start"
+    CONNECTING = "connecting"
+    LISTENING = "listening"
+    AGENT_SPEAKING = "agent_speaking"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+@dataclass
+class _Mark:
+    name: str
+    turn: int
+    nbytes: int
+
+
+@dataclass
+class ToolRecord:
+    call_id: str
+    name: str
+    outcome: str = "running"  # ok | error | cancelled | running
+    latency_ms: float | None = None
+
+
+class Call:
+    """One call's state machine. Create one per Twilio stream."""
+
+    def __init__(
+        self,
+        *,
+        greeting: str | None,
+        inbound: InboundAudio | None = None,
+        outbound: OutboundAudio | None = None,
+    ):
+        self.greeting = greeting
+        self.inbound = inbound or InboundAudio()
+        self.outbound = outbound or OutboundAudio()
+        self.phase = Phase.AWAITING_START
+        self.stream_sid: str | None = None
+        self.call_sid: str | None = None
+        self.parameters: dict[str, str] = {}
+        self._out: tw.Outbound | None = None
+
+        # Playback accounting.
+        self.turn = 0
+        self._turn_open = False  # a model turn is producing audio we forward
+        self._turn_drained = False
+        self._discarding = False  # after `interrupted`: drop the interrupted turn's audio
+        self._mark_seq = 0
+        self.marks_in_flight: deque[_Mark] = deque()
+        self.marks_cleared: set[str] = set()
+        self.sent_bytes = 0
+        self.heard_bytes = 0
+        self.cleared_bytes = 0
+        self._turn_sent: dict[int, int] = {}
+        self._turn_heard: dict[int, int] = {}
+
+        # Pending work.
+        self.pending_tools: dict[str, ToolRecord] = {}
+        self.tool_calls: list[ToolRecord] = []
+        self._pre_live: deque[bytes] = deque(maxlen=PRE_LIVE_FRAMES)
+
+        # Facts for the summary.
+        self.frames_in = 0
+        self.frames_out = 0
+        self.frames_dropped = 0
+        self.bad_frames = 0
+        self.interruptions = 0
+        self.digits: list[str] = []
+        self.transcript: list[list[str]] = []  # [role, text]
+        self.usage = {"prompt": 0, "response": 0, "total": 0}
+        self.usage_by_modality: dict[str, int] = {}
+        self.resumption_handle: str | None = None
+        self.end_reason: str | None = None
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------ public
+
+    def handle(self, event: object) -> list[ev.Action]:
+        """Advance the call by one event; return what the adapter must do, in order."""
+        if self.phase is Phase.ENDED:
+            return []
+        method = self._handlers.get(type(event))
+        if method is None:
+            raise InvalidCallState(f"Call cannot handle {type(event).__name__}")
+        return method(self, event)
+
+    def bad_frame(self, error: MalformedMessage) -> list[ev.Action]:
+        """The adapter could not parse a frame. Drop it; close the stream if it keeps happening."""
+        self.bad_frames += 1
+        self._warn_once(f"bad:{type(error).__name__}:{str(error)[:30]}", "dropped a bad Twilio frame: %s", error)
+        if self.bad_frames > MAX_BAD_FRAMES and self.phase is not Phase.ENDING:
+            return self._end(f"too many bad frames from Twilio ({self.bad_frames})", close_code=1008)
+        return []
+
+    def ended(self) -> None:
+        """The adapter has torn everything down."""
+        self.phase = Phase.ENDED
+
+    @property
+    def heard_seconds(self) -> float:
+        return self.heard_bytes / ULAW_BYTES_PER_SECOND
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "call_sid": self.call_sid,
+            "stream_sid": self.stream_sid,
+            "end_reason": self.end_reason,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "frames_dropped": self.frames_dropped,
+            "bad_frames": self.bad_frames,
+            "agent_turns": self.turn,
+            "interruptions": self.interruptions,
+            "agent_audio_sent_s": round(self.sent_bytes / ULAW_BYTES_PER_SECOND, 2),
+            "agent_audio_heard_s": round(self.heard_seconds, 2),
+            "agent_audio_cleared_s": round(self.cleared_bytes / ULAW_BYTES_PER_SECOND, 2),
+            "tool_calls": [
+                {"name": t.name, "id": t.call_id, "outcome": t.outcome, "latency_ms": t.latency_ms}
+                for t in self.tool_calls
+            ],
+            "digits": "".join(self.digits),
+            "tokens": dict(self.usage, by_modality=dict(self.usage_by_modality)),
+        }
+
+    # ----------------------------------------------------- Twilio events
+
+    def _on_connected(self, event: tw.Connected) -> list[ev.Action]:
+        log.info("twilio stream connected (protocol=%s version=%s)", event.protocol, event.version)
+        return []
+
+    def _on_start(self, event: tw.StreamStarted) -> list[ev.Action]:
+        if self.phase is not Phase.AWAITING_START:
+            self._warn_once("dup-start", "ignored a second start event on stream %s", self.stream_sid)
+            return []
+        self.stream_sid = event.stream_sid
+        self.call_sid = event.call_sid
+        self.parameters = dict(event.custom_parameters)
+        self._out = tw.Outbound(event.stream_sid)
+        if not tw.looks_like_stream_sid(event.stream_sid):
+            log.warning("stream sid %r is not of the MZ… form; carrying on", event.stream_sid)
+        if (event.encoding, event.sample_rate, event.channels) != ("audio/x-mulaw", 8000, 1):
+            fmt = f"{event.encoding} {event.sample_rate} Hz x{event.channels}"
+            return self._end(f"unsupported media format {fmt}", apologize=True)
+        self.phase = Phase.CONNECTING
+        log.info("call %s started on stream %s", event.call_sid, event.stream_sid)
+        return [ev.ConnectLive()]
+
+    def _on_caller_audio(self, event: tw.CallerAudio) -> list[ev.Action]:
+        if self.phase is Phase.AWAITING_START:
+            self.frames_dropped += 1
+            self._warn_once("media-before-start", "dropped media that arrived before the start event")
+            return []
+        if not self._same_stream(event.stream_sid):
+            return self._mismatch()
+        if self.phase in (Phase.ENDING, Phase.ENDED):
+            return []
+        try:
+            pcm = self.inbound.convert(event.payload)
+        except MalformedMessage as exc:
+            return self.bad_frame(exc)
+        self.frames_in += 1
+        if self.phase is Phase.CONNECTING:
+            if len(self._pre_live) == self._pre_live.maxlen:
+                self.frames_dropped += 1
+            self._pre_live.append(pcm)
+            return []
+        return [ev.SendAudioToLive(pcm)]
+
+    def _on_mark(self, event: tw.MarkEchoed) -> list[ev.Action]:
+        if not self._same_stream(event.stream_sid):
+            return self._mismatch()
+        if event.name in self.marks_cleared:
+            self.marks_cleared.discard(event.name)
+            return []
+        if not any(m.name == event.name for m in self.marks_in_flight):
+            self._warn_once("unknown-mark", "ignored an echo of unknown mark %r", event.name)
+            return []
+        # Twilio plays in order, so this echo also confirms every earlier mark.
+        while self.marks_in_flight:
+            mark = self.marks_in_flight.popleft()
+            self.heard_bytes += mark.nbytes
+            self._turn_heard[mark.turn] = self._turn_heard.get(mark.turn, 0) + mark.nbytes
+            if mark.name == event.name:
+                break
+        if not self.marks_in_flight and not self._turn_open and self.phase is Phase.AGENT_SPEAKING:
+            self.phase = Phase.LISTENING
+        return []
+
+    def _on_dtmf(self, event: tw.DtmfPressed) -> list[ev.Action]:
+        if not self._same_stream(event.stream_sid):
+            return self._mismatch()
+        self.digits.append(event.digit)
+        log.info("caller pressed %s", event.digit)
+        return []
+
+    def _on_stop(self, event: tw.StreamStopped) -> list[ev.Action]:
+        if event.stream_sid is not None and not self._same_stream(event.stream_sid):
+            return self._mismatch()
+        return self._end("caller hung up")
+
+    def _on_disconnected(self, event: ev.TwilioDisconnected) -> list[ev.Action]:
+        return self._end(f"Twilio socket closed without stop (code={event.code})")
+
+    def _on_unknown(self, event: tw.UnknownEvent) -> list[ev.Action]:
+        self._warn_once(f"unknown:{event.name}", "ignored unknown Twilio event %r", event.name)
+        return []
+
+    # ------------------------------------------------------- Live events
+
+    def _on_live_ready(self, event: ev.LiveReady) -> list[ev.Action]:
+        if self.phase is not Phase.CONNECTING:
+            return []
+        self.phase = Phase.LISTENING
+        actions: list[ev.Action] = []
+        if self.greeting:
+            actions.append(ev.SendTextToLive(self.greeting))
+        actions.extend(ev.SendAudioToLive(pcm) for pcm in self._pre_live)
+        self._pre_live.clear()
+        return actions
+
+    def _on_live_failed(self, event: ev.LiveFailed) -> list[ev.Action]:
+        return self._end(f"Live session could not be opened: {event.reason}", apologize=True)
+
+    def _on_live_closed(self, event: ev.LiveClosed) -> list[ev.Action]:
+        if self.phase in (Phase.ENDING, Phase.ENDED):
+            return []
+        return self._end(f"Live session closed (code={event.code}, {event.reason or 'no reason'})", apologize=True)
+
+    def _on_model_audio(self, event: ev.ModelAudio) -> list[ev.Action]:
+        if self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING) or self._discarding:
+            return []
+        payloads = self.outbound.convert(event.pcm)
+        if not self._turn_open:
+            self._turn_open = True
+            self._turn_drained = False
+            self.turn += 1
+        if not payloads:
+            return []
+        self.phase = Phase.AGENT_SPEAKING
+        return [self._media(payloads)]
+
+    def _on_generation_complete(self, event: ev.GenerationComplete) -> list[ev.Action]:
+        return self._drain_turn()
+
+    def _on_turn_complete(self, event: ev.TurnComplete) -> list[ev.Action]:
+        actions = self._drain_turn()
+        self._turn_open = False
+        self._discarding = False
+        if not self.marks_in_flight and self.phase is Phase.AGENT_SPEAKING:
+            self.phase = Phase.LISTENING
+        return actions
+
+    def _on_interrupted(self, event: ev.ModelInterrupted) -> list[ev.Action]:
+        if self.phase in (Phase.ENDING, Phase.ENDED, Phase.AWAITING_START):
+            return []
+        self.interruptions += 1
+        turn_sent = self._turn_sent.get(self.turn, 0)
+        turn_heard = self._turn_heard.get(self.turn, 0)
+        log.info(
+            "caller interrupted turn %d: heard %.2f s of %.2f s sent",
+            self.turn, turn_heard / ULAW_BYTES_PER_SECOND, turn_sent / ULAW_BYTES_PER_SECOND,
+        )
+        for mark in self.marks_in_flight:
+            self.marks_cleared.add(mark.name)
+            self.cleared_bytes += mark.nbytes
+        self.marks_in_flight.clear()
+        self.outbound.reset()
+        self._turn_open = False
+        self._discarding = True
+        self.phase = Phase.LISTENING
+        # Always clear, even if everything seems played: Twilio may still be buffering.
+        assert self._out is not None
+        return [ev.SendToTwilio((self._out.clear(),))]
+
+    def _on_transcript(self, event: ev.Transcript) -> list[ev.Action]:
+        if not event.text:
+            return []
+        if event.role == "caller":
+            self._discarding = False  # the caller's new turn has begun
+        if self.transcript and self.transcript[-1][0] == event.role:
+            self.transcript[-1][1] += event.text
+        else:
+            self.transcript.append([event.role, event.text])
+        return []
+
+    def _on_tool_call(self, event: ev.ToolCallRequested) -> list[ev.Action]:
+        if self.phase in (Phase.ENDING, Phase.ENDED):
+            return []
+        actions: list[ev.Action] = []
+        for fc in event.calls:
+            record = ToolRecord(fc.call_id, fc.name)
+            self.pending_tools[fc.call_id] = record
+            self.tool_calls.append(record)
+            log.info("model called %s(%s) id=%s", fc.name, _short(fc.args), fc.call_id)
+            actions.append(ev.RunTool(fc.call_id, fc.name, dict(fc.args)))
+        return actions
+
+    def _on_tool_cancelled(self, event: ev.ToolCallCancelled) -> list[ev.Action]:
+        actions: list[ev.Action] = []
+        for call_id in event.call_ids:
+            record = self.pending_tools.pop(call_id, None)
+            if record is not None:
+                record.outcome = "cancelled"
+                log.info("model cancelled tool call %s (%s)", call_id, record.name)
+                actions.append(ev.CancelTool(call_id))
+        return actions
+
+    def _on_tool_finished(self, event: ev.ToolFinished) -> list[ev.Action]:
+        record = self.pending_tools.pop(event.call_id, None)
+        if record is None:
+            return []  # cancelled meanwhile: the model must not get a response
+        record.outcome = "error" if "error" in event.response else "ok"
+        record.latency_ms = round(event.elapsed_s * 1000, 1)
+        if self.phase in (Phase.ENDING, Phase.ENDED):
+            return []
+        return [ev.SendToolResponse(event.call_id, event.name, event.response)]
+
+    def _on_usage(self, event: ev.UsageReported) -> list[ev.Action]:
+        self.usage["prompt"] += event.prompt_tokens
+        self.usage["response"] += event.response_tokens
+        self.usage["total"] += event.total_tokens
+        for modality, count in event.by_modality.items():
+            self.usage_by_modality[modality] = self.usage_by_modality.get(modality, 0) + count
+        return []
+
+    def _on_resumption(self, event: ev.ResumptionUpdate) -> list[ev.Action]:
+        if event.resumable and event.handle:
+            self.resumption_handle = event.handle
+        return []
+
+    def _on_go_away(self, event: ev.GoAway) -> list[ev.Action]:
+        log.info("Live session will close soon (time left: %s s)", event.time_left_s)
+        return []
+
+    # ------------------------------------------------------------ helpers
+
+    def _media(self, payloads: list[str]) -> ev.SendToTwilio:
+        assert self._out is not None
+        out = self._out
+        messages = [out.media(p) for p in payloads]
+        nbytes = 160 * len(payloads)
+        self._mark_seq += 1
+        mark = _Mark(f"t{self.turn}-{self._mark_seq}", self.turn, nbytes)
+        self.marks_in_flight.append(mark)
+        messages.append(out.mark(mark.name))
+        self.frames_out += len(payloads)
+        self.sent_bytes += nbytes
+        self._turn_sent[self.turn] = self._turn_sent.get(self.turn, 0) + nbytes
+        return ev.SendToTwilio(tuple(messages))
+
+    def _drain_turn(self) -> list[ev.Action]:
+        """Flush the resampler tail and partial frame so the last syllable plays now."""
+        if not self._turn_open or self._turn_drained or self._discarding:
+            return []
+        self._turn_drained = True
+        payloads = self.outbound.end_turn()
+        if not payloads or self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING):
+            return []
+        self.phase = Phase.AGENT_SPEAKING
+        return [self._media(payloads)]
+
+    def _end(self, reason: str, *, apologize: bool = False, close_code: int = 1000) -> list[ev.Action]:
+        if self.phase in (Phase.ENDING, Phase.ENDED):
+            return []
+        self.phase = Phase.ENDING
+        self.end_reason = reason
+        actions: list[ev.Action] = [ev.CancelTool(call_id) for call_id in self.pending_tools]
+        for record in self.pending_tools.values():
+            record.outcome = "cancelled"
+        self.pending_tools.clear()
+        actions.append(ev.EndCall(reason, apologize=apologize, close_code=close_code))
+        return actions
+
+    def _same_stream(self, sid: str | None) -> bool:
+        return sid is None or sid == self.stream_sid
+
+    def _mismatch(self) -> list[ev.Action]:
+        return self.bad_frame(StreamMismatch(f"message for another stream (this call is {self.stream_sid})"))
+
+    def _warn_once(self, key: str, msg: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg, *args)
+
+    _handlers = {
+        tw.Connected: _on_connected,
+        tw.StreamStarted: _on_start,
+        tw.CallerAudio: _on_caller_audio,
+        tw.MarkEchoed: _on_mark,
+        tw.DtmfPressed: _on_dtmf,
+        tw.StreamStopped: _on_stop,
+        tw.UnknownEvent: _on_unknown,
+        ev.TwilioDisconnected: _on_disconnected,
+        ev.LiveReady: _on_live_ready,
+        ev.LiveFailed: _on_live_failed,
+        ev.LiveClosed: _on_live_closed,
+        ev.ModelAudio: _on_model_audio,
+        ev.GenerationComplete: _on_generation_complete,
+        ev.TurnComplete: _on_turn_complete,
+        ev.ModelInterrupted: _on_interrupted,
+        ev.Transcript: _on_transcript,
+        ev.ToolCallRequested: _on_tool_call,
+        ev.ToolCallCancelled: _on_tool_cancelled,
+        ev.ToolFinished: _on_tool_finished,
+        ev.UsageReported: _on_usage,
+        ev.ResumptionUpdate: _on_resumption,
+        ev.GoAway: _on_go_away,
+    }
+
+
+def _short(args: dict) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    return text if len(text) <= 120 else text[:117] + "..."

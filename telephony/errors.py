@@ -1,0 +1,84 @@
+"""Every error the bridge raises, in one tree.
+
+    TelephonyError
+    ├── SettingsError            a bad environment variable (names it)
+    ├── TwilioProtocolError      the Twilio side sent something we cannot use
+    │   ├── MalformedMessage     not JSON, missing fields, bad base64, too big
+    │   └── StreamMismatch       a streamSid that is not this call's
+    ├── LiveError                the Gemini Live side failed
+    │   ├── LiveSetupTimeout     no setupComplete in time
+    │   └── LiveClosed           the session closed (code, retryable)
+    ├── ToolError                a business tool could not answer
+    │   ├── UnknownTool
+    │   ├── InvalidArguments
+    │   ├── ToolFailed
+    │   └── ToolTimedOut
+    └── InvalidCallState         our own misuse of the Call core (a bug)
+
+Policy (what the adapters do with them):
+- a malformed Twilio frame is logged once and dropped; the call continues;
+- a tool error becomes an error response the model can speak about;
+- a fatal Live error ends the call with a spoken apology.
+"""
+
+from __future__ import annotations
+
+
+class TelephonyError(Exception):
+    """Base of every error raised by this package."""
+
+
+class SettingsError(TelephonyError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+class TwilioProtocolError(TelephonyError):
+    """The Twilio peer sent a frame we cannot use."""
+
+
+class MalformedMessage(TwilioProtocolError):
+    pass
+
+
+class StreamMismatch(TwilioProtocolError):
+    pass
+
+
+class LiveError(TelephonyError):
+    pass
+
+
+class LiveSetupTimeout(LiveError):
+    pass
+
+
+class LiveClosed(LiveError):
+    def __init__(self, code: int | None, reason: str = "", retryable: bool = False):
+        super().__init__(f"Live session closed (code={code}, reason={reason!r})")
+        self.code = code
+        self.reason = reason
+        self.retryable = retryable
+
+
+class ToolError(TelephonyError):
+    pass
+
+
+class UnknownTool(ToolError):
+    pass
+
+
+class InvalidArguments(ToolError):
+    pass
+
+
+class ToolFailed(ToolError):
+    pass
+
+
+class ToolTimedOut(ToolError):
+    pass
+
+
+class InvalidCallState(TelephonyError):
+    """The Call core was driven in a way it does not allow (a bug in an adapter)."""

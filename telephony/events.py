@@ -1,0 +1,166 @@
+"""The vocabulary of the Call core: events from Live and the adapter, and the actions it returns.
+
+Twilio's events live in `twilio_protocol`. Everything here is a plain frozen
+dataclass with no SDK types, so the core can be driven by tests directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---------------------------------------------------------------- from Live
+
+
+@dataclass(frozen=True)
+class LiveReady:
+    """The Live session answered setupComplete."""
+
+
+@dataclass(frozen=True)
+class LiveFailed:
+    """The Live session could not be opened (timeout, refused, bad setup)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelAudio:
+    pcm: bytes  # 24 kHz s16le
+
+
+@dataclass(frozen=True)
+class Transcript:
+    role: str  # "caller" or "agent"
+    text: str
+
+
+@dataclass(frozen=True)
+class ModelInterrupted:
+    """The caller started speaking over the agent (START_OF_ACTIVITY_INTERRUPTS)."""
+
+
+@dataclass(frozen=True)
+class GenerationComplete:
+    """The model has stopped producing audio for this turn."""
+
+
+@dataclass(frozen=True)
+class TurnComplete:
+    pass
+
+
+@dataclass(frozen=True)
+class FunctionCall:
+    call_id: str
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ToolCallRequested:
+    calls: tuple[FunctionCall, ...]
+
+
+@dataclass(frozen=True)
+class ToolCallCancelled:
+    call_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UsageReported:
+    prompt_tokens: int = 0
+    response_tokens: int = 0
+    total_tokens: int = 0
+    by_modality: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResumptionUpdate:
+    handle: str | None
+    resumable: bool
+
+
+@dataclass(frozen=True)
+class GoAway:
+    time_left_s: float | None
+
+
+@dataclass(frozen=True)
+class LiveClosed:
+    code: int | None
+    reason: str = ""
+
+
+# ------------------------------------------------------------- from adapter
+
+
+@dataclass(frozen=True)
+class TwilioDisconnected:
+    """The Twilio socket closed (with or without a `stop` first)."""
+
+    code: int | None = None
+
+
+@dataclass(frozen=True)
+class ToolFinished:
+    call_id: str
+    name: str
+    response: dict[str, Any]
+    elapsed_s: float = 0.0
+
+
+# ------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True)
+class SendToTwilio:
+    """Text frames for the Twilio socket, in order (already framed: media, mark, clear)."""
+
+    messages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConnectLive:
+    """Open the Live session now that we know which call this is."""
+
+
+@dataclass(frozen=True)
+class SendAudioToLive:
+    pcm: bytes  # 16 kHz s16le
+
+
+@dataclass(frozen=True)
+class SendTextToLive:
+    text: str
+
+
+@dataclass(frozen=True)
+class SendToolResponse:
+    call_id: str
+    name: str
+    response: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunTool:
+    call_id: str
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CancelTool:
+    call_id: str
+
+
+@dataclass(frozen=True)
+class EndCall:
+    """Finish the call. `apologize` means the caller must hear why (we failed them)."""
+
+    reason: str
+    apologize: bool = False
+    close_code: int = 1000
+
+
+Action = SendToTwilio | ConnectLive | SendAudioToLive | SendTextToLive | SendToolResponse | RunTool | CancelTool | EndCall

@@ -1,0 +1,213 @@
+"""The Gemini Live session: the only module that knows the google-genai SDK.
+
+It builds the LiveConnectConfig from Settings, bounds `connect()` with a
+timeout (the SDK has none), keeps receiving across turns (the SDK's
+`receive()` stops after every turnComplete) and translates SDK messages and
+errors into the plain events of `telephony.events` at this one boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from typing import AsyncIterator, Iterable
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from . import events as ev
+from .settings import Settings
+
+log = logging.getLogger("telephony.live")
+
+INPUT_MIME = "audio/pcm;rate=16000"
+#: Close codes that mean the request itself is wrong: never retried in a loop.
+FATAL_CLOSE_CODES = frozenset({1007, 1008})
+#: Consecutive unparseable frames from Live before we give up on the session.
+MAX_BAD_LIVE_FRAMES = 20
+
+
+def make_client(settings: Settings) -> genai.Client:
+    """One client per process. The base URL and trust store come from the SDK's
+    own environment (`GOOGLE_GEMINI_BASE_URL`, `SSL_CERT_FILE`), never from here."""
+    return genai.Client(
+        api_key=settings.gemini_api_key,
+        http_options=types.HttpOptions(
+            api_version="v1beta",
+            async_client_args={
+                # Gemini pongs have been measured at 8-30 s; websockets' default
+                # 20 s ping timeout would end healthy calls with 1011.
+                "ping_interval": 30,
+                "ping_timeout": 60,
+                # Allow frames above the 1 MiB default (a long audio chunk).
+                "max_size": 16 * 1024 * 1024,
+            },
+        ),
+    )
+
+
+def build_config(
+    settings: Settings,
+    declarations: Iterable[types.FunctionDeclaration] = (),
+    *,
+    resumption_handle: str | None = None,
+) -> types.LiveConnectConfig:
+    declarations = list(declarations)
+    return types.LiveConnectConfig(
+        response_modalities=[types.Modality.AUDIO],
+        speech_config=types.SpeechConfig(
+            voice_config=types.VoiceConfig(
+                prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.gemini_voice)
+            )
+        ),
+        system_instruction=settings.agent_instructions,
+        tools=[types.Tool(function_declarations=declarations)] if declarations else None,
+        realtime_input_config=types.RealtimeInputConfig(
+            automatic_activity_detection=types.AutomaticActivityDetection(
+                disabled=False,
+                start_of_speech_sensitivity=types.StartSensitivity(
+                    f"START_SENSITIVITY_{settings.vad_start_sensitivity}"
+                ),
+                end_of_speech_sensitivity=types.EndSensitivity(f"END_SENSITIVITY_{settings.vad_end_sensitivity}"),
+                prefix_padding_ms=settings.vad_prefix_padding_ms,
+                silence_duration_ms=settings.vad_silence_duration_ms,
+            ),
+            activity_handling=types.ActivityHandling.START_OF_ACTIVITY_INTERRUPTS,
+        ),
+        input_audio_transcription=types.AudioTranscriptionConfig(),
+        output_audio_transcription=types.AudioTranscriptionConfig(),
+        session_resumption=types.SessionResumptionConfig(handle=resumption_handle),
+        context_window_compression=types.ContextWindowCompressionConfig(
+            trigger_tokens=25_600,
+            sliding_window=types.SlidingWindow(target_tokens=12_800),
+        ),
+    )
+
+
+class LiveSession:
+    """A connected Live session, seen as a stream of core events and a few sends."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+
+    async def send_audio(self, pcm: bytes) -> None:
+        await self._session.send_realtime_input(audio=types.Blob(data=pcm, mime_type=INPUT_MIME))
+
+    async def send_text(self, text: str) -> None:
+        await self._session.send_realtime_input(text=text)
+
+    async def send_tool_response(self, call_id: str, name: str, response: dict) -> None:
+        await self._session.send_tool_response(
+            function_responses=[types.FunctionResponse(id=call_id, name=name, response=response)]
+        )
+
+    async def events(self) -> AsyncIterator[object]:
+        """Every event of the session, across turns, ending with one `LiveClosed`."""
+        bad = 0
+        while True:
+            try:
+                async for message in self._session.receive():
+                    bad = 0
+                    for event in translate(message):
+                        yield event
+            except genai_errors.APIError as exc:
+                yield ev.LiveClosed(exc.code if isinstance(exc.code, int) else None, _reason(exc))
+                return
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                # The SDK could not parse a frame (non-JSON, unknown top-level key).
+                # The socket is still fine, only that frame is lost.
+                bad += 1
+                log.warning("dropped a malformed message from Live: %s: %s", type(exc).__name__, str(exc)[:120])
+                if bad >= MAX_BAD_LIVE_FRAMES:
+                    yield ev.LiveClosed(None, f"{bad} malformed messages in a row")
+                    return
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    client: genai.Client, settings: Settings, config: types.LiveConnectConfig
+) -> AsyncIterator[LiveSession]:
+    """Connect within `live_connect_timeout_s`; raise LiveSetupTimeout or LiveClosed otherwise."""
+    from .errors import LiveClosed, LiveSetupTimeout
+
+    cm = client.aio.live.connect(model=settings.gemini_model, config=config)
+    try:
+        async with asyncio.timeout(settings.live_connect_timeout_s):
+            session = await cm.__aenter__()
+    except TimeoutError:
+        raise LiveSetupTimeout(f"no setupComplete within {settings.live_connect_timeout_s:g} s") from None
+    except genai_errors.APIError as exc:
+        raise LiveClosed(exc.code if isinstance(exc.code, int) else None, _reason(exc)) from None
+    except OSError as exc:  # refused, unreachable, TLS failure
+        raise LiveClosed(None, f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # websockets.InvalidStatus (HTTP 4xx at upgrade), bad first frame
+        raise LiveClosed(None, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    try:
+        yield LiveSession(session)
+    finally:
+        with contextlib.suppress(Exception):
+            await cm.__aexit__(None, None, None)
+
+
+def translate(message: types.LiveServerMessage) -> list[object]:
+    """One SDK message -> the core events it carries, in a sensible order."""
+    out: list[object] = []
+    sc = message.server_content
+    if sc is not None:
+        if sc.input_transcription is not None and sc.input_transcription.text:
+            out.append(ev.Transcript("caller", sc.input_transcription.text))
+        if sc.model_turn is not None and sc.model_turn.parts:
+            for part in sc.model_turn.parts:
+                blob = part.inline_data
+                if blob is not None and blob.data and (blob.mime_type or "audio/pcm").startswith("audio/"):
+                    out.append(ev.ModelAudio(blob.data))
+        if sc.output_transcription is not None and sc.output_transcription.text:
+            out.append(ev.Transcript("agent", sc.output_transcription.text))
+        if sc.interrupted:
+            out.append(ev.ModelInterrupted())
+        if sc.generation_complete:
+            out.append(ev.GenerationComplete())
+        if sc.turn_complete:
+            out.append(ev.TurnComplete())
+    if message.tool_call is not None and message.tool_call.function_calls:
+        calls = tuple(
+            ev.FunctionCall(fc.id or "", fc.name or "", dict(fc.args or {}))
+            for fc in message.tool_call.function_calls
+        )
+        out.append(ev.ToolCallRequested(calls))
+    if message.tool_call_cancellation is not None and message.tool_call_cancellation.ids:
+        out.append(ev.ToolCallCancelled(tuple(message.tool_call_cancellation.ids)))
+    um = message.usage_metadata
+    if um is not None:
+        by_modality: dict[str, int] = {}
+        for details in (um.prompt_tokens_details or []) + (um.response_tokens_details or []):
+            key = str(details.modality.value if details.modality else "UNKNOWN")
+            by_modality[key] = by_modality.get(key, 0) + (details.token_count or 0)
+        out.append(
+            ev.UsageReported(
+                um.prompt_token_count or 0, um.response_token_count or 0, um.total_token_count or 0, by_modality
+            )
+        )
+    sru = message.session_resumption_update
+    if sru is not None:
+        out.append(ev.ResumptionUpdate(sru.new_handle, bool(sru.resumable)))
+    if message.go_away is not None:
+        out.append(ev.GoAway(_seconds(message.go_away.time_left)))
+    return out
+
+
+def _seconds(value: object) -> float | None:
+    if value is None:
+        return None
+    if hasattr(value, "total_seconds"):
+        return float(value.total_seconds())
+    match = re.fullmatch(r"([0-9.]+)s", str(value))
+    return float(match.group(1)) if match else None
+
+
+def _reason(exc: genai_errors.APIError) -> str:
+    text = exc.message or exc.status or str(exc.details or "")
+    return str(text)[:200]

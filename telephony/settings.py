@@ -1,0 +1,206 @@
+"""All configuration, read once from the environment and validated at start-up.
+
+A bad value raises `SettingsError` naming the variable, so a misconfigured
+deployment fails before it answers its first call instead of during one.
+The Live endpoint itself is never configured here: the google-genai SDK reads
+`GOOGLE_GEMINI_BASE_URL` and `SSL_CERT_FILE` on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from .errors import SettingsError
+
+DEFAULT_MODEL = "gemini-3.8-live"
+DEFAULT_VOICE = "Kore"
+DEFAULT_INSTRUCTIONS = (
+    "You are the friendly phone agent of Acme Outfitters, an online outdoor-gear shop. "
+    "You are speaking on a phone line, so keep every answer short, plain and spoken: "
+    "no lists, no markdown, no URLs. Help callers with their orders: when they give an "
+    "order number, look it up with the lookup_order tool and tell them its status, "
+    "items and delivery estimate. Never invent order details; if a lookup fails, say so "
+    "and offer to try again. Read order numbers back character by character."
+)
+DEFAULT_GREETING = (
+    "A caller has just been connected. Greet them in one short sentence as the Acme "
+    "Outfitters phone agent and ask how you can help."
+)
+
+_SENSITIVITY = {"low": "LOW", "high": "HIGH"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs, documented in the README's variables table."""
+
+    gemini_api_key: str = field(repr=False)
+    gemini_model: str = DEFAULT_MODEL
+    gemini_voice: str = DEFAULT_VOICE
+    agent_instructions: str = DEFAULT_INSTRUCTIONS
+    agent_greeting: str = DEFAULT_GREETING
+    public_url: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    vad_start_sensitivity: str = "LOW"
+    vad_end_sensitivity: str = "HIGH"
+    vad_prefix_padding_ms: int = 40
+    vad_silence_duration_ms: int = 500
+    orders_db_path: Path = Path("data/orders.db")
+    live_connect_timeout_s: float = 10.0
+    tool_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def public_host(self) -> str | None:
+        """The host[:port] Twilio reaches, taken from PUBLIC_URL."""
+        return urlsplit(self.public_url).netloc if self.public_url else None
+
+    @property
+    def has_twilio_rest(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None:
+                return None
+            value = value.strip()
+            return value or None
+
+        api_key = get("GEMINI_API_KEY") or get("GOOGLE_API_KEY")
+        if not api_key:
+            raise SettingsError(
+                "GEMINI_API_KEY is not set (GOOGLE_API_KEY is accepted too): "
+                "the agent cannot open a Gemini Live session without an API key"
+            )
+
+        values: dict[str, object] = {"gemini_api_key": api_key}
+
+        model = get("GEMINI_MODEL")
+        if model is not None:
+            model = model.removeprefix("models/")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model):
+                raise SettingsError(f"GEMINI_MODEL={model!r} is not a model name (e.g. {DEFAULT_MODEL})")
+            values["gemini_model"] = model
+
+        voice = get("GEMINI_VOICE")
+        if voice is not None:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z-]*", voice):
+                raise SettingsError(f"GEMINI_VOICE={voice!r} is not a prebuilt voice name (e.g. Kore, Puck, Aoede)")
+            values["gemini_voice"] = voice
+
+        inline = get("AGENT_INSTRUCTIONS")
+        path = get("AGENT_INSTRUCTIONS_FILE")
+        if inline and path:
+            raise SettingsError("set AGENT_INSTRUCTIONS or AGENT_INSTRUCTIONS_FILE, not both")
+        if path:
+            try:
+                text = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SettingsError(f"AGENT_INSTRUCTIONS_FILE={path!r} cannot be read: {exc.strerror}") from None
+            if not text:
+                raise SettingsError(f"AGENT_INSTRUCTIONS_FILE={path!r} is empty")
+            values["agent_instructions"] = text
+        elif inline:
+            values["agent_instructions"] = inline
+
+        greeting = get("AGENT_GREETING")
+        if greeting:
+            values["agent_greeting"] = greeting
+
+        public_url = get("PUBLIC_URL")
+        if public_url is not None:
+            parts = urlsplit(public_url)
+            if parts.scheme != "https" or not parts.netloc:
+                raise SettingsError(
+                    f"PUBLIC_URL={public_url!r} must be the https:// origin Twilio reaches, "
+                    "e.g. https://agent.example.com"
+                )
+            if parts.query or parts.fragment or parts.path not in ("", "/"):
+                raise SettingsError(f"PUBLIC_URL={public_url!r} must be an origin only, without a path or query")
+            values["public_url"] = f"https://{parts.netloc}"
+
+        sid = get("TWILIO_ACCOUNT_SID")
+        if sid is not None:
+            if not re.fullmatch(r"AC[0-9a-fA-F]{32}", sid):
+                raise SettingsError("TWILIO_ACCOUNT_SID must be 'AC' followed by 32 hex digits")
+            values["twilio_account_sid"] = sid
+        token = get("TWILIO_AUTH_TOKEN")
+        if token is not None:
+            if not re.fullmatch(r"[0-9A-Za-z]{16,64}", token):
+                raise SettingsError("TWILIO_AUTH_TOKEN does not look like a Twilio auth token (value not shown)")
+            values["twilio_auth_token"] = token
+
+        for name, attr in (("VAD_START_SENSITIVITY", "vad_start_sensitivity"), ("VAD_END_SENSITIVITY", "vad_end_sensitivity")):
+            raw = get(name)
+            if raw is not None:
+                if raw.lower() not in _SENSITIVITY:
+                    raise SettingsError(f"{name}={raw!r} must be 'low' or 'high'")
+                values[attr] = _SENSITIVITY[raw.lower()]
+
+        values.update(_int(get, "VAD_PREFIX_PADDING_MS", "vad_prefix_padding_ms", 0, 2000))
+        values.update(_int(get, "VAD_SILENCE_DURATION_MS", "vad_silence_duration_ms", 100, 5000))
+        values.update(_float(get, "LIVE_CONNECT_TIMEOUT_SECONDS", "live_connect_timeout_s", 1, 120))
+        values.update(_float(get, "TOOL_TIMEOUT_SECONDS", "tool_timeout_s", 0.1, 300))
+
+        db = get("ORDERS_DB_PATH")
+        if db is not None:
+            db_path = Path(db)
+            if db_path.exists() and not db_path.is_file():
+                raise SettingsError(f"ORDERS_DB_PATH={db!r} exists and is not a file")
+            values["orders_db_path"] = db_path
+
+        level = get("LOG_LEVEL")
+        if level is not None:
+            if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise SettingsError(f"LOG_LEVEL={level!r} must be one of DEBUG, INFO, WARNING, ERROR")
+            values["log_level"] = level.upper()
+
+        return cls(**values)  # type: ignore[arg-type]
+
+    def describe(self) -> dict[str, object]:
+        """A log-safe view: secrets are reported as set or unset, never shown."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("gemini_api_key", "twilio_auth_token"):
+                value = "set" if value else "unset"
+            elif f.name == "agent_instructions":
+                value = f"{len(value)} chars"
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def _int(get, name: str, attr: str, lo: int, hi: int) -> dict[str, int]:
+    raw = get(name)
+    if raw is None:
+        return {}
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is out of range ({lo}..{hi})")
+    return {attr: value}
+
+
+def _float(get, name: str, attr: str, lo: float, hi: float) -> dict[str, float]:
+    raw = get(name)
+    if raw is None:
+        return {}
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is out of range ({lo}..{hi})")
+    return {attr: value}

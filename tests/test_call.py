@@ -1,0 +1,286 @@
+"""The Call core, driven event by event with no sockets (twilio-media-streams.md §2-§3, gemini-live.md §4, §7-§8)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from telephony import events as ev
+from telephony import twilio_protocol as tw
+from telephony.audio import ulaw_encode
+from telephony.call import MAX_BAD_FRAMES, Call, Phase
+from telephony.errors import InvalidCallState, MalformedMessage
+
+SID = "MZ" + "a" * 32
+CALL = "CA" + "b" * 32
+
+
+def tone_24k(seconds: float, freq: float = 440.0) -> bytes:
+    t = np.arange(int(24000 * seconds)) / 24000
+    return (np.sin(2 * np.pi * freq * t) * 8000).astype("<i2").tobytes()
+
+
+def caller_frame(level: int = 1000) -> str:
+    return base64.b64encode(ulaw_encode(np.full(160, level, dtype=np.int16))).decode()
+
+
+def twilio_messages(actions) -> list[dict]:
+    out = []
+    for action in actions:
+        if isinstance(action, ev.SendToTwilio):
+            out.extend(json.loads(m) for m in action.messages)
+    return out
+
+
+class CallScript:
+    """Small helpers so each test reads like the call it describes."""
+
+    def __init__(self) -> None:
+        self.call = Call(greeting="Greet the caller.")
+
+    def start(self) -> list:
+        return self.call.handle(tw.StreamStarted(SID, CALL, "AC" + "c" * 32, {"From": "+15551230101"}))
+
+    def live_ready(self) -> list:
+        return self.call.handle(ev.LiveReady())
+
+    def connected(self) -> "CallScript":
+        self.start()
+        self.live_ready()
+        return self
+
+    def caller_speaks(self, frames: int = 1) -> list:
+        actions = []
+        for _ in range(frames):
+            actions += self.call.handle(tw.CallerAudio(SID, caller_frame()))
+        return actions
+
+    def agent_says(self, seconds: float) -> list:
+        actions = []
+        pcm = tone_24k(seconds)
+        for i in range(0, len(pcm), 1920):  # 40 ms chunks, as Live sends
+            actions += self.call.handle(ev.ModelAudio(pcm[i : i + 1920]))
+        return actions
+
+    def echo(self, name: str) -> list:
+        return self.call.handle(tw.MarkEchoed(SID, name))
+
+
+class TestStartingACall:
+    def test_start_asks_for_the_live_session(self):
+        c = CallScript()
+        assert c.start() == [ev.ConnectLive()]
+        assert c.call.phase is Phase.CONNECTING
+        assert c.call.call_sid == CALL and c.call.parameters["From"] == "+15551230101"
+
+    def test_agent_greets_first_and_early_caller_audio_is_kept(self):
+        c = CallScript()
+        c.start()
+        assert c.caller_speaks(3) == []  # Live is still connecting
+        actions = c.live_ready()
+        assert actions[0] == ev.SendTextToLive("Greet the caller.")
+        assert [type(a) for a in actions[1:]] == [ev.SendAudioToLive] * 3
+        assert c.call.phase is Phase.LISTENING
+
+    def test_caller_audio_goes_to_live_as_16khz_pcm(self):
+        c = CallScript().connected()
+        actions = c.caller_speaks(50)
+        pcm = b"".join(a.pcm for a in actions)
+        assert all(isinstance(a, ev.SendAudioToLive) for a in actions)
+        assert len(actions) == 50  # one send per 20 ms frame, no batching
+        assert abs(len(pcm) - 50 * 640) <= 640 * 5  # 2x the samples, minus the resampler's hold-back
+
+    def test_a_stream_that_is_not_8khz_mulaw_ends_with_an_apology(self):
+        call = Call(greeting=None)
+        actions = call.handle(tw.StreamStarted(SID, CALL, "", {}, encoding="audio/l16", sample_rate=16000))
+        assert isinstance(actions[-1], ev.EndCall) and actions[-1].apologize
+
+    def test_live_that_cannot_be_opened_ends_the_call_with_an_apology(self):
+        c = CallScript()
+        c.start()
+        actions = c.call.handle(ev.LiveFailed("no setupComplete within 10 s"))
+        assert actions == [ev.EndCall("Live session could not be opened: no setupComplete within 10 s", apologize=True)]
+
+
+class TestAgentSpeaking:
+    def test_agent_audio_reaches_twilio_in_exact_20ms_frames_each_chunk_followed_by_a_mark(self):
+        c = CallScript().connected()
+        messages = twilio_messages(c.agent_says(1.0) + c.call.handle(ev.GenerationComplete()))
+        media = [m for m in messages if m["event"] == "media"]
+        marks = [m for m in messages if m["event"] == "mark"]
+        assert all(len(base64.b64decode(m["media"]["payload"])) == 160 for m in media)
+        assert all(m["streamSid"] == SID and set(m["media"]) == {"payload"} for m in media)
+        assert len(media) == 50  # 1 s of audio, the tail drained at generationComplete
+        assert messages[-1]["event"] == "mark" and len(marks) >= 2
+        assert c.call.phase is Phase.AGENT_SPEAKING
+
+    def test_mark_echoes_tell_how_much_the_caller_heard(self):
+        c = CallScript().connected()
+        messages = twilio_messages(c.agent_says(1.0) + c.call.handle(ev.TurnComplete()))
+        names = [m["mark"]["name"] for m in messages if m["event"] == "mark"]
+        c.echo(names[len(names) // 2])
+        assert 0 < c.call.heard_seconds < 1.0
+        c.echo(names[-1])
+        assert c.call.heard_seconds == pytest.approx(1.0, abs=0.021)
+        assert c.call.phase is Phase.LISTENING  # playback finished
+
+    def test_turn_complete_without_generation_complete_still_drains_the_tail(self):
+        c = CallScript().connected()
+        sent = len([m for m in twilio_messages(c.agent_says(0.5)) if m["event"] == "media"])
+        tail = [m for m in twilio_messages(c.call.handle(ev.TurnComplete())) if m["event"] == "media"]
+        assert sent + len(tail) == 25 and tail
+
+
+class TestCallerInterrupts:
+    def test_clear_is_sent_first_and_the_interrupted_turn_stops(self):
+        c = CallScript().connected()
+        messages = twilio_messages(c.agent_says(2.0))
+        names = [m["mark"]["name"] for m in messages if m["event"] == "mark"]
+        c.echo(names[3])  # the caller heard the first few chunks
+        actions = c.call.handle(ev.ModelInterrupted())
+        assert twilio_messages(actions) == [{"event": "clear", "streamSid": SID}]
+        assert c.call.interruptions == 1
+        assert c.call.phase is Phase.LISTENING
+        assert set(names[4:]) == c.call.marks_cleared and not c.call.marks_in_flight
+
+    def test_mark_echoed_after_clear_counts_as_cleared_not_heard(self):
+        c = CallScript().connected()
+        names = [m["mark"]["name"] for m in twilio_messages(c.agent_says(1.0)) if m["event"] == "mark"]
+        c.call.handle(ev.ModelInterrupted())
+        for name in names:
+            c.echo(name)
+        assert c.call.heard_bytes == 0 and c.call.cleared_bytes > 0 and not c.call.marks_cleared
+
+    def test_audio_of_the_interrupted_turn_is_dropped_until_the_next_turn(self):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        c.call.handle(ev.ModelInterrupted())
+        assert c.agent_says(0.5) == []  # late audio of the interrupted turn
+        assert c.call.handle(ev.TurnComplete()) == []
+        assert twilio_messages(c.agent_says(0.5))  # the next turn plays
+        assert c.call.turn == 2
+
+    def test_caller_speech_transcript_also_ends_the_discard(self):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        c.call.handle(ev.ModelInterrupted())
+        c.call.handle(ev.Transcript("caller", "wait, actually"))
+        assert twilio_messages(c.agent_says(0.5))
+
+    def test_clear_is_sent_even_when_everything_was_already_played(self):
+        c = CallScript().connected()
+        names = [m["mark"]["name"] for m in twilio_messages(c.agent_says(0.5) + c.call.handle(ev.TurnComplete())) if m["event"] == "mark"]
+        c.echo(names[-1])
+        assert twilio_messages(c.call.handle(ev.ModelInterrupted())) == [{"event": "clear", "streamSid": SID}]
+
+    def test_interruption_resets_the_outbound_resampler_so_no_stale_tail_plays(self):
+        c = CallScript().connected()
+        c.agent_says(0.33)  # leaves a partial frame and resampler history behind
+        c.call.handle(ev.ModelInterrupted())
+        assert c.call.outbound.pending_bytes == 0
+        assert c.call.outbound.end_turn() == []
+
+
+class TestTools:
+    def test_tool_call_runs_and_its_result_goes_back_with_id_and_name(self):
+        c = CallScript().connected()
+        actions = c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {"order_id": "A1001"}),)))
+        assert actions == [ev.RunTool("fc-1", "lookup_order", {"order_id": "A1001"})]
+        assert "fc-1" in c.call.pending_tools
+        done = c.call.handle(ev.ToolFinished("fc-1", "lookup_order", {"result": {"found": True}}, 0.012))
+        assert done == [ev.SendToolResponse("fc-1", "lookup_order", {"result": {"found": True}})]
+        assert c.call.summary()["tool_calls"] == [{"name": "lookup_order", "id": "fc-1", "outcome": "ok", "latency_ms": 12.0}]
+
+    def test_cancelled_tool_call_is_stopped_and_never_answered(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-2", "lookup_order", {}),)))
+        assert c.call.handle(ev.ToolCallCancelled(("fc-2", "fc-unknown"))) == [ev.CancelTool("fc-2")]
+        assert c.call.handle(ev.ToolFinished("fc-2", "lookup_order", {"result": 1})) == []
+
+    def test_tool_error_is_answered_too_so_the_model_can_say_so(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-3", "nope", {}),)))
+        actions = c.call.handle(ev.ToolFinished("fc-3", "nope", {"error": "unknown tool 'nope'"}))
+        assert actions == [ev.SendToolResponse("fc-3", "nope", {"error": "unknown tool 'nope'"})]
+        assert c.call.tool_calls[0].outcome == "error"
+
+
+class TestEndingACall:
+    def test_stop_ends_the_call_and_cancels_running_tools(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {}),)))
+        actions = c.call.handle(tw.StreamStopped(SID))
+        assert actions == [ev.CancelTool("fc-1"), ev.EndCall("caller hung up")]
+        assert c.call.phase is Phase.ENDING
+        assert c.caller_speaks() == [] and c.agent_says(0.1) == []
+
+    def test_live_closing_mid_call_ends_with_an_apology(self):
+        c = CallScript().connected()
+        (action,) = c.call.handle(ev.LiveClosed(1011, "internal error"))
+        assert isinstance(action, ev.EndCall) and action.apologize
+
+    def test_twilio_socket_closing_without_stop_ends_the_call(self):
+        c = CallScript().connected()
+        (action,) = c.call.handle(ev.TwilioDisconnected(1006))
+        assert isinstance(action, ev.EndCall) and not action.apologize
+
+    def test_summary_counts_what_happened(self):
+        c = CallScript().connected()
+        c.caller_speaks(10)
+        c.call.handle(ev.UsageReported(100, 40, 140, {"AUDIO": 90}))
+        c.call.handle(ev.UsageReported(10, 4, 14, {"AUDIO": 9}))
+        c.call.handle(ev.Transcript("caller", "Where is "))
+        c.call.handle(ev.Transcript("caller", "my order?"))
+        c.call.handle(ev.Transcript("agent", "Let me check."))
+        summary = c.call.summary()
+        assert summary["frames_in"] == 10
+        assert summary["tokens"] == {"prompt": 110, "response": 44, "total": 154, "by_modality": {"AUDIO": 99}}
+        assert c.call.transcript == [["caller", "Where is my order?"], ["agent", "Let me check."]]
+
+    def test_resumption_handle_keeps_the_newest_resumable_one(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ResumptionUpdate("h1", True))
+        c.call.handle(ev.ResumptionUpdate(None, False))
+        assert c.call.resumption_handle == "h1"
+
+
+class TestBadInput:
+    def test_media_before_start_is_dropped(self):
+        call = Call(greeting=None)
+        assert call.handle(tw.CallerAudio(SID, caller_frame())) == []
+        assert call.frames_dropped == 1
+
+    def test_media_for_another_stream_is_dropped(self):
+        c = CallScript().connected()
+        assert c.call.handle(tw.CallerAudio("MZ" + "f" * 32, caller_frame())) == []
+        assert c.call.bad_frames == 1 and c.call.frames_in == 0
+
+    def test_invalid_base64_is_dropped_and_the_call_continues(self):
+        c = CallScript().connected()
+        assert c.call.handle(tw.CallerAudio(SID, "!!not base64!!")) == []
+        assert c.call.bad_frames == 1
+        assert c.caller_speaks()  # the next good frame flows
+
+    def test_a_flood_of_bad_frames_closes_the_stream_with_policy_violation(self):
+        c = CallScript().connected()
+        actions = []
+        for _ in range(MAX_BAD_FRAMES + 1):
+            actions += c.call.bad_frame(MalformedMessage("not JSON"))
+        assert actions == [ev.EndCall(f"too many bad frames from Twilio ({MAX_BAD_FRAMES + 1})", close_code=1008)]
+
+    def test_unknown_events_and_marks_are_ignored(self):
+        c = CallScript().connected()
+        assert c.call.handle(tw.UnknownEvent("future-thing")) == []
+        assert c.echo("never-sent") == []
+
+    def test_a_second_start_is_ignored(self):
+        c = CallScript().connected()
+        assert c.start() == []
+        assert c.call.phase is Phase.LISTENING
+
+    def test_driving_the_core_with_a_foreign_object_is_our_bug(self):
+        with pytest.raises(InvalidCallState):
+            Call(greeting=None).handle(object())
