@@ -1,0 +1,85 @@
+"""Configuration is read once from the environment and a bad value names its variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from telephony.errors import SettingsError
+from telephony.settings import DEFAULT_MODEL, Settings
+
+BASE = {"GEMINI_API_KEY": "test-key"}
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env({**BASE, **env})
+
+
+def test_defaults_are_a_working_phone_agent():
+    s = settings()
+    assert s.gemini_model == DEFAULT_MODEL
+    assert (s.vad_start_sensitivity, s.vad_end_sensitivity) == ("LOW", "HIGH")
+    assert s.public_url is None and not s.has_twilio_rest
+
+
+def test_google_api_key_is_accepted_too():
+    assert Settings.from_env({"GOOGLE_API_KEY": "k2"}).gemini_api_key == "k2"
+
+
+def test_missing_api_key_names_the_variable():
+    with pytest.raises(SettingsError, match="GEMINI_API_KEY"):
+        Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("PUBLIC_URL", "http://agent.example.com"),
+        ("PUBLIC_URL", "https://agent.example.com/path"),
+        ("PUBLIC_URL", "agent.example.com"),
+        ("TWILIO_ACCOUNT_SID", "XX123"),
+        ("TWILIO_AUTH_TOKEN", "short"),
+        ("VAD_START_SENSITIVITY", "medium"),
+        ("VAD_END_SENSITIVITY", "LOWEST"),
+        ("VAD_SILENCE_DURATION_MS", "fast"),
+        ("VAD_SILENCE_DURATION_MS", "10"),
+        ("VAD_PREFIX_PADDING_MS", "-5"),
+        ("LIVE_CONNECT_TIMEOUT_SECONDS", "0"),
+        ("TOOL_TIMEOUT_SECONDS", "soon"),
+        ("GEMINI_MODEL", "gemini live"),
+        ("GEMINI_VOICE", "Kore!"),
+        ("LOG_LEVEL", "LOUD"),
+        ("AGENT_INSTRUCTIONS_FILE", "/nonexistent/instructions.txt"),
+    ],
+)
+def test_a_bad_value_fails_naming_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        settings(**{name: value})
+
+
+def test_auth_token_is_never_echoed_in_errors_or_repr():
+    with pytest.raises(SettingsError) as info:
+        settings(TWILIO_AUTH_TOKEN="s3cr3t!")
+    assert "s3cr3t" not in str(info.value)
+    s = settings(TWILIO_ACCOUNT_SID="AC" + "a" * 32, TWILIO_AUTH_TOKEN="f" * 32)
+    assert "f" * 32 not in repr(s) and "test-key" not in repr(s)
+    assert s.describe()["twilio_auth_token"] == "set"
+
+
+def test_public_url_gives_the_stream_host():
+    s = settings(PUBLIC_URL="https://agent.example.com/")
+    assert s.public_url == "https://agent.example.com" and s.public_host == "agent.example.com"
+
+
+def test_instructions_come_from_a_file(tmp_path: Path):
+    path = tmp_path / "agent.txt"
+    path.write_text("You are Bob's bakery.\n")
+    assert settings(AGENT_INSTRUCTIONS_FILE=str(path)).agent_instructions == "You are Bob's bakery."
+    with pytest.raises(SettingsError, match="not both"):
+        settings(AGENT_INSTRUCTIONS_FILE=str(path), AGENT_INSTRUCTIONS="inline")
+
+
+def test_activity_detection_tuning_is_read():
+    s = settings(VAD_START_SENSITIVITY="high", VAD_END_SENSITIVITY="low", VAD_PREFIX_PADDING_MS="100", VAD_SILENCE_DURATION_MS="800")
+    assert (s.vad_start_sensitivity, s.vad_end_sensitivity, s.vad_prefix_padding_ms, s.vad_silence_duration_ms) == ("HIGH", "LOW", 100, 800)
