@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         s = settings or Settings.from_env()
         configure_logging(s.log_level)
         reg = registry or _default_registry()
+        reg.default_timeout = s.tool_timeout_s
         from tools.orders import ensure_orders_db
 
         ensure_orders_db(s.orders_db_path)
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         app.state.client = make_client(s)
         app.state.rest = _rest_client(s)
         app.state.active_calls = set()
+        app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
         log.info("phone agent %s ready: model=%s voice=%s tools=%s", __version__, s.gemini_model, s.gemini_voice, reg.names())
         if not s.public_url:
             log.warning("PUBLIC_URL is not set: stream URLs will use the Host header of each webhook request")
@@ -100,7 +103,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         )
         state.active_calls.add(bridge)
         try:
-            await bridge.run()
+            state.recent_calls.append(await bridge.run())
         finally:
             state.active_calls.discard(bridge)
 

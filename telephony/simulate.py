@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +46,53 @@ def demo_script() -> Script:
 @dataclass
 class SimulationResult:
     call: SimulatedCall
+    summary: dict | None = None  # the server's own call summary (with transcript)
     live_events: list[tuple[float, str, object]] = field(default_factory=list)
     tool_responses: list[dict] = field(default_factory=list)
+
+    def timeline(self) -> list[str]:
+        """What a person would want to know, in call order: who spoke, tools, barge-in, the end."""
+        call = self.call
+        rows: list[tuple[float, str]] = []
+        # Join runs of agent audio separated by short gaps (paced delivery) into one utterance.
+        merged: list[list[float]] = []
+        for start, end, data in call.spans:
+            if merged and start - merged[-1][1] < 0.3:
+                merged[-1][1] = end
+                merged[-1][2] += len(data)
+            else:
+                merged.append([start, end, len(data)])
+        for start, end, nbytes in merged:
+            rows.append((start, f"agent speaks ({nbytes / 8000:.2f} s heard, until {end:.2f}s)"))
+        for e in call.events:
+            if e.kind == "clear":
+                rows.append((e.t, f"clear sent to Twilio: {e.detail.get('dropped_bytes', 0) / 8000:.2f} s of queued agent audio dropped"))
+            elif e.kind == "sent_dtmf":
+                rows.append((e.t, f"caller presses {e.detail.get('digit')}"))
+            elif e.kind == "sent_stop":
+                rows.append((e.t, "caller hangs up (stop)"))
+            elif e.kind == "closed":
+                rows.append((e.t, f"stream closed by {e.detail.get('by')} (code {e.detail.get('code')})"))
+            elif e.kind == "protocol_error":
+                rows.append((e.t, f"PROTOCOL ERROR: {e.detail.get('error')}"))
+        labels = {
+            "setup": "Live session opened",
+            "caller_speech_start": "caller starts speaking",
+            "caller_speech_end": "caller stops speaking",
+            "interrupted": "Live: interrupted (caller barged in)",
+            "closed": "Live session closed",
+        }
+        for at, kind, detail in self.live_events:
+            t = at - call.started_at
+            if kind in labels:
+                rows.append((t, labels[kind]))
+            elif kind == "tool_call" and isinstance(detail, dict):
+                rows.append((t, f"model calls {detail.get('name')}({json.dumps(detail.get('args'))})"))
+            elif kind == "tool_response" and isinstance(detail, dict):
+                text = json.dumps(detail.get("response"))
+                rows.append((t, f"tool result reaches the model: {text[:160]}{'...' if len(text) > 160 else ''}"))
+        rows.sort(key=lambda row: row[0])
+        return [f"{t:7.2f}s  {text}" for t, text in rows]
 
 
 def run_simulation(recording: Path, *, out: Path | None = None, speed: float = 1.0, script: Script | None = None) -> SimulationResult:
@@ -56,6 +102,7 @@ def run_simulation(recording: Path, *, out: Path | None = None, speed: float = 1
             saved = {k: os.environ.get(k) for k in _SIM_ENV}
             os.environ.update(emulator.env())
             os.environ.setdefault("ORDERS_DB_PATH", str(Path(tmp) / "orders.db"))
+            os.environ.setdefault("LOG_LEVEL", "WARNING")
             for name in ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE"):
                 os.environ.pop(name, None)
             try:
@@ -66,6 +113,7 @@ def run_simulation(recording: Path, *, out: Path | None = None, speed: float = 1
                 with ServerThread(app) as server:
                     sim = CallSimulator(server.ws_url, recording, speed=speed)
                     call = asyncio.run(sim.run())
+                    summary = _wait_for_summary(app)
             finally:
                 for key, value in saved.items():
                     if value is None:
@@ -75,6 +123,7 @@ def run_simulation(recording: Path, *, out: Path | None = None, speed: float = 1
             session = emulator.sessions[-1] if emulator.sessions else None
             result = SimulationResult(
                 call=call,
+                summary=summary,
                 live_events=list(session.events) if session else [],
                 tool_responses=list(session.tool_responses) if session else [],
             )
@@ -83,24 +132,42 @@ def run_simulation(recording: Path, *, out: Path | None = None, speed: float = 1
     return result
 
 
-_SIM_ENV = ("GOOGLE_GEMINI_BASE_URL", "SSL_CERT_FILE", "NO_PROXY", "GEMINI_API_KEY", "ORDERS_DB_PATH")
+def _wait_for_summary(app, timeout: float = 5.0) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        recent = getattr(app.state, "recent_calls", None)
+        if recent:
+            return recent[-1]
+        time.sleep(0.05)
+    return None
+
+
+_SIM_ENV = ("GOOGLE_GEMINI_BASE_URL", "SSL_CERT_FILE", "NO_PROXY", "GEMINI_API_KEY", "ORDERS_DB_PATH", "LOG_LEVEL")
 
 
 def print_report(result: SimulationResult, out: Path | None) -> None:
     call = result.call
-    print("Simulated call timeline (seconds since the stream connected):")
-    for line in call.timeline():
+    print("Timeline (seconds since Twilio connected the stream):")
+    for line in result.timeline():
         print(line)
-    if result.tool_responses:
-        print("\nTool calls answered to the model:")
-        for response in result.tool_responses:
-            print(f"  {response.get('name')} (id {response.get('id')}): {json.dumps(response.get('response'))[:300]}")
+    summary = result.summary or {}
+    if summary.get("transcript"):
+        print("\nTranscript:")
+        for role, text in summary["transcript"]:
+            print(f"  {role:>6}: {text.strip()}")
+    if summary:
+        tools = ", ".join(f"{t['name']} {t['outcome']} in {t['latency_ms']} ms" for t in summary.get("tool_calls", [])) or "none"
+        print(
+            f"\nCall summary: ended because {summary.get('end_reason')}; {summary.get('duration_s')} s; "
+            f"frames in/out {summary.get('frames_in')}/{summary.get('frames_out')}; "
+            f"interruptions {summary.get('interruptions')}; tool calls: {tools}"
+        )
     print(
-        f"\nAgent audio: {len(call.agent_audio) / 8000:.2f} s sent, {len(call.played_audio) / 8000:.2f} s played; "
+        f"Agent audio: {len(call.agent_audio) / 8000:.2f} s sent, {len(call.played_audio) / 8000:.2f} s heard; "
         f"clears: {len(call.clears)}; marks echoed: {len(call.marks_echoed)}; protocol errors: {len(call.protocol_errors)}"
     )
     if out is not None:
-        print(f"Agent audio written to {out}")
+        print(f"Agent audio (as heard by the caller) written to {out}")
 
 
 def main(recording: str, out: str | None, speed: float) -> int:

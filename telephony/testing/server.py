@@ -22,7 +22,7 @@ class ServerThread:
                 sock.bind((host, 0))
                 port = sock.getsockname()[1]
         self.host, self.port = host, port
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", ws="websockets")
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", ws="auto")
         self.server = uvicorn.Server(self.config)
         self._thread = threading.Thread(target=self._run, name="telephony-server", daemon=True)
         self.error: BaseException | None = None
@@ -45,6 +45,15 @@ class ServerThread:
     async def _serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         await self.server.serve()
+
+    def task_names(self) -> list[str]:
+        """Names of the tasks alive in the server's loop (for leak checks)."""
+        assert self.loop is not None
+
+        async def names() -> list[str]:
+            return sorted(t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task())
+
+        return asyncio.run_coroutine_threadsafe(names(), self.loop).result(timeout=5)
 
     def start(self, timeout: float = 20.0) -> "ServerThread":
         self._thread.start()

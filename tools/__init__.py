@@ -1,0 +1,36 @@
+"""The business tools the phone agent can call, and the registry that holds them.
+
+To add a tool:
+
+1. Write a plain function, sync or async, in `tools/yourtool.py`. Give every
+   parameter a type hint (str, int, float, bool, list[...], Literal["a", "b"],
+   or any of these `| None`) and a Google-style docstring: the first paragraph
+   tells the model when to call it, the `Args:` section describes each
+   parameter. Add a parameter annotated `CallContext` (from `telephony.tools`)
+   if the tool needs to know the call (caller number, settings); the model
+   never sees it. Return something JSON-like (a dict, a dataclass, a list).
+
+       def check_stock(sku: str, ctx: CallContext) -> dict:
+           '''Check whether a product is in stock.
+
+           Args:
+               sku: the product code, e.g. BTL-750-BLU
+           '''
+
+2. Register it below: `registry.register(check_stock)`, or
+   `registry.register(check_stock, timeout=3)` for its own timeout.
+
+3. Mention it in the agent instructions so the model knows to use it.
+
+Sync tools run in a worker thread, so blocking I/O is fine; give it its own
+timeout, because a thread cannot be cancelled.
+"""
+
+from telephony.tools import CallContext, ToolRegistry
+
+from .orders import ensure_orders_db, lookup_order
+
+__all__ = ["registry", "CallContext", "ensure_orders_db", "lookup_order"]
+
+registry = ToolRegistry()
+registry.register(lookup_order)
