@@ -108,6 +108,7 @@ class Call:
         self.interruptions = 0
         self.digits: list[str] = []
         self.transcript: list[list[str]] = []  # [role, text]
+        self._transcript_break = False  # a turn ended: the next text starts a new entry
         self.usage = {"prompt": 0, "response": 0, "total": 0}
         self.usage_by_modality: dict[str, int] = {}
         self.resumption_handle: str | None = None
@@ -287,6 +288,7 @@ class Call:
         actions = self._drain_turn()
         self._turn_open = False
         self._discarding = False
+        self._transcript_break = True
         if not self.marks_in_flight and self.phase is Phase.AGENT_SPEAKING:
             self.phase = Phase.LISTENING
         return actions
@@ -308,6 +310,7 @@ class Call:
         self.outbound.reset()
         self._turn_open = False
         self._discarding = True
+        self._transcript_break = True
         self.phase = Phase.LISTENING
         # Always clear, even if everything seems played: Twilio may still be buffering.
         assert self._out is not None
@@ -318,10 +321,11 @@ class Call:
             return []
         if event.role == "caller":
             self._discarding = False  # the caller's new turn has begun
-        if self.transcript and self.transcript[-1][0] == event.role:
+        if self.transcript and self.transcript[-1][0] == event.role and not self._transcript_break:
             self.transcript[-1][1] += event.text
         else:
             self.transcript.append([event.role, event.text])
+        self._transcript_break = False
         return []
 
     def _on_tool_call(self, event: ev.ToolCallRequested) -> list[ev.Action]:

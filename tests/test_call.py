@@ -238,7 +238,9 @@ class TestEndingACall:
         summary = c.call.summary()
         assert summary["frames_in"] == 10
         assert summary["tokens"] == {"prompt": 110, "response": 44, "total": 154, "by_modality": {"AUDIO": 99}}
-        assert c.call.transcript == [["caller", "Where is my order?"], ["agent", "Let me check."]]
+        c.call.handle(ev.TurnComplete())
+        c.call.handle(ev.Transcript("agent", "It has shipped."))
+        assert c.call.transcript == [["caller", "Where is my order?"], ["agent", "Let me check."], ["agent", "It has shipped."]]
 
     def test_resumption_handle_keeps_the_newest_resumable_one(self):
         c = CallScript().connected()

@@ -21,6 +21,7 @@ class ServerThread:
             with socket.socket() as sock:
                 sock.bind((host, 0))
                 port = sock.getsockname()[1]
+        self.app = app
         self.host, self.port = host, port
         self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", ws="auto")
         self.server = uvicorn.Server(self.config)
