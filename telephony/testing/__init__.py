@@ -1,0 +1,36 @@
+"""Testing tools that ship with the product, so users can test their agent without a phone.
+
+- `LiveEmulator`: a local TLS server speaking the Gemini Live wire protocol, scripted
+  with `Script`/`Reply`/`Say`/`CallTool`/`Fail`; the real google-genai SDK reaches it
+  through `GOOGLE_GEMINI_BASE_URL` + `SSL_CERT_FILE`.
+- `CallSimulator`: plays a recorded Twilio stream (`.jsonl`) at a server the way Twilio
+  would, honouring marks and `clear`, and returns a `SimulatedCall`.
+- `build_messages`/`write_recording`/`read_recording`: make and read recordings.
+- `ServerThread`: the real app under uvicorn on a loopback port.
+"""
+
+from .emulator import CallTool, EmulatedSession, Fail, LiveEmulator, Reply, Say, Script
+from .recordings import Dtmf, Silence, Speech, Tone, build_messages, read_recording, write_recording
+from .server import ServerThread
+from .simulator import CallSimulator, SimEvent, SimulatedCall
+
+__all__ = [
+    "CallSimulator",
+    "CallTool",
+    "Dtmf",
+    "EmulatedSession",
+    "Fail",
+    "LiveEmulator",
+    "Reply",
+    "Say",
+    "Script",
+    "ServerThread",
+    "SimEvent",
+    "SimulatedCall",
+    "Silence",
+    "Speech",
+    "Tone",
+    "build_messages",
+    "read_recording",
+    "write_recording",
+]
