@@ -211,14 +211,22 @@ def _to_int16(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.int16)
 
 
-def inbound_resampler() -> Resampler:
+#: Resampler implementations selectable with the RESAMPLER setting.
+RESAMPLERS = ("soxr-hq",)
+
+
+def inbound_resampler(kind: str = "soxr-hq") -> Resampler:
     """Twilio 8 kHz -> Live input 16 kHz."""
-    return SoxrResampler(TWILIO_RATE, LIVE_INPUT_RATE)
+    if kind == "soxr-hq":
+        return SoxrResampler(TWILIO_RATE, LIVE_INPUT_RATE)
+    raise ValueError(f"unknown resampler {kind!r} (expected one of {RESAMPLERS})")
 
 
-def outbound_resampler() -> Resampler:
+def outbound_resampler(kind: str = "soxr-hq") -> Resampler:
     """Live output 24 kHz -> Twilio 8 kHz."""
-    return SoxrResampler(LIVE_OUTPUT_RATE, TWILIO_RATE)
+    if kind == "soxr-hq":
+        return SoxrResampler(LIVE_OUTPUT_RATE, TWILIO_RATE)
+    raise ValueError(f"unknown resampler {kind!r} (expected one of {RESAMPLERS})")
 
 
 # --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocketState
 from . import events as ev
 from . import live as live_mod
 from . import twilio_protocol as tw
+from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call
 from .errors import LiveError, MalformedMessage
 from .settings import Settings
@@ -49,7 +50,11 @@ class CallBridge:
         self.client = client
         self.registry = registry
         self.rest = rest
-        self.call = Call(greeting=settings.agent_greeting)
+        self.call = Call(
+            greeting=settings.agent_greeting,
+            inbound=InboundAudio(inbound_resampler(settings.resampler)),
+            outbound=OutboundAudio(outbound_resampler(settings.resampler)),
+        )
         self.live: live_mod.LiveSession | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tools: dict[str, asyncio.Task] = {}

@@ -55,6 +55,7 @@ class Settings:
     live_connect_timeout_s: float = 10.0
     tool_timeout_s: float = 10.0
     log_level: str = "INFO"
+    resampler: str = "soxr-hq"
 
     @property
     def public_host(self) -> str | None:
@@ -158,6 +159,14 @@ class Settings:
             if db_path.exists() and not db_path.is_file():
                 raise SettingsError(f"ORDERS_DB_PATH={db!r} exists and is not a file")
             values["orders_db_path"] = db_path
+
+        resampler = get("RESAMPLER")
+        if resampler is not None:
+            from .audio import RESAMPLERS
+
+            if resampler.lower() not in RESAMPLERS:
+                raise SettingsError(f"RESAMPLER={resampler!r} must be one of {', '.join(RESAMPLERS)}")
+            values["resampler"] = resampler.lower()
 
         level = get("LOG_LEVEL")
         if level is not None:
