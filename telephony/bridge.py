@@ -54,10 +54,15 @@ class CallBridge:
             greeting=settings.agent_greeting,
             inbound=InboundAudio(inbound_resampler(settings.resampler)),
             outbound=OutboundAudio(outbound_resampler(settings.resampler)),
+            watchdog_s=settings.model_watchdog_s or None,
+            max_call_s=settings.max_call_s or None,
         )
         self.live: live_mod.LiveSession | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tools: dict[str, asyncio.Task] = {}
+        self._timers: dict[str, asyncio.Task] = {}
+        self._switch = asyncio.Event()
+        self._resume: ev.ResumeLive | None = None
         self._end: ev.EndCall | None = None
         self._started = time.monotonic()
         self._ws_closed = False
@@ -101,21 +106,56 @@ class CallBridge:
                 await self._perform(actions)
 
     async def _run_live(self) -> None:
-        config = live_mod.build_config(self.settings, self.registry.declarations())
+        """Live sessions for the whole call: one after another, as the core asks (goAway, drops)."""
+        while True:
+            self._resume = None
+            self._switch = asyncio.Event()
+            await self._one_live_session()
+            if self._resume is None:
+                return  # the call is ending
+            if self._resume.delay_s:
+                await asyncio.sleep(self._resume.delay_s)
+
+    async def _one_live_session(self) -> None:
+        handle = self.call.resumption_handle
+        config = live_mod.build_config(self.settings, self.registry.declarations(), resumption_handle=handle)
         try:
             async with live_mod.open_session(self.client, self.settings, config) as session:
                 self.live = session
-                log.info("Live session open for call %s (model %s)", self.call.call_sid, self.settings.gemini_model)
+                log.info(
+                    "Live session %s for call %s (model %s)",
+                    "resumed" if handle else "open", self.call.call_sid, self.settings.gemini_model,
+                )
                 await self._perform(self.call.handle(ev.LiveReady()))
-                async for event in session.events():
-                    actions = self.call.handle(event)
-                    if actions:
-                        await self._perform(actions)
+                pump = asyncio.create_task(self._pump_live(session), name="live-reader")
+                switch = asyncio.create_task(self._switch.wait(), name="live-switch")
+                try:
+                    await asyncio.wait({pump, switch}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (pump, switch):
+                        task.cancel()
+                    await asyncio.gather(pump, switch, return_exceptions=True)
+                    self.live = None
+                if pump.done() and not pump.cancelled() and pump.exception() is not None:
+                    raise pump.exception()
+            # Leaving the block closed this socket before any replacement opens: the
+            # server rejects a resume while the old socket of the session is still open.
         except LiveError as exc:
-            log.error("Live session for call %s could not be opened: %s", self.call.call_sid, exc)
-            await self._perform(self.call.handle(ev.LiveFailed(str(exc))))
-        finally:
             self.live = None
+            log.error("Live session for call %s could not be opened: %s", self.call.call_sid, exc)
+            code = getattr(exc, "code", None)
+            await self._perform(self.call.handle(ev.LiveFailed(str(exc), code)))
+
+    async def _pump_live(self, session: live_mod.LiveSession) -> None:
+        async for event in session.events():
+            actions = self.call.handle(event)
+            if actions:
+                await self._perform(actions)
+
+    async def _timer(self, name: str, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._timers.pop(name, None)
+        await self._perform(self.call.handle(ev.TimerFired(name)))
 
     async def _run_tool(self, action: ev.RunTool) -> None:
         ctx = CallContext(
@@ -158,6 +198,22 @@ class CallBridge:
                 task = self._tools.pop(action.call_id, None)
                 if task is not None:
                     task.cancel()
+            elif isinstance(action, ev.StartTimer):
+                assert self._tg is not None
+                old = self._timers.pop(action.name, None)
+                if old is not None:
+                    old.cancel()
+                self._timers[action.name] = self._tg.create_task(
+                    self._timer(action.name, action.seconds), name=f"timer-{action.name}"
+                )
+            elif isinstance(action, ev.CancelTimer):
+                task = self._timers.pop(action.name, None)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(action, ev.ResumeLive):
+                log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
+                self._resume = action
+                self._switch.set()
             elif isinstance(action, ev.ConnectLive):
                 assert self._tg is not None
                 self._tg.create_task(self._run_live(), name="live")
@@ -186,7 +242,7 @@ class CallBridge:
 
     async def _finish(self) -> None:
         end = self._end or ev.EndCall("stream ended")
-        for task in list(self._tools.values()):
+        for task in [*self._tools.values(), *self._timers.values()]:
             task.cancel()
         if self.call.end_reason is None:
             self.call.end_reason = end.reason

@@ -32,8 +32,21 @@ log = logging.getLogger("telephony.call")
 
 #: Bytes of 8 kHz mu-law per second: the unit of "how much the caller heard".
 ULAW_BYTES_PER_SECOND = 8000
-#: Caller audio kept while the Live session is still opening (1 s of 20 ms frames).
-PRE_LIVE_FRAMES = 50
+#: Caller audio kept while a Live session is opening or being replaced (5 s of 20 ms frames).
+BUFFERED_FRAMES = 250
+#: Live close codes that mean the request itself is wrong: reconnecting would loop.
+FATAL_LIVE_CODES = frozenset({1007, 1008})
+#: Delays before each reconnection attempt; past the last one the call ends with an apology.
+RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+#: Switch sessions this long before a goAway deadline at the latest.
+GOAWAY_MARGIN_S = 2.0
+#: How long the goodbye at MAX_CALL_SECONDS may take before we hang up regardless.
+GOODBYE_GRACE_S = 15.0
+NUDGE_TEXT = "(The caller is waiting and has heard nothing. Please answer them now.)"
+GOODBYE_TEXT = (
+    "(The maximum length of this call has been reached. Tell the caller politely, in one short "
+    "sentence, that you have to end the call now, and say goodbye.)"
+)
 #: Bad frames tolerated before a stream is treated as abusive and closed with 1008.
 MAX_BAD_FRAMES = 50
 
@@ -71,8 +84,12 @@ class Call:
         greeting: str | None,
         inbound: InboundAudio | None = None,
         outbound: OutboundAudio | None = None,
+        watchdog_s: float | None = None,
+        max_call_s: float | None = None,
     ):
         self.greeting = greeting
+        self.watchdog_s = watchdog_s
+        self.max_call_s = max_call_s
         self.inbound = inbound or InboundAudio()
         self.outbound = outbound or OutboundAudio()
         self.phase = Phase.AWAITING_START
@@ -98,7 +115,18 @@ class Call:
         # Pending work.
         self.pending_tools: dict[str, ToolRecord] = {}
         self.tool_calls: list[ToolRecord] = []
-        self._pre_live: deque[bytes] = deque(maxlen=PRE_LIVE_FRAMES)
+        self._buffered: deque[bytes] = deque(maxlen=BUFFERED_FRAMES)
+        self._queued_responses: list[ev.SendToolResponse] = []
+
+        # The Live session: none -> connecting -> ready <-> switching.
+        self.live_state = "none"
+        self._ever_ready = False
+        self._reconnect_attempts = 0
+        self._resume_at_boundary = False
+        self._watchdog_armed = False
+        self._nudged = False
+        self._goodbye_after_turn: int | None = None  # end once this turn's goodbye has played
+        self._goodbye_spoken = False
 
         # Facts for the summary.
         self.frames_in = 0
@@ -106,6 +134,8 @@ class Call:
         self.frames_dropped = 0
         self.bad_frames = 0
         self.interruptions = 0
+        self.reconnects = 0
+        self.watchdog_nudges = 0
         self.digits: list[str] = []
         self.transcript: list[list[str]] = []  # [role, text]
         self._transcript_break = False  # a turn ended: the next text starts a new entry
@@ -153,6 +183,8 @@ class Call:
             "bad_frames": self.bad_frames,
             "agent_turns": self.turn,
             "interruptions": self.interruptions,
+            "live_reconnects": self.reconnects,
+            "watchdog_nudges": self.watchdog_nudges,
             "agent_audio_sent_s": round(self.sent_bytes / ULAW_BYTES_PER_SECOND, 2),
             "agent_audio_heard_s": round(self.heard_seconds, 2),
             "agent_audio_cleared_s": round(self.cleared_bytes / ULAW_BYTES_PER_SECOND, 2),
@@ -184,8 +216,12 @@ class Call:
             fmt = f"{event.encoding} {event.sample_rate} Hz x{event.channels}"
             return self._end(f"unsupported media format {fmt}", apologize=True)
         self.phase = Phase.CONNECTING
+        self.live_state = "connecting"
         log.info("call %s started on stream %s", event.call_sid, event.stream_sid)
-        return [ev.ConnectLive()]
+        actions: list[ev.Action] = [ev.ConnectLive()]
+        if self.max_call_s:
+            actions.append(ev.StartTimer("max_call", self.max_call_s))
+        return actions
 
     def _on_caller_audio(self, event: tw.CallerAudio) -> list[ev.Action]:
         if self.phase is Phase.AWAITING_START:
@@ -201,10 +237,11 @@ class Call:
         except MalformedMessage as exc:
             return self.bad_frame(exc)
         self.frames_in += 1
-        if self.phase is Phase.CONNECTING:
-            if len(self._pre_live) == self._pre_live.maxlen:
+        if self.live_state != "ready":
+            if len(self._buffered) == self._buffered.maxlen:
                 self.frames_dropped += 1
-            self._pre_live.append(pcm)
+                self._warn_once("buffer-full", "caller audio buffer full while Live is unavailable; dropping the oldest")
+            self._buffered.append(pcm)
             return []
         return [ev.SendAudioToLive(pcm)]
 
@@ -226,7 +263,7 @@ class Call:
                 break
         if not self.marks_in_flight and not self._turn_open and self.phase is Phase.AGENT_SPEAKING:
             self.phase = Phase.LISTENING
-        return []
+        return self._maybe_hang_up()
 
     def _on_dtmf(self, event: tw.DtmfPressed) -> list[ev.Action]:
         if not self._same_stream(event.stream_sid):
@@ -250,36 +287,79 @@ class Call:
     # ------------------------------------------------------- Live events
 
     def _on_live_ready(self, event: ev.LiveReady) -> list[ev.Action]:
-        if self.phase is not Phase.CONNECTING:
+        if self.phase in (Phase.ENDING, Phase.ENDED, Phase.AWAITING_START):
             return []
-        self.phase = Phase.LISTENING
+        first = not self._ever_ready
+        self._ever_ready = True
+        self.live_state = "ready"
+        self._reconnect_attempts = 0
+        if self.phase is Phase.CONNECTING:
+            self.phase = Phase.LISTENING
         actions: list[ev.Action] = []
-        if self.greeting:
-            actions.append(ev.SendTextToLive(self.greeting))
-        actions.extend(ev.SendAudioToLive(pcm) for pcm in self._pre_live)
-        self._pre_live.clear()
+        if first:
+            if self.greeting:
+                actions.append(ev.SendTextToLive(self.greeting))
+        else:
+            self.reconnects += 1
+            log.info("Live session resumed (reconnect %d); replaying %d buffered frames", self.reconnects, len(self._buffered))
+        # Nothing said or computed while switching is lost: audio first, in order, then tool results.
+        actions.extend(ev.SendAudioToLive(pcm) for pcm in self._buffered)
+        self._buffered.clear()
+        actions.extend(self._queued_responses)
+        self._queued_responses.clear()
         return actions
 
     def _on_live_failed(self, event: ev.LiveFailed) -> list[ev.Action]:
-        return self._end(f"Live session could not be opened: {event.reason}", apologize=True)
-
-    def _on_live_closed(self, event: ev.LiveClosed) -> list[ev.Action]:
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
-        return self._end(f"Live session closed (code={event.code}, {event.reason or 'no reason'})", apologize=True)
+        if not self._ever_ready or event.code in FATAL_LIVE_CODES:
+            return self._end(f"Live session could not be opened: {event.reason}", apologize=True)
+        return self._reconnect(f"resuming failed: {event.reason}")
+
+    def _on_live_closed(self, event: ev.LiveClosed) -> list[ev.Action]:
+        if self.phase in (Phase.ENDING, Phase.ENDED) or self.live_state == "switching":
+            return []
+        what = f"Live session closed (code={event.code}, {event.reason or 'no reason'})"
+        if event.code in FATAL_LIVE_CODES:
+            return self._end(what, apologize=True)
+        log.warning("%s; resuming", what)
+        return self._reconnect(what)
+
+    def _on_timer(self, event: ev.TimerFired) -> list[ev.Action]:
+        if self.phase in (Phase.ENDING, Phase.ENDED):
+            return []
+        if event.name == "goaway":
+            if self._resume_at_boundary and self.live_state == "ready":
+                return self._reconnect("goAway deadline reached before a turn boundary")
+        elif event.name == "watchdog":
+            self._watchdog_armed = False
+            if self.live_state == "ready" and not self._nudged:
+                self._nudged = True
+                self.watchdog_nudges += 1
+                log.warning("model silent for %.1f s; nudging it once", self.watchdog_s or 0)
+                return [ev.SendTextToLive(NUDGE_TEXT)]
+        elif event.name == "max_call":
+            log.info("call reached its %.0f s limit; asking the agent to say goodbye", self.max_call_s or 0)
+            self._goodbye_after_turn = self.turn
+            return [ev.SendTextToLive(GOODBYE_TEXT), ev.StartTimer("goodbye_grace", GOODBYE_GRACE_S)]
+        elif event.name == "goodbye_grace":
+            return self._end("maximum call length reached", hangup=True)
+        return []
 
     def _on_model_audio(self, event: ev.ModelAudio) -> list[ev.Action]:
         if self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING) or self._discarding:
             return []
+        actions = self._disarm_watchdog()
         payloads = self.outbound.convert(event.pcm)
         if not self._turn_open:
             self._turn_open = True
             self._turn_drained = False
             self.turn += 1
         if not payloads:
-            return []
+            return actions
         self.phase = Phase.AGENT_SPEAKING
-        return [self._media(payloads)]
+        actions.append(self._media(payloads))
+        return actions
 
     def _on_generation_complete(self, event: ev.GenerationComplete) -> list[ev.Action]:
         return self._drain_turn()
@@ -291,6 +371,11 @@ class Call:
         self._transcript_break = True
         if not self.marks_in_flight and self.phase is Phase.AGENT_SPEAKING:
             self.phase = Phase.LISTENING
+        if self._goodbye_after_turn is not None and self.turn > self._goodbye_after_turn:
+            self._goodbye_spoken = True
+            actions.extend(self._maybe_hang_up())
+        if self._resume_at_boundary and not self.pending_tools and self.phase is not Phase.ENDING:
+            actions.extend(self._reconnect("goAway: switching sessions at a turn boundary"))
         return actions
 
     def _on_interrupted(self, event: ev.ModelInterrupted) -> list[ev.Action]:
@@ -319,19 +404,21 @@ class Call:
     def _on_transcript(self, event: ev.Transcript) -> list[ev.Action]:
         if not event.text:
             return []
+        actions: list[ev.Action] = []
         if event.role == "caller":
             self._discarding = False  # the caller's new turn has begun
+            actions = self._arm_watchdog()
         if self.transcript and self.transcript[-1][0] == event.role and not self._transcript_break:
             self.transcript[-1][1] += event.text
         else:
             self.transcript.append([event.role, event.text])
         self._transcript_break = False
-        return []
+        return actions
 
     def _on_tool_call(self, event: ev.ToolCallRequested) -> list[ev.Action]:
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
-        actions: list[ev.Action] = []
+        actions: list[ev.Action] = self._disarm_watchdog()
         for fc in event.calls:
             record = ToolRecord(fc.call_id, fc.name)
             self.pending_tools[fc.call_id] = record
@@ -358,7 +445,11 @@ class Call:
         record.latency_ms = round(event.elapsed_s * 1000, 1)
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
-        return [ev.SendToolResponse(event.call_id, event.name, event.response)]
+        response = ev.SendToolResponse(event.call_id, event.name, event.response)
+        if self.live_state != "ready":
+            self._queued_responses.append(response)  # delivered on the resumed session
+            return []
+        return [response, *self._arm_watchdog()]
 
     def _on_usage(self, event: ev.UsageReported) -> list[ev.Action]:
         self.usage["prompt"] += event.prompt_tokens
@@ -375,7 +466,15 @@ class Call:
 
     def _on_go_away(self, event: ev.GoAway) -> list[ev.Action]:
         log.info("Live session will close soon (time left: %s s)", event.time_left_s)
-        return []
+        if self.live_state != "ready" or self.phase in (Phase.ENDING, Phase.ENDED):
+            return []
+        left = event.time_left_s
+        busy = self._turn_open or bool(self.pending_tools)
+        if busy and (left is None or left > GOAWAY_MARGIN_S + 1.0):
+            # Let the agent finish its sentence; switch at the turn boundary, or at the deadline.
+            self._resume_at_boundary = True
+            return [ev.StartTimer("goaway", (left - GOAWAY_MARGIN_S) if left is not None else 5.0)]
+        return self._reconnect("goAway: switching sessions now")
 
     # ------------------------------------------------------------ helpers
 
@@ -404,7 +503,44 @@ class Call:
         self.phase = Phase.AGENT_SPEAKING
         return [self._media(payloads)]
 
-    def _end(self, reason: str, *, apologize: bool = False, close_code: int = 1000) -> list[ev.Action]:
+    def _reconnect(self, reason: str) -> list[ev.Action]:
+        """Replace the Live session, keeping the conversation through the resumption handle."""
+        actions = self._drain_turn()  # what the old session said still plays
+        self._turn_open = False
+        self._resume_at_boundary = False
+        self.live_state = "switching"
+        self._reconnect_attempts += 1
+        if self._reconnect_attempts > len(RECONNECT_BACKOFF_S):
+            return actions + self._end(
+                f"could not restore the Live session after {len(RECONNECT_BACKOFF_S)} attempts ({reason})", apologize=True
+            )
+        delay = RECONNECT_BACKOFF_S[self._reconnect_attempts - 1]
+        actions.append(ev.CancelTimer("goaway"))
+        actions.append(ev.ResumeLive(reason, delay))
+        return actions
+
+    def _arm_watchdog(self) -> list[ev.Action]:
+        if not self.watchdog_s or self.live_state != "ready":
+            return []
+        self._watchdog_armed = True
+        self._nudged = False
+        return [ev.StartTimer("watchdog", self.watchdog_s)]
+
+    def _disarm_watchdog(self) -> list[ev.Action]:
+        if not self._watchdog_armed:
+            return []
+        self._watchdog_armed = False
+        return [ev.CancelTimer("watchdog")]
+
+    def _maybe_hang_up(self) -> list[ev.Action]:
+        """After the goodbye has been heard (its last mark echoed), end the call."""
+        if self._goodbye_spoken and not self.marks_in_flight and not self._turn_open:
+            return self._end("maximum call length reached", hangup=True)
+        return []
+
+    def _end(
+        self, reason: str, *, apologize: bool = False, close_code: int = 1000, hangup: bool = False
+    ) -> list[ev.Action]:
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
         self.phase = Phase.ENDING
@@ -413,7 +549,7 @@ class Call:
         for record in self.pending_tools.values():
             record.outcome = "cancelled"
         self.pending_tools.clear()
-        actions.append(ev.EndCall(reason, apologize=apologize, close_code=close_code))
+        actions.append(ev.EndCall(reason, apologize=apologize, close_code=close_code, hangup=hangup))
         return actions
 
     def _same_stream(self, sid: str | None) -> bool:
@@ -450,6 +586,7 @@ class Call:
         ev.UsageReported: _on_usage,
         ev.ResumptionUpdate: _on_resumption,
         ev.GoAway: _on_go_away,
+        ev.TimerFired: _on_timer,
     }
 
 

@@ -22,6 +22,7 @@ class LiveFailed:
     """The Live session could not be opened (timeout, refused, bad setup)."""
 
     reason: str
+    code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class TwilioDisconnected:
 
 
 @dataclass(frozen=True)
+class TimerFired:
+    name: str
+
+
+@dataclass(frozen=True)
 class ToolFinished:
     call_id: str
     name: str
@@ -155,12 +161,38 @@ class CancelTool:
 
 
 @dataclass(frozen=True)
+class StartTimer:
+    """Feed `TimerFired(name)` back after `seconds`; starting a running timer restarts it."""
+
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True)
+class ResumeLive:
+    """Close the current Live socket (if any), wait `delay_s`, and reconnect with the
+    newest resumption handle."""
+
+    reason: str
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class EndCall:
     """Finish the call. `apologize` means the caller must hear why (we failed them)."""
 
     reason: str
     apologize: bool = False
     close_code: int = 1000
+    hangup: bool = False  # end the phone call itself, not only our stream
 
 
-Action = SendToTwilio | ConnectLive | SendAudioToLive | SendTextToLive | SendToolResponse | RunTool | CancelTool | EndCall
+Action = (
+    SendToTwilio | ConnectLive | SendAudioToLive | SendTextToLive | SendToolResponse | RunTool | CancelTool
+    | StartTimer | CancelTimer | ResumeLive | EndCall
+)

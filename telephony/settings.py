@@ -47,6 +47,14 @@ class Settings:
     public_url: str | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
+    # Security (issue 5; see SECURITY.md). None = auto: required when PUBLIC_URL is set.
+    require_twilio_signature: bool | None = None
+    stream_token_secret: str | None = field(default=None, repr=False)
+    stream_token_ttl_s: float = 60.0
+    max_calls_per_caller: int = 2
+    max_calls_per_caller_per_hour: int = 20
+    mask_phone_numbers: bool = True
+    allowed_destinations: tuple[str, ...] = ()
     vad_start_sensitivity: str = "LOW"
     vad_end_sensitivity: str = "HIGH"
     vad_prefix_padding_ms: int = 40
@@ -54,6 +62,10 @@ class Settings:
     orders_db_path: Path = Path("data/orders.db")
     live_connect_timeout_s: float = 10.0
     tool_timeout_s: float = 10.0
+    model_watchdog_s: float = 8.0
+    max_call_s: float = 3600.0
+    max_concurrent_calls: int = 200
+    drain_timeout_s: float = 30.0
     log_level: str = "INFO"
     resampler: str = "soxr-hq"
 
@@ -65,6 +77,18 @@ class Settings:
     @property
     def has_twilio_rest(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    @property
+    def verifies_twilio(self) -> bool:
+        """Webhooks and media streams are verified whenever the auth token is known."""
+        return bool(self.twilio_auth_token)
+
+    @property
+    def verification_required(self) -> bool:
+        """REQUIRE_TWILIO_SIGNATURE, or by default: a public deployment (PUBLIC_URL set) must verify."""
+        if self.require_twilio_signature is not None:
+            return self.require_twilio_signature
+        return self.public_url is not None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -140,6 +164,7 @@ class Settings:
             if not re.fullmatch(r"[0-9A-Za-z]{16,64}", token):
                 raise SettingsError("TWILIO_AUTH_TOKEN does not look like a Twilio auth token (value not shown)")
             values["twilio_auth_token"] = token
+        values.update(_security(get, token))
 
         for name, attr in (("VAD_START_SENSITIVITY", "vad_start_sensitivity"), ("VAD_END_SENSITIVITY", "vad_end_sensitivity")):
             raw = get(name)
@@ -152,6 +177,10 @@ class Settings:
         values.update(_int(get, "VAD_SILENCE_DURATION_MS", "vad_silence_duration_ms", 100, 5000))
         values.update(_float(get, "LIVE_CONNECT_TIMEOUT_SECONDS", "live_connect_timeout_s", 1, 120))
         values.update(_float(get, "TOOL_TIMEOUT_SECONDS", "tool_timeout_s", 0.1, 300))
+        values.update(_float(get, "MODEL_WATCHDOG_SECONDS", "model_watchdog_s", 0, 120))
+        values.update(_float(get, "MAX_CALL_SECONDS", "max_call_s", 0, 86400))
+        values.update(_int(get, "MAX_CONCURRENT_CALLS", "max_concurrent_calls", 1, 100000))
+        values.update(_float(get, "DRAIN_TIMEOUT_SECONDS", "drain_timeout_s", 0, 3600))
 
         db = get("ORDERS_DB_PATH")
         if db is not None:
@@ -181,12 +210,63 @@ class Settings:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("gemini_api_key", "twilio_auth_token"):
+            if f.name in ("gemini_api_key", "twilio_auth_token", "stream_token_secret"):
                 value = "set" if value else "unset"
             elif f.name == "agent_instructions":
                 value = f"{len(value)} chars"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+# Destinations a call-control tool may reach: E.164 numbers or sip: URIs.
+_DESTINATION_RE = re.compile(r"\+[1-9]\d{6,14}|sip:[^\s,;]+@[^\s,;]+")
+
+
+def _security(get, auth_token: str | None) -> dict[str, object]:
+    """Verification, stream tokens, abuse limits and log masking (SECURITY.md)."""
+    values: dict[str, object] = {}
+    require = _bool(get, "REQUIRE_TWILIO_SIGNATURE")
+    if require is not None:
+        if require and not auth_token:
+            raise SettingsError(
+                "REQUIRE_TWILIO_SIGNATURE=true but TWILIO_AUTH_TOKEN is not set: "
+                "the server cannot verify that requests come from Twilio"
+            )
+        values["require_twilio_signature"] = require
+    secret = get("STREAM_TOKEN_SECRET")
+    if secret is not None:
+        if len(secret) < 32:
+            raise SettingsError("STREAM_TOKEN_SECRET must be at least 32 characters (value not shown)")
+        values["stream_token_secret"] = secret
+    values.update(_float(get, "STREAM_TOKEN_TTL_SECONDS", "stream_token_ttl_s", 5, 600))
+    values.update(_int(get, "MAX_CALLS_PER_CALLER", "max_calls_per_caller", 1, 1000))
+    values.update(_int(get, "MAX_CALLS_PER_CALLER_PER_HOUR", "max_calls_per_caller_per_hour", 1, 100_000))
+    mask = _bool(get, "MASK_PHONE_NUMBERS")
+    if mask is not None:
+        values["mask_phone_numbers"] = mask
+    raw = get("ALLOWED_DESTINATIONS")
+    if raw is not None:
+        destinations = tuple(d.strip() for d in raw.split(",") if d.strip())
+        for d in destinations:
+            if not _DESTINATION_RE.fullmatch(d):
+                raise SettingsError(
+                    f"ALLOWED_DESTINATIONS entry {d!r} is not an E.164 number (+15551230101) or a sip: URI"
+                )
+        values["allowed_destinations"] = destinations
+    return values
+
+
+def _bool(get, name: str) -> bool | None:
+    raw = get(name)
+    if raw is None:
+        return None
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise SettingsError(f"{name}={raw!r} must be true or false")
 
 
 def _int(get, name: str, attr: str, lo: int, hi: int) -> dict[str, int]:

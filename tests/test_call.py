@@ -11,7 +11,7 @@ import pytest
 from telephony import events as ev
 from telephony import twilio_protocol as tw
 from telephony.audio import ulaw_encode
-from telephony.call import MAX_BAD_FRAMES, Call, Phase
+from telephony.call import GOODBYE_TEXT, MAX_BAD_FRAMES, NUDGE_TEXT, Call, Phase
 from telephony.errors import InvalidCallState, MalformedMessage
 
 SID = "MZ" + "a" * 32
@@ -217,9 +217,9 @@ class TestEndingACall:
         assert c.call.phase is Phase.ENDING
         assert c.caller_speaks() == [] and c.agent_says(0.1) == []
 
-    def test_live_closing_mid_call_ends_with_an_apology(self):
+    def test_a_fatal_live_close_mid_call_ends_with_an_apology(self):
         c = CallScript().connected()
-        (action,) = c.call.handle(ev.LiveClosed(1011, "internal error"))
+        (action,) = c.call.handle(ev.LiveClosed(1008, "model not supported"))
         assert isinstance(action, ev.EndCall) and action.apologize
 
     def test_twilio_socket_closing_without_stop_ends_the_call(self):
@@ -286,3 +286,92 @@ class TestBadInput:
     def test_driving_the_core_with_a_foreign_object_is_our_bug(self):
         with pytest.raises(InvalidCallState):
             Call(greeting=None).handle(object())
+
+
+class TestLongCallsAndLiveFailures:
+    """gemini-live.md §5: goAway, resumption handles, drops."""
+
+    def test_a_dropped_session_is_resumed_at_once_and_caller_audio_is_kept_meanwhile(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ResumptionUpdate("h1", True))
+        actions = c.call.handle(ev.LiveClosed(1011, "internal error"))
+        assert ev.ResumeLive("Live session closed (code=1011, internal error)", 0.0) in actions
+        assert c.caller_speaks(10) == []  # buffered, not lost
+        ready = c.live_ready()
+        assert [type(a) for a in ready] == [ev.SendAudioToLive] * 10  # no second greeting
+        assert c.call.reconnects == 1
+
+    def test_reconnection_backs_off_and_gives_up_with_an_apology(self):
+        c = CallScript().connected()
+        actions = c.call.handle(ev.LiveClosed(1006, "abnormal"))
+        delays = [a.delay_s for a in actions if isinstance(a, ev.ResumeLive)]
+        for _ in range(10):
+            actions = c.call.handle(ev.LiveFailed("connection refused"))
+            delays += [a.delay_s for a in actions if isinstance(a, ev.ResumeLive)]
+            if any(isinstance(a, ev.EndCall) for a in actions):
+                break
+        assert delays == sorted(delays) and delays[0] == 0.0 and delays[-1] > delays[1]
+        assert isinstance(actions[-1], ev.EndCall) and actions[-1].apologize
+
+    def test_a_resume_refused_as_invalid_is_not_retried(self):
+        c = CallScript().connected()
+        c.call.handle(ev.LiveClosed(1006, "abnormal"))
+        (action,) = c.call.handle(ev.LiveFailed("invalid handle", 1007))
+        assert isinstance(action, ev.EndCall) and action.apologize
+
+    def test_go_away_while_the_agent_speaks_waits_for_the_turn_boundary(self):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        assert c.call.handle(ev.GoAway(50.0)) == [ev.StartTimer("goaway", 48.0)]
+        actions = c.call.handle(ev.TurnComplete())
+        assert any(isinstance(a, ev.ResumeLive) for a in actions)
+
+    def test_go_away_when_idle_switches_now(self):
+        c = CallScript().connected()
+        actions = c.call.handle(ev.GoAway(50.0))
+        assert any(isinstance(a, ev.ResumeLive) for a in actions)
+
+    def test_go_away_deadline_forces_the_switch(self):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        c.call.handle(ev.GoAway(10.0))
+        assert any(isinstance(a, ev.ResumeLive) for a in c.call.handle(ev.TimerFired("goaway")))
+
+    def test_a_tool_result_finished_while_switching_is_delivered_on_the_new_session(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {}),)))
+        c.call.handle(ev.LiveClosed(1006, "abnormal"))
+        assert c.call.handle(ev.ToolFinished("fc-1", "lookup_order", {"result": 1})) == []
+        assert ev.SendToolResponse("fc-1", "lookup_order", {"result": 1}) in c.live_ready()
+
+
+class TestWatchdogAndLimits:
+    def test_a_silent_model_after_the_caller_spoke_is_nudged_once(self):
+        call = Call(greeting=None, watchdog_s=5.0)
+        call.handle(tw.StreamStarted(SID, CALL, "", {}))
+        call.handle(ev.LiveReady())
+        assert call.handle(ev.Transcript("caller", "hello?")) == [ev.StartTimer("watchdog", 5.0)]
+        assert call.handle(ev.TimerFired("watchdog")) == [ev.SendTextToLive(NUDGE_TEXT)]
+        assert call.handle(ev.TimerFired("watchdog")) == []
+        assert call.watchdog_nudges == 1
+
+    def test_model_audio_disarms_the_watchdog(self):
+        call = Call(greeting=None, watchdog_s=5.0)
+        call.handle(tw.StreamStarted(SID, CALL, "", {}))
+        call.handle(ev.LiveReady())
+        call.handle(ev.Transcript("caller", "hello?"))
+        assert call.handle(ev.ModelAudio(tone_24k(0.1)))[0] == ev.CancelTimer("watchdog")
+
+    def test_max_call_length_asks_for_a_goodbye_then_hangs_up_after_it_played(self):
+        call = Call(greeting=None, max_call_s=60)
+        assert ev.StartTimer("max_call", 60) in call.handle(tw.StreamStarted(SID, CALL, "", {}))
+        call.handle(ev.LiveReady())
+        assert call.handle(ev.TimerFired("max_call"))[0] == ev.SendTextToLive(GOODBYE_TEXT)
+        sent = []
+        pcm = tone_24k(0.5)
+        for i in range(0, len(pcm), 1920):
+            sent += call.handle(ev.ModelAudio(pcm[i : i + 1920]))
+        sent += call.handle(ev.TurnComplete())
+        names = [m["mark"]["name"] for m in twilio_messages(sent) if m["event"] == "mark"]
+        actions = call.handle(tw.MarkEchoed(SID, names[-1]))
+        assert actions == [ev.EndCall("maximum call length reached", hangup=True)]

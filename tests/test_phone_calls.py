@@ -196,8 +196,29 @@ def test_when_live_cannot_be_reached_the_stream_is_closed_onto_the_spoken_apolog
     assert summary["end_reason"].startswith("Live session could not be opened")
 
 
-def test_a_failing_live_session_mid_call_ends_the_call_cleanly(phone, server):
-    script = Script(greeting=[Say(seconds=0.5)], replies=[Reply(steps=[Fail(close_code=1011, reason="internal error")])])
+def test_a_live_session_dropped_mid_call_is_resumed_and_the_call_goes_on(phone, server, emulator):
+    script = Script(
+        greeting=[Say(seconds=0.5)],
+        replies=[
+            Reply(steps=[Fail(close_code=1011, reason="internal error")]),
+            Reply(steps=[Say(text="Sorry about that, I'm back.", seconds=1.0, freq=600.0)]),
+        ],
+    )
+    before = len(emulator.sessions)
     call = phone.call("order_call.jsonl", script, speed=2)
+    first, resumed = emulator.sessions[before], emulator.sessions[before + 1]
+    handle = key(resumed.setup, "sessionResumption", "session_resumption").get("handle")
+    assert handle and first.close_code == 1011
+    assert any(abs(dominant_hz(ulaw_decode(a), 8000) - 600) < 10 for _, _, a in heard_utterances(call))
+    summary = server.app.state.recent_calls[-1]
+    assert summary["end_reason"] == "caller hung up" and summary["live_reconnects"] == 1
     assert call.close_code == 1000
-    assert server.app.state.recent_calls[-1]["end_reason"].startswith("Live session closed (code=1011")
+
+
+def test_a_policy_close_mid_call_is_not_retried_and_ends_the_call(phone, server, emulator):
+    script = Script(greeting=[Say(seconds=0.5)], replies=[Reply(steps=[Fail(close_code=1008, reason="policy")])])
+    before = len(emulator.sessions)
+    call = phone.call("order_call.jsonl", script, speed=2)
+    assert len(emulator.sessions) == before + 1  # no reconnection loop
+    assert call.close_code == 1000
+    assert server.app.state.recent_calls[-1]["end_reason"].startswith("Live session closed (code=1008")
