@@ -1,0 +1,120 @@
+"""Fault injection: a misbehaving model, tools that hang or raise, callers that vanish.
+
+Each call ends in its documented outcome and leaves no task behind. These calls
+run against a server of their own whose registry holds misbehaving tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from telephony.app import create_app
+from telephony.settings import Settings
+from telephony.testing.emulator import CallTool, Fail, Reply, Say, Script
+from telephony.testing.server import ServerThread
+from telephony.testing.simulator import CallSimulator
+from telephony.tools import ToolRegistry
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+async def hang_forever(order_id: str) -> dict:
+    """A tool whose backend never answers.
+
+    Args:
+        order_id: any order number.
+    """
+    await asyncio.Event().wait()
+    return {}
+
+
+def explode(order_id: str) -> dict:
+    """A tool whose backend is broken.
+
+    Args:
+        order_id: any order number.
+    """
+    raise ConnectionError("orders backend is down")
+
+
+async def slow(order_id: str) -> dict:
+    """A tool that takes a few seconds.
+
+    Args:
+        order_id: any order number.
+    """
+    await asyncio.sleep(5)
+    return {"ok": True}
+
+
+@pytest.fixture(scope="module")
+def faulty(server, emulator, tmp_path_factory):  # `server` puts the emulator in os.environ for the SDK
+    registry = ToolRegistry(default_timeout=0.5)
+    registry.register(hang_forever)
+    registry.register(explode)
+    registry.register(slow, timeout=30)
+    env = {**os.environ, **emulator.env(), "ORDERS_DB_PATH": str(tmp_path_factory.mktemp("f") / "o.db")}
+    env.pop("PUBLIC_URL", None)
+    env.pop("TWILIO_AUTH_TOKEN", None)
+    app = create_app(Settings.from_env(env), registry=registry)
+    with ServerThread(app) as server:
+        yield server
+
+
+def play(server, emulator, recording: str, script: Script, speed: float = 2.0):
+    emulator.script = script
+    before = len(emulator.sessions)
+    call = asyncio.run(CallSimulator(server.ws_url, FIXTURES / recording, speed=speed).run())
+    emulator.wait_for(lambda: not server.app.state.active_calls, timeout=10)
+    return call, emulator.sessions[before:], server.app.state.recent_calls[-1]
+
+
+def no_call_tasks(server) -> bool:
+    return not [n for n in server.task_names() if n in ("twilio-reader", "live", "live-reader") or n.startswith(("tool-", "timer-"))]
+
+
+def test_a_tool_that_hangs_times_out_and_the_model_hears_why(faulty, emulator):
+    script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[CallTool("hang_forever", {"order_id": "A1"}), Say(seconds=0.5, freq=600)])])
+    call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    answer = sessions[0].tool_responses[0]
+    assert answer["name"] == "hang_forever" and "timed out" in answer["response"]["error"]
+    assert call.close_code == 1000 and summary["end_reason"] == "caller hung up"
+    assert no_call_tasks(faulty)
+
+
+def test_a_tool_that_raises_becomes_an_error_response(faulty, emulator):
+    script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[CallTool("explode", {"order_id": "A1"}), Say(seconds=0.5)])])
+    _, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    answer = sessions[0].tool_responses[0]
+    assert "ConnectionError" in answer["response"]["error"] and "backend is down" in answer["response"]["error"]
+    assert [t["outcome"] for t in summary["tool_calls"]][0] == "error"
+
+
+def test_caller_hanging_up_mid_tool_call_cancels_the_tool(faulty, emulator):
+    # tone_call: the "caller" sounds at 1.0-2.0 s and hangs up at 3.5 s, while the 5 s tool still runs.
+    script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[CallTool("slow", {"order_id": "A1"}, wait=30)])])
+    _, sessions, summary = play(faulty, emulator, "tone_call.jsonl", script, speed=1.0)
+    assert [t["outcome"] for t in summary["tool_calls"]] == ["cancelled"]
+    assert sessions[0].tool_responses == []  # a cancelled call is never answered
+    assert no_call_tasks(faulty)
+
+
+def test_an_abrupt_drop_of_the_live_connection_is_resumed(faulty, emulator):
+    script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[Fail(drop=True)]), Reply(steps=[Say(seconds=0.5, freq=600)])])
+    call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    assert len(sessions) == 2 and summary["live_reconnects"] == 1
+    assert summary["end_reason"] == "caller hung up" and call.close_code == 1000
+
+
+def test_a_malformed_message_from_live_is_dropped_and_the_call_goes_on(faulty, emulator):
+    script = Script(
+        greeting=[Say(seconds=0.3)],
+        replies=[Reply(steps=[Fail(raw="this is not json"), Fail(raw={"someFutureMessage": {}}), Say(seconds=0.5, freq=600)])],
+    )
+    call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    assert len(sessions) == 1 and summary["end_reason"] == "caller hung up"
+    assert summary["agent_turns"] >= 2  # the greeting and the reply after the bad frames
