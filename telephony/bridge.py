@@ -24,6 +24,7 @@ from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call
 from .errors import LiveError, MalformedMessage
+from .security import CallerIdentity
 from .settings import Settings
 from .tools import CallContext, ToolRegistry
 from .twiml import apology_twiml
@@ -35,6 +36,17 @@ class _CallEnded(Exception):
     """Raised inside the task group to stop every task of the call."""
 
 
+def _forget_frames(group: BaseExceptionGroup) -> None:
+    """Tracebacks hold this call's frames (and so the call): drop them once handled,
+    so the call is freed at once instead of at the next full garbage collection."""
+    group.__traceback__ = None
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            _forget_frames(exc)
+        exc.__traceback__ = None
+        exc.__context__ = None
+
+
 class CallBridge:
     def __init__(
         self,
@@ -44,8 +56,12 @@ class CallBridge:
         client: Any,
         registry: ToolRegistry,
         rest: Any | None = None,
+        identity: CallerIdentity | None = None,
     ):
         self.ws = websocket
+        # Who is calling, as the app's Gatekeeper vouched for it (security.py): tools
+        # learn the caller only from here, never from the stream's own parameters.
+        self.identity = identity
         self.settings = settings
         self.client = client
         self.registry = registry
@@ -73,15 +89,22 @@ class CallBridge:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._read_twilio(), name="twilio-reader")
-        except* _CallEnded:
-            pass
+        except* _CallEnded as group:
+            _forget_frames(group)
         except* Exception as group:  # a bug of ours: end this call, never the server
             for exc in group.exceptions:
                 log.error("call %s failed: %r", self.call.call_sid, exc, exc_info=exc)
+            _forget_frames(group)
             if self._end is None:
                 self._end = ev.EndCall("internal error", apologize=True, close_code=1011)
         finally:
             await self._finish()
+            # Drop what ties this call to its finished tasks and their exceptions (which
+            # point back here): a cycle would keep the call's native buffers (resamplers,
+            # TLS) alive until the next full garbage collection.
+            self._tg = None
+            self._tools.clear()
+            self._timers.clear()
         return self._summary()
 
     # ----------------------------------------------------------- readers
@@ -160,8 +183,8 @@ class CallBridge:
     async def _run_tool(self, action: ev.RunTool) -> None:
         ctx = CallContext(
             call_sid=self.call.call_sid or "",
-            caller=self.call.parameters.get("From"),
-            called=self.call.parameters.get("To"),
+            caller=self.identity.caller if self.identity else None,
+            called=self.identity.called if self.identity else None,
             settings=self.settings,
         )
         started = time.monotonic()
