@@ -3,10 +3,17 @@
 Run it with `telephony serve` or `uvicorn telephony.app:app`. Settings are
 read and validated at start-up; a bad value stops the server with a message
 naming the variable.
+
+Every way in is checked by `security.Gatekeeper` before it costs anything:
+the webhook's Twilio signature (403 otherwise) and the caller's limits
+(a spoken refusal otherwise); the stream's upgrade signature and its
+single-use token (close 1008 otherwise) before a `CallBridge` exists, so no
+Live session is ever opened for a stream that fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import deque
@@ -15,15 +22,30 @@ from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
+from starlette.websockets import WebSocketState
+from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
 from . import __version__
+from . import twilio_protocol as tw
 from .bridge import CallBridge
+from .errors import MalformedMessage, SettingsError
 from .live import make_client
+from .security import (
+    MAX_IDENTITY_CHARS, TOKEN_PARAMETER, CallerIdentity, Gatekeeper, Rejected, check_deployment,
+    install_log_redaction, stream_urls, webhook_urls,
+)
 from .settings import Settings
 from .tools import ToolRegistry
-from .twiml import connect_stream_twiml
+from .twiml import connect_stream_twiml, over_limit_twiml
 
 log = logging.getLogger("telephony.app")
+
+#: Twilio's voice webhooks are a few hundred bytes; anything far bigger is not Twilio.
+MAX_WEBHOOK_BYTES = 64 * 1024
+#: Twilio sends `connected` then `start` at once; a stream that has not
+#: started after this many messages or seconds is not a Twilio stream.
+MAX_MESSAGES_BEFORE_START = 50
+START_TIMEOUT_S = 10.0
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -56,6 +78,12 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
     async def lifespan(app: FastAPI):
         s = settings or Settings.from_env()
         configure_logging(s.log_level)
+        install_log_redaction(s)
+        try:
+            check_deployment(s)
+        except SettingsError as exc:
+            log.error("configuration error: %s", exc)
+            raise
         reg = registry or _default_registry()
         reg.default_timeout = s.tool_timeout_s
         from tools.orders import ensure_orders_db
@@ -67,11 +95,21 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         app.state.rest = _rest_client(s)
         app.state.active_calls = set()
         app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
+        app.state.gate = Gatekeeper(s)
         log.info("phone agent %s ready: model=%s voice=%s tools=%s", __version__, s.gemini_model, s.gemini_voice, reg.names())
         if not s.public_url:
             log.warning("PUBLIC_URL is not set: stream URLs will use the Host header of each webhook request")
         if not s.has_twilio_rest:
             log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not set: failed calls end by closing the stream onto the TwiML apology")
+        if s.verifies_twilio:
+            log.info("Twilio signatures are verified on webhooks and media streams (stream tokens live %.0f s)",
+                     s.stream_token_ttl_s)
+        else:
+            log.warning(
+                "SECURITY: TWILIO_AUTH_TOKEN is not set, so requests are NOT verified: anyone who can reach "
+                "this server can open Gemini Live sessions on your API key, and callers are who they claim "
+                "to be. Use this only for local development and simulated calls (see SECURITY.md)."
+            )
         yield
         for bridge in list(app.state.active_calls):
             log.info("server stopping: call %s still active", bridge.call.call_sid)
@@ -80,34 +118,143 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "active_calls": len(request.app.state.active_calls)})
+        state = request.app.state
+        return JSONResponse({
+            "status": "ok",
+            "active_calls": len(state.active_calls),
+            "rejected": dict(sorted(state.gate.rejected.items())),
+        })
 
     @app.post("/incoming-call")
     async def incoming_call(request: Request) -> Response:
         """Twilio's voice webhook: answer with TwiML that connects the call to our stream."""
         s: Settings = request.app.state.settings
-        body = (await request.body()).decode("utf-8", errors="replace")
-        form = dict(parse_qsl(body, keep_blank_values=True))
+        gate: Gatekeeper = request.app.state.gate
+        raw = await _read_body(request, MAX_WEBHOOK_BYTES)
+        if raw is None:
+            log.warning("rejected webhook: body over %d bytes", MAX_WEBHOOK_BYTES)
+            return Response(status_code=413)
+        pairs = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+        try:
+            gate.check_webhook(
+                urls=webhook_urls(s.public_url, str(request.url)), form=pairs,
+                signature=request.headers.get(SIGNATURE_HEADER),
+                signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER),
+            )
+        except Rejected as exc:
+            log.warning("rejected webhook (403): %s", exc)
+            return Response(status_code=403, content="Forbidden", media_type="text/plain")
+        form = dict(pairs)
+        call_sid = form.get("CallSid", "")
+        caller, called = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
+        why = gate.admit_call(call_sid, caller)
+        if why is not None:
+            log.warning("call %s from %s turned away: %s", call_sid or "(no CallSid)", gate.show(caller), why)
+            return Response(content=over_limit_twiml(), media_type="text/xml")
         host = s.public_host or request.headers.get("host", "")
-        parameters = {k: form.get(k, "") for k in ("CallSid", "From", "To")}
+        parameters = {"CallSid": call_sid, "From": caller, "To": called,
+                      TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called)}
         twiml = connect_stream_twiml(f"wss://{host}/media-stream", parameters)
-        log.info("incoming call %s: connecting to wss://%s/media-stream", parameters["CallSid"] or "(no CallSid)", host)
+        log.info("incoming call %s from %s: connecting to wss://%s/media-stream",
+                 call_sid or "(no CallSid)", gate.show(caller), host)
         return Response(content=twiml, media_type="text/xml")
 
     @app.websocket("/media-stream")
     async def media_stream(websocket: WebSocket) -> None:
         state = websocket.app.state
+        s: Settings = state.settings
+        gate: Gatekeeper = state.gate
         await websocket.accept()
+        identity: CallerIdentity | None = None
+        try:
+            gate.check_stream_signature(
+                stream_urls(s.public_host, websocket.headers.get("host"), websocket.url.path),
+                websocket.headers.get(SIGNATURE_HEADER),
+            )
+            pending, start = await _read_until_start(websocket)
+            if start is not None:
+                identity = gate.admit_stream(start.call_sid, start.account_sid, start.custom_parameters)
+            elif gate.verifying:
+                raise gate.no_start()
+        except Rejected as exc:
+            log.warning("rejected media stream (closed with 1008, no Live session): %s", exc)
+            await _close(websocket, 1008)
+            return
+        if identity is not None and not identity.verified:
+            log.info("call %s: caller %s is NOT verified (development mode, no TWILIO_AUTH_TOKEN)",
+                     identity.call_sid, gate.show(identity.caller))
         bridge = CallBridge(
-            websocket, settings=state.settings, client=state.client, registry=state.registry, rest=state.rest
+            _Replay(websocket, pending), settings=s, client=state.client, registry=state.registry,
+            rest=state.rest, identity=identity,
         )
         state.active_calls.add(bridge)
         try:
             state.recent_calls.append(await bridge.run())
         finally:
             state.active_calls.discard(bridge)
+            gate.stream_ended(identity.call_sid if identity else None)
 
     return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it exceeds `limit` bytes (not read further)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+async def _read_until_start(websocket: WebSocket) -> tuple[deque[dict], tw.StreamStarted | None]:
+    """Read the stream up to its `start` message, keeping every message read.
+
+    The bridge gets them all back (`_Replay`), so it sees the stream exactly
+    as Twilio sent it; the gate sees the start's CallSid and parameters first.
+    """
+    pending: deque[dict] = deque()
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while len(pending) < MAX_MESSAGES_BEFORE_START:
+                message = await websocket.receive()
+                pending.append(message)
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    continue
+                try:
+                    event = tw.parse(text)
+                except MalformedMessage:
+                    continue  # the bridge reports it
+                if isinstance(event, tw.StreamStarted):
+                    return pending, event
+    except TimeoutError:
+        pass
+    return pending, None
+
+
+class _Replay:
+    """The WebSocket as the bridge sees it: messages already read come first."""
+
+    def __init__(self, websocket: WebSocket, pending: deque[dict]):
+        self._websocket = websocket
+        self._pending = pending
+
+    async def receive(self) -> dict:
+        if self._pending:
+            return self._pending.popleft()
+        return await self._websocket.receive()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._websocket, name)
+
+
+async def _close(websocket: WebSocket, code: int) -> None:
+    if websocket.client_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await websocket.close(code=code, reason="not authorized")
 
 
 app = create_app()

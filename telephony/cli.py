@@ -36,8 +36,11 @@ def _serve(host: str, port: int) -> int:
     from .app import configure_logging, create_app
     from .settings import Settings
 
+    from .security import check_deployment
+
     try:
         settings = Settings.from_env()
+        check_deployment(settings)
     except SettingsError as exc:
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -103,7 +103,9 @@ def run_simulation(recording: Path, *, out: Path | None = None, speed: float = 1
             os.environ.update(emulator.env())
             os.environ.setdefault("ORDERS_DB_PATH", str(Path(tmp) / "orders.db"))
             os.environ.setdefault("LOG_LEVEL", "WARNING")
-            for name in ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE"):
+            # A simulated call is a local development call: Vertex mode off, and no
+            # Twilio verification (the recording carries no signature or stream token).
+            for name in _CLEARED_ENV:
                 os.environ.pop(name, None)
             try:
                 from .app import create_app
@@ -142,7 +144,11 @@ def _wait_for_summary(app, timeout: float = 5.0) -> dict | None:
     return None
 
 
-_SIM_ENV = ("GOOGLE_GEMINI_BASE_URL", "SSL_CERT_FILE", "NO_PROXY", "GEMINI_API_KEY", "ORDERS_DB_PATH", "LOG_LEVEL")
+_CLEARED_ENV = (
+    "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID",
+    "PUBLIC_URL", "REQUIRE_TWILIO_SIGNATURE", "STREAM_TOKEN_SECRET",
+)
+_SIM_ENV = ("GOOGLE_GEMINI_BASE_URL", "SSL_CERT_FILE", "NO_PROXY", "GEMINI_API_KEY", "ORDERS_DB_PATH", "LOG_LEVEL", *_CLEARED_ENV)
 
 
 def print_report(result: SimulationResult, out: Path | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 APOLOGY = "Sorry, our phone assistant is not available right now. Please call again later. Goodbye."
+OVER_LIMIT = "Sorry, we are receiving too many calls from your number right now. Please try again later. Goodbye."
 
 
 def connect_stream_twiml(stream_url: str, parameters: dict[str, str]) -> str:
@@ -30,5 +31,13 @@ def connect_stream_twiml(stream_url: str, parameters: dict[str, str]) -> str:
 def apology_twiml() -> str:
     response = VoiceResponse()
     response.say(APOLOGY)
+    response.hangup()
+    return str(response)
+
+
+def over_limit_twiml() -> str:
+    """For a caller over their call limits: a short reason, then hang up (no stream, no Live minutes)."""
+    response = VoiceResponse()
+    response.say(OVER_LIMIT)
     response.hangup()
     return str(response)

@@ -56,7 +56,8 @@ class TestVoiceWebhook:
         assert r.text.index("</Connect>") < r.text.index("<Say>") < r.text.index("<Hangup />")
 
     def test_public_url_decides_the_stream_host(self, tmp_path):
-        settings = Settings.from_env({"GEMINI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "ORDERS_DB_PATH": str(tmp_path / "o.db")})
+        settings = Settings.from_env({"GEMINI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "ORDERS_DB_PATH": str(tmp_path / "o.db"),
+                                      "REQUIRE_TWILIO_SIGNATURE": "false"})  # unsigned requests below (see test_security.py)
         with TestClient(create_app(settings)) as client:
             r = client.post("/incoming-call", content="CallSid=CA1&From=%2B1555&To=%2B1666",
                             headers={"content-type": "application/x-www-form-urlencoded"})

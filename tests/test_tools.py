@@ -33,10 +33,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def context(db_path: Path) -> CallContext:
+def context(db_path: Path, caller: str | None = "+15551230101", call_sid: str = "CA00000000000000000000000000000001") -> CallContext:
     settings = Settings.from_env({"GEMINI_API_KEY": "k", "ORDERS_DB_PATH": str(db_path)})
-    return CallContext(call_sid="CA00000000000000000000000000000001", caller="+15551230101",
-                       called="+15550000000", settings=settings)
+    return CallContext(call_sid=call_sid, caller=caller, called="+15550000000", settings=settings)
+
+
+def as_owner(ctx: CallContext, order_id: str) -> CallContext:
+    """The same call, placed from the phone number of the order's customer."""
+    owner = {c[0]: c[2] for c in orders._CUSTOMERS}[next(o[1] for o in orders._ORDERS if o[0] == order_id)]
+    return dataclasses.replace(ctx, caller=owner)
 
 
 def declaration(registry: ToolRegistry, name: str) -> types.FunctionDeclaration:
@@ -129,11 +134,13 @@ class TestDeclarations:
         decl = declaration(tools.registry, "lookup_order")
         assert decl.description.startswith("Look up a customer's order by its order number")
         assert decl.parameters.type == types.Type.OBJECT
-        assert list(decl.parameters.properties) == ["order_id"]
+        assert list(decl.parameters.properties) == ["order_id", "verification"]
         order_id = decl.parameters.properties["order_id"]
         assert order_id.type == types.Type.STRING
         assert "A1001" in order_id.description
         assert decl.parameters.required == ["order_id"]
+        verification = decl.parameters.properties["verification"]
+        assert verification.type == types.Type.STRING and "postcode or email" in verification.description
 
     def test_type_hints_become_live_schema_types(self):
         props = declaration(small_registry(), "describe").parameters.properties
@@ -177,8 +184,12 @@ class TestDeclarations:
         lookup = tool["function_declarations"][-1]
         assert lookup["parameters"] == {
             "type": "OBJECT",
-            "properties": {"order_id": {"type": "STRING",
-                                        "description": "the order number the caller gives, e.g. A1001"}},
+            "properties": {
+                "order_id": {"type": "STRING", "description": "the order number the caller gives, e.g. A1001"},
+                "verification": {"type": "STRING", "nullable": True, "description": (
+                    "the billing postcode or email address on the order, exactly as the caller gives it; "
+                    "only when asked for")},
+            },
             "required": ["order_id"],
         }
 
@@ -302,7 +313,7 @@ class TestValidation:
             tools.registry.validate("lookup_order", None)
 
     def test_an_unknown_argument_is_refused_and_the_real_ones_listed(self):
-        with pytest.raises(InvalidArguments, match=r"unexpected argument 'email' \(lookup_order takes: order_id\)"):
+        with pytest.raises(InvalidArguments, match=r"unexpected argument 'email' \(lookup_order takes: order_id, verification\)"):
             tools.registry.validate("lookup_order", {"order_id": "A1001", "email": "x@example.com"})
 
     def test_the_model_cannot_fill_in_the_call_context(self):
@@ -527,18 +538,16 @@ class TestLookupOrder:
             assert secret not in text
 
     def test_a_delivered_order_says_when_it_was_delivered(self, ctx):
-        order = lookup_order("A1004", ctx)
+        order = lookup_order("A1004", as_owner(ctx, "A1004"))
         assert order["status"] == "delivered" and "estimated_delivery" not in order
         assert dt.date.fromisoformat(order["delivered_on"]) <= dt.date.today()
         assert order["status_description"].startswith("Order A1004 was delivered on ")
 
     def test_an_unknown_order_is_not_found_with_a_message_to_speak(self, ctx):
-        assert lookup_order("A9999", ctx) == {
-            "found": False,
-            "order_id": "A9999",
-            "message": "No order A9999 was found. Ask the caller to repeat the order number, "
-                       "character by character; order numbers look like A1001.",
-        }
+        answer = lookup_order("A9999", ctx)
+        assert answer["found"] is False and answer["order_id"] == "A9999"
+        assert answer["message"].startswith(orders.REFUSAL)
+        assert "repeat the order number, character by character" in answer["message"]
 
     @pytest.mark.parametrize("spoken", ["a 1001", " A-1001 ", "a1001", "1001", "1 0 0 1",
                                         "order number A 1001", "#A1001", "alpha 1001"])
@@ -580,7 +589,7 @@ class TestLookupOrder:
                 barrier.wait()
                 if i % 2:
                     ensure_orders_db(db)
-                results.append(lookup_order(f"A100{i + 1}", ctx))
+                results.append(lookup_order(f"A100{i + 1}", as_owner(ctx, f"A100{i + 1}")))
             except Exception as exc:  # reported below
                 errors.append(exc)
 

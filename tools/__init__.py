@@ -24,6 +24,14 @@ To add a tool:
 
 Sync tools run in a worker thread, so blocking I/O is fine; give it its own
 timeout, because a thread cannot be cancelled.
+
+Security (SECURITY.md): arguments come from the model, which repeats whatever
+the caller says, so treat them as untrusted input (the registry checks types
+and caps lengths; use bound SQL parameters only). Decide who may see what from
+`ctx.caller`, which the server verified, never from an argument. A tool that
+acts on the call or spends money (a transfer, an outbound call) must pass its
+destination through `telephony.security.check_destination(dest, ctx.settings)`,
+which allows only the numbers in ALLOWED_DESTINATIONS.
 """
 
 from telephony.tools import CallContext, ToolRegistry

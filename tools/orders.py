@@ -8,6 +8,15 @@ it; swap `_fetch_order` for your own back end to go live.
 Threads: the registry runs this sync tool in a worker thread. sqlite3
 connections must not cross threads, so every call opens its own, with a busy
 timeout so a locked file gives an error instead of a hung call.
+
+Data belongs to its caller. An order is shared only with the phone number it
+was placed from (`CallContext.caller`, which the server took from the signed
+webhook through the stream token, never from the model), or with a caller who
+gives the billing postcode or email on the order (`verification`, checked
+here, not by the model). Anyone else gets the same refusal whether or not the
+order exists, so the agent cannot be used to find out which order numbers are
+real. Arguments come from the model and are untrusted: lengths are capped and
+SQL is parameterized only.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import datetime as _dt
 import re
 import sqlite3
 import threading
+from collections import OrderedDict
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -125,6 +135,22 @@ _STATUS_SENTENCES = {
     "returned": "Order {id} was returned to us, and the return has been received.",
 }
 
+#: What the agent says to a caller who may not see an order (or names one that does not exist).
+REFUSAL = ("I can only share details of orders placed from this phone number; "
+           "please give the billing postcode or email on the order.")
+#: Order numbers are short; anything longer is not one and never reaches the database.
+MAX_ORDER_ID_CHARS = 20
+#: An email address is at most 254 characters; a postcode far less.
+MAX_VERIFICATION_CHARS = 254
+#: Wrong postcodes or emails accepted per call before verification is refused for the call,
+#: so a caller cannot walk through postcodes until one matches.
+MAX_VERIFICATION_FAILURES = 3
+
+# Failed verifications per CallSid (bounded: the oldest calls are forgotten first).
+_failures: OrderedDict[str, int] = OrderedDict()
+_failures_lock = threading.Lock()
+_MAX_TRACKED_CALLS = 10_000
+
 # Paths whose schema and seed this process has already checked (see _ensure_once).
 _ready: set[Path] = set()
 _ready_lock = threading.Lock()
@@ -226,13 +252,16 @@ def _spoken_date(iso: str) -> str:
 
 
 def _fetch_order(path: Path, order_id: str) -> tuple[sqlite3.Row | None, list[sqlite3.Row]]:
+    """The order with its owner's phone, email and postcode (for the ownership check
+    only: they never go into a result), and its items. Bound parameters only."""
     with closing(_connect(path)) as conn:
         conn.execute("BEGIN")  # one snapshot for the order and its items
         try:
             row = conn.execute(
-                "SELECT order_id, status, carrier, tracking_number, placed_at, estimated_delivery,"
-                " delivered_at, subtotal_cents, shipping_cents, tax_cents, total_cents, currency"
-                " FROM orders WHERE order_id = ?",
+                "SELECT o.order_id, o.status, o.carrier, o.tracking_number, o.placed_at, o.estimated_delivery,"
+                " o.delivered_at, o.subtotal_cents, o.shipping_cents, o.tax_cents, o.total_cents, o.currency,"
+                " c.phone AS owner_phone, c.email AS owner_email, c.billing_postcode AS owner_postcode"
+                " FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.order_id = ?",
                 (order_id,),
             ).fetchone()
             items = conn.execute(
@@ -245,40 +274,105 @@ def _fetch_order(path: Path, order_id: str) -> tuple[sqlite3.Row | None, list[sq
     return row, items
 
 
-def lookup_order(order_id: str, ctx: CallContext) -> dict[str, Any]:
+def _phone_key(number: str | None) -> str | None:
+    """E.164 digits with their +, or None for anything that is not a phone number."""
+    if not number:
+        return None
+    digits = re.sub(r"[\s().-]", "", number)
+    return digits if re.fullmatch(r"\+[1-9]\d{6,14}", digits) else None
+
+
+def _proof_key(text: str, *, postcode: bool) -> str:
+    """Compare without case or spaces; postcodes also without dashes ("sw1a 1aa" == "SW1A1AA")."""
+    return re.sub(r"[\s-]" if postcode else r"\s", "", text).casefold()
+
+
+def _owns(row: sqlite3.Row, caller: str | None) -> bool:
+    mine = _phone_key(caller)
+    return mine is not None and mine == _phone_key(row["owner_phone"])
+
+
+def _proves(row: sqlite3.Row, verification: str) -> bool:
+    postcode = _proof_key(verification, postcode=True)
+    email = _proof_key(verification, postcode=False)
+    return bool(postcode) and (
+        postcode == _proof_key(row["owner_postcode"], postcode=True)
+        or email == _proof_key(row["owner_email"], postcode=False)
+    )
+
+
+def _failed_verifications(call_sid: str, add: int = 0) -> int:
+    with _failures_lock:
+        count = _failures.pop(call_sid, 0) + add
+        _failures[call_sid] = count
+        while len(_failures) > _MAX_TRACKED_CALLS:
+            _failures.popitem(last=False)
+        return count
+
+
+def _refusal(shown: str, verification_given: bool, failures_left: int) -> dict[str, Any]:
+    """The same answer for "not yours" and "does not exist": nothing to tell them apart."""
+    if verification_given:
+        guidance = (
+            "The order number and the postcode or email given do not match an order I can share. "
+            "Ask the caller to check both, reading the order number back character by character."
+        )
+        if failures_left <= 0:
+            guidance = ("Too many failed verification attempts on this call: do not ask again. "
+                        "Offer to help with something else.")
+    else:
+        guidance = (
+            "Ask for the billing postcode or email on the order, then call lookup_order again with it "
+            "as verification. If the caller says the order was placed from this phone, ask them to "
+            "repeat the order number, character by character; order numbers look like A1001."
+        )
+    return {"found": False, "order_id": shown, "verification_required": True,
+            "message": f"{REFUSAL} ({guidance})"}
+
+
+def lookup_order(order_id: str, ctx: CallContext, verification: str | None = None) -> dict[str, Any]:
     """Look up a customer's order by its order number and get its status, items, totals and delivery date.
 
     Use this whenever the caller asks about an order. Order numbers look like
     A1001; if the caller only says the digits, pass those. Tell the caller the
     status using status_description, and never guess details that are not in the result.
+    Orders are only shared with the phone number they were placed from; if the
+    result says verification is required, ask the caller for the billing postcode
+    or email address on the order and call again with it as verification.
 
     Args:
         order_id: the order number the caller gives, e.g. A1001
+        verification: the billing postcode or email address on the order, exactly as the caller gives it; only when asked for
     """
     path = Path(ctx.settings.orders_db_path)
     wanted = normalise_order_id(order_id)
-    _ensure_once(path)
-    try:
-        row, items = _fetch_order(path, wanted)
-    except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc):
-            raise
-        # The file was replaced or emptied since start-up: rebuild it once.
-        with _ready_lock:
-            _ready.discard(path.resolve())
-        ensure_orders_db(path)
-        row, items = _fetch_order(path, wanted)
+    shown = wanted[:MAX_ORDER_ID_CHARS] or order_id.strip()[:MAX_ORDER_ID_CHARS] or "(empty)"
+    proof = (verification or "").strip()
+    if len(proof) > MAX_VERIFICATION_CHARS:
+        return {"found": False, "order_id": shown,
+                "message": "That verification is too long to be a postcode or an email address. Ask the caller again."}
+    failures = _failed_verifications(ctx.call_sid) if proof else 0
+    if proof and failures >= MAX_VERIFICATION_FAILURES:
+        return _refusal(shown, True, 0)
 
-    if row is None:
-        shown = wanted[:20] or order_id.strip()[:20] or "(empty)"
-        return {
-            "found": False,
-            "order_id": shown,
-            "message": (
-                f"No order {shown} was found. Ask the caller to repeat the order number, "
-                "character by character; order numbers look like A1001."
-            ),
-        }
+    row, items = None, []
+    if 0 < len(wanted) <= MAX_ORDER_ID_CHARS:
+        _ensure_once(path)
+        try:
+            row, items = _fetch_order(path, wanted)
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            # The file was replaced or emptied since start-up: rebuild it once.
+            with _ready_lock:
+                _ready.discard(path.resolve())
+            ensure_orders_db(path)
+            row, items = _fetch_order(path, wanted)
+
+    if row is None or not (_owns(row, ctx.caller) or (proof and _proves(row, proof))):
+        if proof:
+            failures = _failed_verifications(ctx.call_sid, add=1)
+        return _refusal(shown, bool(proof), MAX_VERIFICATION_FAILURES - failures)
 
     currency = row["currency"]
     status = row["status"]

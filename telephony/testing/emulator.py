@@ -178,6 +178,8 @@ class Fail:
     close_code: int | None = None
     reason: str = ""
     raw: str | dict | None = None
+    drop: bool = False
+    """Drop the TCP connection without a close frame (the client sees 1006)."""
 
 
 Step = Say | CallTool | Fail
@@ -477,6 +479,10 @@ class EmulatedSession:
         self.setup: dict = {}
         self.audio_in = bytearray()
         self.audio_chunks = 0
+        self.audio_in_times: list[tuple[float, int, int]] = []
+        """One ``(arrived, offset, nbytes)`` per audio blob: the ``time.monotonic()`` at which
+        the frame carrying it was read off the socket, and where its bytes lie in `audio_in`
+        (latency benchmarks line caller audio up with the moment it reached "Live")."""
         self.texts: list[str] = []
         self.tool_responses: list[dict] = []
         self.events: list[tuple[float, str, object]] = []
@@ -502,6 +508,7 @@ class EmulatedSession:
         self._handles = itertools.count(1)
         self._input_audio_s = 0.0
         self._response_tokens = 0
+        self._frame_received_at = 0.0
 
     def __repr__(self) -> str:
         return f"<EmulatedSession #{self.index} closed={self.closed} events={len(self.events)}>"
@@ -515,7 +522,11 @@ class EmulatedSession:
     # -- controls, callable from any thread
 
     def send(self, frame: dict | str) -> concurrent.futures.Future:
-        """Send any raw server frame (a dict is JSON-encoded). Returns a future; never blocks."""
+        """Send any raw server frame (a dict is JSON-encoded). Returns a future; never blocks.
+
+        The future's result is the ``time.monotonic()`` at which the frame was handed to
+        the socket, so a benchmark can time the frame from the moment it left "Live".
+        """
         return self._schedule(self._send(frame))
 
     def close(self, code: int = 1000, reason: str = "") -> concurrent.futures.Future:
@@ -537,10 +548,13 @@ class EmulatedSession:
     def _record(self, kind: str, detail: object = None) -> None:
         self.events.append((time.monotonic(), kind, detail))
 
-    async def _send(self, frame: dict | str) -> None:
+    async def _send(self, frame: dict | str) -> float:
+        """Send one frame; return the monotonic time it was handed to the socket."""
         if isinstance(frame, dict):
             frame = json.dumps(frame, separators=(",", ":"))
+        sent_at = time.monotonic()
         await self._ws.send(frame)
+        return sent_at
 
     async def _close(self, code: int, reason: str) -> None:
         await self._ws.close(code, reason)
@@ -621,7 +635,9 @@ class EmulatedSession:
 
     async def _read_frames(self) -> None:
         while True:
-            frame = self._parse(await self._ws.recv())
+            message = await self._ws.recv()
+            self._frame_received_at = time.monotonic()
+            frame = self._parse(message)
             for key, body in frame.items():
                 kind = _CLIENT_KEYS.get(key)
                 if kind is None:
@@ -661,6 +677,7 @@ class EmulatedSession:
         if rate is None:
             return  # video frames and the like: accepted, not modelled
         pcm = _decode_b64(blob.get("data", ""))
+        self.audio_in_times.append((self._frame_received_at, len(self.audio_in), len(pcm)))
         self.audio_in += pcm
         self.audio_chunks += 1
         self._input_audio_s += len(pcm) / (2 * rate)
@@ -846,6 +863,9 @@ class EmulatedSession:
     async def _fail(self, step: Fail) -> bool:
         if step.raw is not None:
             await self._send(step.raw)
+        if step.drop:
+            self._ws.transport.abort()
+            return True
         if step.close_code is not None:
             await self._ws.close(step.close_code, _truncate(step.reason))
             return True
