@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+import signal
+import time
+from collections import OrderedDict, deque
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -36,7 +38,7 @@ from .security import (
 )
 from .settings import Settings
 from .tools import ToolRegistry
-from .twiml import connect_stream_twiml, over_limit_twiml
+from .twiml import apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml
 
 log = logging.getLogger("telephony.app")
 
@@ -46,6 +48,10 @@ MAX_WEBHOOK_BYTES = 64 * 1024
 #: started after this many messages or seconds is not a Twilio stream.
 MAX_MESSAGES_BEFORE_START = 50
 START_TIMEOUT_S = 10.0
+#: How many ended streams we remember for Twilio's /stream-ended request.
+MAX_ENDED_STREAMS = 10_000
+#: After the drain time, how long ended-politely calls get to finish tearing down.
+STOP_GRACE_S = 10.0
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -96,6 +102,9 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         app.state.active_calls = set()
         app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
         app.state.gate = Gatekeeper(s)
+        app.state.draining = False
+        app.state.ended_streams = OrderedDict()  # CallSid -> "hangup" | "apology"
+        _drain_on_sigterm(app)
         log.info("phone agent %s ready: model=%s voice=%s tools=%s", __version__, s.gemini_model, s.gemini_voice, reg.names())
         if not s.public_url:
             log.warning("PUBLIC_URL is not set: stream URLs will use the Host header of each webhook request")
@@ -111,19 +120,23 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
                 "to be. Use this only for local development and simulated calls (see SECURITY.md)."
             )
         yield
-        for bridge in list(app.state.active_calls):
-            log.info("server stopping: call %s still active", bridge.call.call_sid)
+        if app.state.active_calls:  # stopped without a drain (e.g. a second signal)
+            await drain(app, timeout_s=0)
 
     app = FastAPI(title="Gemini Live phone agent", version=__version__, lifespan=lifespan)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         state = request.app.state
-        return JSONResponse({
-            "status": "ok",
-            "active_calls": len(state.active_calls),
-            "rejected": dict(sorted(state.gate.rejected.items())),
-        })
+        return JSONResponse(
+            {
+                "status": "draining" if state.draining else "ok",
+                "active_calls": len(state.active_calls),
+                "tasks": len(asyncio.all_tasks()),
+                "rejected": dict(sorted(state.gate.rejected.items())),
+            },
+            status_code=503 if state.draining else 200,
+        )
 
     @app.post("/incoming-call")
     async def incoming_call(request: Request) -> Response:
@@ -147,6 +160,11 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         form = dict(pairs)
         call_sid = form.get("CallSid", "")
         caller, called = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
+        busy = _busy(request.app.state)
+        if busy is not None:
+            gate.rejected[busy] += 1
+            log.warning("call %s turned away: %s", call_sid or "(no CallSid)", busy.replace("_", " "))
+            return Response(content=busy_twiml(), media_type="text/xml")
         why = gate.admit_call(call_sid, caller)
         if why is not None:
             log.warning("call %s from %s turned away: %s", call_sid or "(no CallSid)", gate.show(caller), why)
@@ -154,7 +172,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         host = s.public_host or request.headers.get("host", "")
         parameters = {"CallSid": call_sid, "From": caller, "To": called,
                       TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called)}
-        twiml = connect_stream_twiml(f"wss://{host}/media-stream", parameters)
+        twiml = connect_stream_twiml(f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended")
         log.info("incoming call %s from %s: connecting to wss://%s/media-stream",
                  call_sid or "(no CallSid)", gate.show(caller), host)
         return Response(content=twiml, media_type="text/xml")
@@ -165,6 +183,12 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         s: Settings = state.settings
         gate: Gatekeeper = state.gate
         await websocket.accept()
+        busy = _busy(state)
+        if busy is not None:
+            gate.rejected[busy] += 1
+            log.warning("refused a media stream: %s (closed with 1013)", busy.replace("_", " "))
+            await _close(websocket, 1013)
+            return
         identity: CallerIdentity | None = None
         try:
             gate.check_stream_signature(
@@ -193,8 +217,97 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         finally:
             state.active_calls.discard(bridge)
             gate.stream_ended(identity.call_sid if identity else None)
+            if bridge.call.call_sid:
+                ended = state.ended_streams
+                ended[bridge.call.call_sid] = bridge.after_stream
+                while len(ended) > MAX_ENDED_STREAMS:
+                    ended.popitem(last=False)
+
+    @app.post("/stream-ended")
+    async def stream_ended(request: Request) -> Response:
+        """Twilio asks what follows <Connect> once our server closed a call's stream."""
+        s: Settings = request.app.state.settings
+        raw = await _read_body(request, MAX_WEBHOOK_BYTES)
+        if raw is None:
+            return Response(status_code=413)
+        pairs = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+        try:
+            request.app.state.gate.check_webhook(
+                urls=webhook_urls(s.public_url, str(request.url)), form=pairs,
+                signature=request.headers.get(SIGNATURE_HEADER),
+                signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER), once=False,
+            )
+        except Rejected as exc:
+            log.warning("rejected /stream-ended (403): %s", exc)
+            return Response(status_code=403, content="Forbidden", media_type="text/plain")
+        call_sid = dict(pairs).get("CallSid", "")
+        after = request.app.state.ended_streams.pop(call_sid, "apology")
+        return Response(content=hangup_twiml() if after == "hangup" else apology_twiml(), media_type="text/xml")
 
     return app
+
+
+def _busy(state: Any) -> str | None:
+    """Why no new call can be taken now, or None."""
+    if state.draining:
+        return "draining"
+    if len(state.active_calls) >= state.settings.max_concurrent_calls:
+        return "at_capacity"
+    return None
+
+
+async def drain(app: FastAPI, timeout_s: float) -> None:
+    """Stop taking calls, let active ones finish for up to `timeout_s`, then end the
+    rest politely (the caller hears an apology) and wait for their summaries."""
+    state = app.state
+    state.draining = True
+    calls = state.active_calls
+    log.info("draining: %d active call(s); waiting up to %.0f s for them to finish", len(calls), timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if calls:
+        log.info("drain time over: ending %d call(s) politely", len(calls))
+        for bridge in list(calls):
+            bridge.stop()
+        deadline = time.monotonic() + STOP_GRACE_S
+        while calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    log.info("drained: %d call(s) left", len(calls))
+
+
+def _drain_on_sigterm(app: FastAPI) -> None:
+    """On SIGTERM, drain before letting the server (uvicorn) shut down.
+
+    uvicorn's own handler would close every WebSocket at once (1012), cutting
+    callers off mid-sentence. We run the drain first, then hand the signal
+    to the previous handler. Only possible from the main thread.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+
+    def on_sigterm() -> None:
+        if app.state.draining:  # a second SIGTERM: stop now
+            previous(signal.SIGTERM, None)
+            return
+
+        async def drain_then_exit() -> None:
+            try:
+                await drain(app, app.state.settings.drain_timeout_s)
+            finally:
+                previous(signal.SIGTERM, None)
+
+        app.state.drain_task = loop.create_task(drain_then_exit())
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (RuntimeError, ValueError):  # not the main thread (tests, embedded servers)
+        pass
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

@@ -263,6 +263,17 @@ class CallBridge:
 
     # ----------------------------------------------------------- the end
 
+    def stop(self) -> None:
+        """End this call politely from outside (server shutdown); safe to call any time."""
+        if self._tg is not None and self._end is None:
+            self._tg.create_task(self._perform(self.call.handle(ev.ServerStopping())), name="stop")
+
+    @property
+    def after_stream(self) -> str:
+        """What Twilio should do when it asks what follows the stream: "hangup" or "apology"."""
+        end = self._end
+        return "hangup" if end is not None and end.hangup and not end.apologize else "apology"
+
     async def _finish(self) -> None:
         end = self._end or ev.EndCall("stream ended")
         for task in [*self._tools.values(), *self._timers.values()]:
@@ -271,6 +282,8 @@ class CallBridge:
             self.call.end_reason = end.reason
         if end.apologize:
             await self._apologize()
+        elif end.hangup:
+            await self._hang_up()
         if not self._ws_closed and self.ws.client_state is WebSocketState.CONNECTED:
             try:
                 await self.ws.close(code=end.close_code)
@@ -293,6 +306,19 @@ class CallBridge:
             log.info("redirected call %s to the apology message", self.call.call_sid)
         except Exception as exc:
             log.warning("could not redirect call %s to the apology (%s); closing the stream instead", self.call.call_sid, exc)
+
+    async def _hang_up(self) -> None:
+        """End the phone call itself. Without REST credentials, closing the stream makes
+        Twilio ask /stream-ended, which answers <Hangup/>."""
+        if self.rest is None or not self.call.call_sid:
+            return
+        try:
+            await self.rest.calls(self.call.call_sid).update_async(status="completed")
+            log.info("hung up call %s", self.call.call_sid)
+        except Exception as exc:
+            if getattr(exc, "code", None) == 20404:  # already over: that is what we wanted
+                return
+            log.warning("could not hang up call %s via REST (%s); closing the stream instead", self.call.call_sid, exc)
 
     def _summary(self) -> dict[str, object]:
         summary = self.call.summary()

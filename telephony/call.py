@@ -325,6 +325,9 @@ class Call:
         log.warning("%s; resuming", what)
         return self._reconnect(what)
 
+    def _on_server_stopping(self, event: ev.ServerStopping) -> list[ev.Action]:
+        return self._end("server shutting down", apologize=True)
+
     def _on_timer(self, event: ev.TimerFired) -> list[ev.Action]:
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
@@ -587,6 +590,7 @@ class Call:
         ev.ResumptionUpdate: _on_resumption,
         ev.GoAway: _on_go_away,
         ev.TimerFired: _on_timer,
+        ev.ServerStopping: _on_server_stopping,
     }
 
 

@@ -104,6 +104,11 @@ class TwilioDisconnected:
 
 
 @dataclass(frozen=True)
+class ServerStopping:
+    """The server is shutting down and the drain time is over: end the call politely."""
+
+
+@dataclass(frozen=True)
 class TimerFired:
     name: str
 

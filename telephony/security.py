@@ -465,7 +465,7 @@ class Gatekeeper:
 
     def check_webhook(
         self, *, urls: Sequence[str], form: Sequence[tuple[str, str]], signature: str | None,
-        signature_settings: str | None = None,
+        signature_settings: str | None = None, once: bool = True,
     ) -> None:
         """Verify a Twilio webhook; raise `Rejected` (-> 403) if it is unsigned, forged or replayed."""
         if not self.verifying:
@@ -484,6 +484,8 @@ class Gatekeeper:
         call_sid = fields.get("CallSid", "")
         if not call_sid:
             raise self._reject("webhook_no_call", "a signed request without a CallSid")
+        if not once:
+            return  # e.g. /stream-ended: answering it twice gives nothing away
         if call_sid in self._answered:
             raise self._reject("webhook_replayed", f"call {call_sid} was already answered")
         self._answered.add(call_sid, self._clock() + WEBHOOK_MEMORY_S)

@@ -67,7 +67,7 @@ class Settings:
     max_concurrent_calls: int = 200
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
-    resampler: str = "soxr-hq"
+    resampler: str = "fir"
 
     @property
     def public_host(self) -> str | None:

@@ -8,22 +8,39 @@ APOLOGY = "Sorry, our phone assistant is not available right now. Please call ag
 OVER_LIMIT = "Sorry, we are receiving too many calls from your number right now. Please try again later. Goodbye."
 
 
-def connect_stream_twiml(stream_url: str, parameters: dict[str, str]) -> str:
+def connect_stream_twiml(stream_url: str, parameters: dict[str, str], action_url: str | None = None) -> str:
     """Connect the call to our media stream.
 
     The stream URL carries no query string (Twilio refuses it, error 31920):
-    per-call data travels in <Parameter>s. What follows <Connect> runs only
-    when our server closes the stream without ending the call, i.e. when we
-    failed: the caller then hears an apology instead of dead air.
+    per-call data travels in <Parameter>s. When our server closes the stream
+    without the call being over, Twilio asks `action_url` what to do next: the
+    server answers <Hangup/> after a goodbye, or an apology when we failed the
+    caller. Without an action URL the apology after <Connect> plays instead.
     """
     response = VoiceResponse()
-    connect = Connect()
+    connect = Connect(action=action_url, method="POST") if action_url else Connect()
     stream = connect.stream(url=stream_url, name="agent")
     for name, value in parameters.items():
         if value:
             stream.parameter(name=name, value=value[:400])
     response.append(connect)
     response.say(APOLOGY)
+    response.hangup()
+    return str(response)
+
+
+def hangup_twiml() -> str:
+    response = VoiceResponse()
+    response.hangup()
+    return str(response)
+
+
+BUSY = "Sorry, all of our lines are busy right now. Please call again in a few minutes. Goodbye."
+
+
+def busy_twiml() -> str:
+    response = VoiceResponse()
+    response.say(BUSY)
     response.hangup()
     return str(response)
 

@@ -2,6 +2,10 @@
 
 Covers twilio-media-streams.md §2 "media" and §3 "media" (8 kHz mu-law, 160-byte
 frames, 0xFF silence) and gemini-live.md §6 "Audio" (16 kHz in, 24 kHz out, s16le).
+
+The FIR resamplers are held to their telephone-band specification (hold-back, alias
+and image rejection, passband flatness, streaming continuity) by measuring the
+streaming objects and their actual taps; soxr HQ is the quality reference.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import pytest
 import soxr
 
 from telephony.audio import (
+    RESAMPLERS,
+    FirDecimator3x,
+    FirUpsampler2x,
     Framer,
     InboundAudio,
     OutboundAudio,
@@ -90,8 +97,15 @@ def tone(rate: int, seconds: float, freq: float = 440.0, amplitude: float = 2000
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
 
 
-def chunks(data, size: int):
-    return [data[i : i + size] for i in range(0, len(data), size)]
+def chunks(data, size: int | list[int]):
+    """Consecutive pieces of `size`, or of the sizes in the list, cycled."""
+    sizes = [size] if isinstance(size, int) else size
+    pieces, pos = [], 0
+    while pos < len(data):
+        step = sizes[len(pieces) % len(sizes)]
+        pieces.append(data[pos : pos + step])
+        pos += step
+    return pieces
 
 
 def decoded(payloads: list[str]) -> list[bytes]:
@@ -147,22 +161,356 @@ class TestUlawCodec:
 
 # --- resampling ---------------------------------------------------------------------
 
+KINDS = RESAMPLERS  # ("fir", "soxr-hq")
+#: direction -> (in_rate, out_rate)
+DIRECTIONS = {"inbound": (8000, 16000), "outbound": (24000, 8000)}
+FIR_CLASSES = {"inbound": FirUpsampler2x, "outbound": FirDecimator3x}
 
-def stream_through(resampler: Resampler, signal: np.ndarray, chunk: int) -> np.ndarray:
+ODD_SIZES = [1, 7, 161, 479, 1001, 2, 333]
+
+
+def make_resampler(kind: str, direction: str) -> Resampler:
+    return inbound_resampler(kind) if direction == "inbound" else outbound_resampler(kind)
+
+
+def stream_through(resampler: Resampler, signal: np.ndarray, chunk: int | list[int]) -> np.ndarray:
     out = [resampler.process(part) for part in chunks(signal, chunk)]
     out.append(resampler.flush())
     return np.concatenate(out)
 
 
-class TestResamplers:
-    def test_factories_give_the_two_call_directions(self):
-        inbound, outbound = inbound_resampler(), outbound_resampler()
+def fir_output_length(direction: str, n: int) -> int:
+    """Samples a FIR returns for n input samples, its ring-out included: 2n or
+    ceil(n / 3), plus `ring_out`."""
+    cls = FIR_CLASSES[direction]
+    return (2 * n if direction == "inbound" else -(-n // 3)) + cls.ring_out
+
+
+def fir_one_shot_float(signal: np.ndarray, direction: str) -> np.ndarray:
+    """The whole signal through the FIR's own taps in one np.convolve, delay included.
+
+    An independent implementation of what the streaming objects compute (no
+    polyphase, no history): the reference for continuity. The filter is causal and
+    nothing is trimmed, so this is the plain convolution, cut after the ring-out.
+    """
+    x = signal.astype(np.float64)
+    cls = FIR_CLASSES[direction]
+    n_out = fir_output_length(direction, len(x))
+    if direction == "inbound":
+        stuffed = np.zeros(2 * len(x))
+        stuffed[::2] = x
+        return np.convolve(stuffed, cls.taps)[:n_out]
+    padded = np.concatenate([x, np.zeros(3 * cls.ring_out)])  # room for the ring-out at any phase
+    return np.convolve(padded, cls.taps)[::3][:n_out]
+
+
+def fir_one_shot(signal: np.ndarray, direction: str) -> np.ndarray:
+    return np.clip(np.rint(fir_one_shot_float(signal, direction)), -32768, 32767).astype(np.int16)
+
+
+def one_shot(kind: str, signal: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
+    """Whole-signal conversion with the same filter as `kind` streams with."""
+    if kind == "fir":
+        return fir_one_shot(signal, "inbound" if in_rate < out_rate else "outbound")
+    return soxr.resample(signal, in_rate, out_rate, quality="HQ")
+
+
+def chirp(rate: int, seconds: float, f0: float = 300, f1: float = 3400, amplitude: float = 8000) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
+    return np.round(amplitude * np.sin(phase)).astype(np.int16)
+
+
+def measure_holdback_ms(resampler: Resampler, in_rate: int, out_rate: int) -> tuple[float, float]:
+    """(count deficit, group delay) in ms, streaming a chirp in 20 ms chunks.
+
+    The deficit is how many samples the input implies minus how many came out, at
+    its worst once past the first 250 ms. The group delay is where the output lines
+    up with a zero-delay one-shot reference (soxr VHQ), from the peak of their
+    cross-correlation. Their sum is how long a sample waits inside the resampler.
+    """
+    signal = np.concatenate([chirp(in_rate, 0.5), np.zeros(in_rate // 2, dtype=np.int16)])
+    fed = got = 0
+    deficits, outs = [], []
+    for part in chunks(signal, in_rate // 50):
+        outs.append(resampler.process(part))
+        fed += len(part)
+        got += len(outs[-1])
+        if fed >= in_rate // 4:
+            deficits.append(fed * out_rate / in_rate - got)
+    outs.append(resampler.flush())
+    streamed = np.concatenate(outs).astype(np.float64)
+    reference = soxr.resample(signal.astype(np.float64), in_rate, out_rate, quality="VHQ")
+    n = min(len(streamed), len(reference))
+    streamed, reference = streamed[:n], reference[:n]
+    max_lag = out_rate // 20
+    lags = np.arange(-max_lag, max_lag + 1)
+    xcorr = [
+        np.dot(streamed[max(lag, 0) : n + min(lag, 0)], reference[max(-lag, 0) : n - max(lag, 0)]) for lag in lags
+    ]
+    lag = int(lags[int(np.argmax(xcorr))])
+    return max(deficits) / out_rate * 1e3, lag / out_rate * 1e3
+
+
+def frequency_response(cls, freqs: np.ndarray) -> np.ndarray:
+    """The FIR's complex response at `freqs` (Hz), normalised to gain 1 at DC."""
+    rate = max(cls.in_rate, cls.out_rate)
+    n = np.arange(len(cls.taps))
+    return np.exp(-2j * np.pi * np.outer(freqs, n) / rate) @ cls.taps / cls.taps.sum()
+
+
+def group_delay_ms(cls, freqs: np.ndarray) -> np.ndarray:
+    """d(-phase)/d(omega) of the taps, as Re(DFT(n h) / DFT(h)): no phase unwrapping."""
+    rate = max(cls.in_rate, cls.out_rate)
+    n = np.arange(len(cls.taps))
+    basis = np.exp(-2j * np.pi * np.outer(freqs, n) / rate)
+    return np.real((basis @ (n * cls.taps)) / (basis @ cls.taps)) / rate * 1e3
+
+
+def steady_spectrum(
+    resampler: Resampler, in_rate: int, out_rate: int, freq: float, amplitude: float = 16000
+) -> np.ndarray:
+    """Power spectrum (2 Hz bins) of 0.5 s of a streamed tone's output, past the start.
+
+    With tones on multiples of 50 Hz, every component (the tone, its aliases and
+    images) falls exactly on a bin, so a plain FFT measures it without leakage.
+    """
+    t = np.arange(int(in_rate * 0.8)) / in_rate
+    signal = np.round(amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    out = stream_through(resampler, signal, in_rate // 50).astype(np.float64)
+    start = out_rate // 20
+    return np.abs(np.fft.rfft(out[start : start + out_rate // 2])) ** 2
+
+
+def bin_of(freq: float) -> int:
+    return int(round(freq / 2))  # 2 Hz bins
+
+
+BAND_TONES = np.arange(300, 3401, 50)  # 300 Hz .. 3.4 kHz
+ALIAS_TONES = np.arange(4600, 12000, 50)  # 4.6 .. 11.95 kHz (12 kHz itself samples to zero)
+
+
+class TestResamplerChoice:
+    def test_fir_is_the_default_in_both_directions(self):
+        assert RESAMPLERS[0] == "fir"
+        assert isinstance(inbound_resampler(), FirUpsampler2x)
+        assert isinstance(outbound_resampler(), FirDecimator3x)
+
+    def test_soxr_hq_can_still_be_chosen(self):
+        assert isinstance(inbound_resampler("soxr-hq"), SoxrResampler)
+        assert isinstance(outbound_resampler("soxr-hq"), SoxrResampler)
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_factories_give_the_two_call_directions(self, kind):
+        inbound, outbound = inbound_resampler(kind), outbound_resampler(kind)
         assert isinstance(inbound, Resampler) and isinstance(outbound, Resampler)
         assert (inbound.in_rate, inbound.out_rate) == (8000, 16000)
         assert (outbound.in_rate, outbound.out_rate) == (24000, 8000)
 
-    @pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (24000, 8000)])
-    def test_speech_streamed_in_20ms_chunks_matches_one_shot(self, in_rate, out_rate):
+    @pytest.mark.parametrize("factory", [inbound_resampler, outbound_resampler])
+    def test_an_unknown_kind_is_refused_naming_the_choices(self, factory):
+        with pytest.raises(ValueError, match="fir"):
+            factory("linear")
+
+
+class TestFirDesign:
+    """The actual taps, evaluated on a dense frequency grid."""
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_the_filters_are_short_and_whole_numbers_of_polyphase_branches(self, direction):
+        cls = FIR_CLASSES[direction]
+        factor = max(cls.in_rate, cls.out_rate) // min(cls.in_rate, cls.out_rate)
+        assert (len(cls.taps), cls.ring_out) == {"inbound": (52, 50), "outbound": (78, 26)}[direction]
+        assert len(cls.taps) % factor == 0
+        assert not cls.taps.flags.writeable
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_the_filters_are_minimum_phase_so_the_band_arrives_within_half_a_millisecond(self, direction):
+        cls = FIR_CLASSES[direction]
+        band = np.arange(300, 3401, 10.0)
+        delay = group_delay_ms(cls, band)
+        # A linear-phase filter of this length would delay everything by 1.6 ms.
+        assert 0 < delay.min() and delay.max() <= 0.5
+        assert group_delay_ms(cls, np.array([1000.0]))[0] <= 0.2
+        # Minimum phase: the energy comes first. Half of it within 0.25 ms, the peak
+        # within 0.3 ms (a linear-phase filter puts both at its middle).
+        rate = max(cls.in_rate, cls.out_rate)
+        energy = np.cumsum(cls.taps**2) / np.sum(cls.taps**2)
+        assert np.argmax(energy >= 0.5) / rate <= 0.25e-3
+        assert np.argmax(np.abs(cls.taps)) / rate <= 0.3e-3
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_the_taps_reject_everything_from_4_6_khz_by_50_db_and_pass_the_band_within_1_db(self, direction):
+        cls = FIR_CLASSES[direction]
+        rate = max(cls.in_rate, cls.out_rate)
+        gain = cls.out_rate / cls.in_rate if cls.out_rate > cls.in_rate else 1.0
+        response = np.abs(np.fft.rfft(cls.taps, 1 << 16)) / gain
+        freqs = np.fft.rfftfreq(1 << 16, 1 / rate)
+        db = 20 * np.log10(np.maximum(response, 1e-12))
+        band = db[(freqs >= 300) & (freqs <= 3400)]
+        assert band.max() - band.min() <= 1.0 and np.abs(band).max() <= 0.5
+        assert db[freqs >= 4600].max() <= -50
+
+    def test_the_upsampler_branches_have_unity_gain_so_8_khz_is_an_exact_zero(self):
+        taps = FirUpsampler2x.taps
+        assert taps[0::2].sum() == pytest.approx(1, abs=1e-12)
+        assert taps[1::2].sum() == pytest.approx(1, abs=1e-12)
+        assert abs(frequency_response(FirUpsampler2x, np.array([8000.0]))[0]) <= 1e-12
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_each_polyphase_branch_has_unity_gain_at_dc_so_a_constant_stays_constant(self, direction):
+        cls = FIR_CLASSES[direction]
+        in_rate = cls.in_rate
+        out = stream_through(cls(), np.full(in_rate, 1000, dtype=np.int16), in_rate // 50)
+        steady = out[len(out) // 4 : -len(out) // 4]
+        assert np.all(steady == 1000)
+
+
+class TestFirStreaming:
+    """The specification, measured on the streaming objects."""
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_a_sample_waits_at_most_3_ms_inside_the_resampler(self, direction):
+        in_rate, out_rate = DIRECTIONS[direction]
+        deficit_ms, delay_ms = measure_holdback_ms(make_resampler("fir", direction), in_rate, out_rate)
+        assert deficit_ms == 0  # nothing held back: every chunk comes out whole at once
+        assert 0 < delay_ms <= 0.5  # the filter's delay, inside the signal (linear phase: 1.5)
+        assert deficit_ms + delay_ms <= 3.0
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_every_20ms_chunk_comes_out_as_20ms_at_once_from_the_first(self, direction):
+        in_rate, out_rate = DIRECTIONS[direction]
+        resampler = make_resampler("fir", direction)
+        outs = [len(resampler.process(part)) for part in chunks(speech_at(in_rate), in_rate // 50)]
+        assert set(outs[:-1]) == {out_rate // 50}
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_odd_sized_chunks_come_out_in_full_too_with_the_decimation_phase_carried_over(self, direction):
+        in_rate, _ = DIRECTIONS[direction]
+        resampler = make_resampler("fir", direction)
+        fed = got = 0
+        for part in chunks(speech_at(in_rate)[:20000], ODD_SIZES):
+            got += len(resampler.process(part))
+            fed += len(part)
+            assert got == fir_output_length(direction, fed) - FIR_CLASSES[direction].ring_out
+
+    def test_a_40ms_model_chunk_becomes_exactly_two_20ms_frames(self):
+        resampler = FirDecimator3x()
+        assert [len(resampler.process(part)) for part in chunks(speech_at(24000)[:9600], 960)] == [320] * 10
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_the_decimator_keeps_every_alias_out_of_the_telephone_band_by_50_db(self, kind):
+        reference = steady_spectrum(outbound_resampler(kind), 24000, 8000, 1000).sum()
+        worst = -np.inf
+        for freq in ALIAS_TONES:
+            spectrum = steady_spectrum(outbound_resampler(kind), 24000, 8000, freq)
+            in_band = spectrum[: bin_of(3400) + 1].sum()
+            worst = max(worst, 10 * np.log10(max(in_band, 1e-12) / reference))
+        assert worst <= -50, f"an alias came out at {worst:.1f} dB"
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_the_upsampler_keeps_images_of_the_telephone_band_down_by_50_db(self, kind):
+        worst = -np.inf
+        for freq in BAND_TONES:
+            spectrum = steady_spectrum(inbound_resampler(kind), 8000, 16000, freq)
+            image = spectrum[bin_of(4600) :].sum()  # 8 kHz - 3.4 kHz and up
+            worst = max(worst, 10 * np.log10(max(image, 1e-12) / spectrum[bin_of(freq)]))
+        assert worst <= -50, f"an image came out at {worst:.1f} dB"
+
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_the_passband_is_flat_within_1_db_from_300_to_3400_hz(self, kind, direction):
+        in_rate, out_rate = DIRECTIONS[direction]
+        amplitude = 16000
+        gains_db = []
+        for freq in BAND_TONES:
+            spectrum = steady_spectrum(make_resampler(kind, direction), in_rate, out_rate, freq, amplitude)
+            level = 2 * np.sqrt(spectrum[bin_of(freq)]) / (out_rate // 2)
+            gains_db.append(20 * np.log10(level / amplitude))
+        assert max(gains_db) - min(gains_db) <= 1.0
+        assert max(abs(g) for g in gains_db) <= 0.5
+
+    @pytest.mark.parametrize("chunk", [None, ODD_SIZES], ids=["20ms", "odd-sizes"])
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_streaming_matches_filtering_the_whole_signal_at_once(self, direction, chunk):
+        in_rate, _ = DIRECTIONS[direction]
+        signal = speech_at(in_rate)
+        streamed = stream_through(make_resampler("fir", direction), signal, chunk or in_rate // 50)
+        reference = fir_one_shot(signal, direction)
+        assert streamed.dtype == np.int16 and len(streamed) == len(reference)
+        assert snr_db(reference, streamed) >= 60
+        assert np.abs(streamed.astype(np.int32) - reference).max() <= 1  # rounding only
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_the_fir_agrees_with_soxr_hq_inside_the_telephone_band_once_given_its_own_phase(self, direction):
+        # soxr HQ is linear phase and time-aligned; the FIR's phase is minimum. Apply
+        # the FIR's own (unit-magnitude in the band) response to soxr's output and
+        # what is left to compare is the resampling itself.
+        in_rate, out_rate = DIRECTIONS[direction]
+        signal = speech_at(in_rate)
+        streamed = stream_through(make_resampler("fir", direction), signal, in_rate // 50).astype(np.float64)
+        reference = soxr.resample(signal, in_rate, out_rate, quality="HQ").astype(np.float64)
+        n_fft = 1 << int(np.ceil(np.log2(len(streamed) + 1)))
+        freqs = np.fft.rfftfreq(n_fft, 1 / out_rate)
+        band = (freqs >= 300) & (freqs <= 3400)
+        fir_band = np.fft.rfft(streamed, n_fft)[band]
+        soxr_band = np.fft.rfft(reference, n_fft)[band] * frequency_response(FIR_CLASSES[direction], freqs[band])
+        assert snr_db(np.abs(soxr_band), np.abs(fir_band)) >= 50  # the magnitude alone
+        noise = np.sum(np.abs(soxr_band - fir_band) ** 2)
+        assert 10 * np.log10(np.sum(np.abs(soxr_band) ** 2) / noise) >= 50  # and with the phase
+
+    @pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 100, 479, 480, 481, 12001, 12002])
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_flush_makes_the_total_the_rate_ratio_of_the_input_plus_the_ring_out(self, direction, length):
+        in_rate, _ = DIRECTIONS[direction]
+        resampler = make_resampler("fir", direction)
+        signal = tone(in_rate, 2.0)[:length]
+        body = [resampler.process(part) for part in chunks(signal, in_rate // 50)]
+        tail = resampler.flush()
+        assert sum(map(len, body)) == fir_output_length(direction, length) - FIR_CLASSES[direction].ring_out
+        assert len(tail) == FIR_CLASSES[direction].ring_out
+        assert np.array_equal(np.concatenate(body + [tail]), fir_one_shot(signal, direction))
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_flush_releases_the_ring_out_of_the_last_samples_and_then_nothing_is_left(self, direction):
+        in_rate, _ = DIRECTIONS[direction]
+        cls = FIR_CLASSES[direction]
+        signal = speech_at(in_rate)[: in_rate // 2]
+        resampler = make_resampler("fir", direction)
+        for part in chunks(signal, in_rate // 50):
+            resampler.process(part)
+        tail = resampler.flush()
+        assert len(tail) == cls.ring_out and np.abs(tail).max() > 0
+        # The whole response: feeding more silence after the signal adds only zeros.
+        longer = fir_one_shot(np.concatenate([signal, np.zeros(in_rate // 10, dtype=np.int16)]), direction)
+        n = fir_output_length(direction, len(signal))
+        assert not longer[n:].any()
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_flush_with_nothing_fed_returns_nothing(self, direction):
+        resampler = make_resampler("fir", direction)
+        assert resampler.flush().size == 0
+        resampler.process(tone(DIRECTIONS[direction][0], 0.02))
+        resampler.flush()
+        assert resampler.flush().size == 0
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_reset_leaves_history_and_phase_exactly_as_new(self, direction):
+        in_rate, _ = DIRECTIONS[direction]
+        signal = speech_at(in_rate)
+        used = make_resampler("fir", direction)
+        used.process(tone(in_rate, 0.1)[:1001])  # leaves a tail and an odd decimation phase
+        used.reset()
+        fresh = make_resampler("fir", direction)
+        assert np.array_equal(stream_through(used, signal, 480), stream_through(fresh, signal, 480))
+
+
+class TestResamplers:
+    """The `Resampler` contract, for every implementation."""
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_soxr_speech_streamed_in_20ms_chunks_matches_one_shot(self, direction):
+        in_rate, out_rate = DIRECTIONS[direction]
         signal = speech_at(in_rate)
         streamed = stream_through(SoxrResampler(in_rate, out_rate), signal, in_rate // 50)
         one_shot = soxr.resample(signal, in_rate, out_rate, quality="HQ")
@@ -170,8 +518,9 @@ class TestResamplers:
         assert len(streamed) == len(one_shot)
         assert snr_db(one_shot, streamed) >= 50
 
-    @pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (24000, 8000)])
-    def test_flush_returns_the_held_back_tail(self, in_rate, out_rate):
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_soxr_flush_returns_the_held_back_tail(self, direction):
+        in_rate, out_rate = DIRECTIONS[direction]
         resampler = SoxrResampler(in_rate, out_rate)
         signal = tone(in_rate, 1.0)
         body = np.concatenate([resampler.process(c) for c in chunks(signal, in_rate // 50)])
@@ -181,16 +530,29 @@ class TestResamplers:
         assert len(tail) > 0
         assert abs(len(body) + len(tail) - expected) <= 1
 
-    def test_resampler_is_usable_again_after_flush(self):
-        resampler = SoxrResampler(24000, 8000)
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_fir_holds_nothing_back_and_flush_returns_only_the_ring_out(self, direction):
+        in_rate, out_rate = DIRECTIONS[direction]
+        resampler = make_resampler("fir", direction)
+        signal = tone(in_rate, 1.0)
+        body = np.concatenate([resampler.process(c) for c in chunks(signal, in_rate // 50)])
+        tail = resampler.flush()
+        assert len(body) == len(signal) * out_rate // in_rate
+        assert len(tail) == FIR_CLASSES[direction].ring_out
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_resampler_is_usable_again_after_flush(self, kind):
+        resampler = outbound_resampler(kind)
         signal = speech_at(24000)
         first = stream_through(resampler, signal, 480)
         second = stream_through(resampler, signal, 480)
         assert np.array_equal(first, second)
 
-    @pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (24000, 8000)])
-    def test_reset_leaves_no_stale_tail(self, in_rate, out_rate):
-        resampler = SoxrResampler(in_rate, out_rate)
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_reset_leaves_no_stale_tail(self, kind, direction):
+        in_rate, _ = DIRECTIONS[direction]
+        resampler = make_resampler(kind, direction)
         for part in chunks(tone(in_rate, 0.5), in_rate // 50):
             resampler.process(part)
         resampler.reset()
@@ -198,30 +560,51 @@ class TestResamplers:
         after = [resampler.process(silence) for _ in range(25)] + [resampler.flush()]
         after = np.concatenate(after)
         assert len(after) > 0
-        assert np.abs(after).max() <= 1
+        assert np.abs(after).max() <= (0 if kind == "fir" else 1)
 
-    def test_empty_chunk_gives_empty_output(self):
-        assert SoxrResampler(8000, 16000).process(np.zeros(0, dtype=np.int16)).size == 0
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_empty_chunk_gives_empty_int16_output(self, kind, direction):
+        out = make_resampler(kind, direction).process(np.zeros(0, dtype=np.int16))
+        assert out.size == 0 and out.dtype == np.int16
 
-    @pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (24000, 8000)])
-    def test_digital_silence_comes_out_exactly_silent(self, in_rate, out_rate):
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_digital_silence_comes_out_exactly_silent(self, kind, direction):
         # soxr's int16 mode would dither it into +-1 noise.
-        resampler = SoxrResampler(in_rate, out_rate)
-        out = stream_through(resampler, np.zeros(in_rate, dtype=np.int16), in_rate // 50)
-        assert len(out) == out_rate and not out.any()
+        in_rate, out_rate = DIRECTIONS[direction]
+        out = stream_through(make_resampler(kind, direction), np.zeros(in_rate, dtype=np.int16), in_rate // 50)
+        ring_out = FIR_CLASSES[direction].ring_out if kind == "fir" else 0
+        assert len(out) == out_rate + ring_out and not out.any()
 
-    def test_output_does_not_depend_on_how_the_input_is_chunked(self):
-        signal = speech_at(24000)
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_output_does_not_depend_on_how_the_input_is_chunked(self, kind, direction):
+        in_rate, _ = DIRECTIONS[direction]
+        signal = speech_at(in_rate)
         assert np.array_equal(
-            stream_through(SoxrResampler(24000, 8000), signal, 480),
-            stream_through(SoxrResampler(24000, 8000), signal, 1234),
+            stream_through(make_resampler(kind, direction), signal, in_rate // 50),
+            stream_through(make_resampler(kind, direction), signal, ODD_SIZES),
         )
 
-    def test_full_scale_overshoot_saturates_instead_of_wrapping(self):
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_full_scale_overshoot_saturates_instead_of_wrapping(self, kind):
         square = np.where(np.sin(2 * np.pi * 200 * np.arange(24000) / 24000) >= 0, 32767, -32768)
         square = square.astype(np.int16)
-        out = stream_through(SoxrResampler(24000, 8000), square, 480)
-        exact = soxr.resample(square.astype(np.float64), 24000, 8000, quality="HQ")
+        out = stream_through(outbound_resampler(kind), square, 480)
+        if kind == "fir":
+            exact = fir_one_shot_float(square, "outbound")
+        else:
+            exact = soxr.resample(square.astype(np.float64), 24000, 8000, quality="HQ")
+        assert (exact > 32767).any() and (exact < -32768).any()
+        assert np.all(out[exact > 32767] == 32767)
+        assert np.all(out[exact < -32768] == -32768)
+
+    def test_the_upsampler_saturates_instead_of_wrapping_too(self):
+        square = np.where(np.sin(2 * np.pi * 200 * np.arange(8000) / 8000) >= 0, 32767, -32768)
+        square = square.astype(np.int16)
+        out = stream_through(FirUpsampler2x(), square, 160)
+        exact = fir_one_shot_float(square, "inbound")
         assert (exact > 32767).any() and (exact < -32768).any()
         assert np.all(out[exact > 32767] == 32767)
         assert np.all(out[exact < -32768] == -32768)
@@ -273,24 +656,33 @@ class TestFramer:
 
 
 class TestInboundAudio:
-    def test_each_20ms_frame_becomes_640_bytes_on_average(self):
-        inbound = InboundAudio()
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_each_20ms_frame_becomes_640_bytes_on_average(self, kind):
+        inbound = InboundAudio(inbound_resampler(kind))
         signal = speech_at(8000)
         frames = [ulaw_encode(c) for c in chunks(signal[: 160 * 200], 160)]
         out = [inbound.convert(base64.b64encode(f).decode()) for f in frames]
         total = sum(len(o) for o in out)
-        # The resampler holds back its delay; nothing else goes missing.
-        assert 640 * 200 - 2 * 1700 <= total <= 640 * 200
+        # soxr holds back a block; the FIR nothing; nothing else goes missing.
+        held_back = {"fir": 0, "soxr-hq": 2 * 1700}[kind]
+        assert 640 * 200 - held_back <= total <= 640 * 200
         assert all(len(o) % 2 == 0 for o in out)
 
-    def test_output_is_the_decoded_speech_at_16k(self):
+    def test_the_default_fir_returns_every_frame_whole_from_the_first(self):
+        inbound = InboundAudio()
+        payload = base64.b64encode(ulaw_encode(tone(8000, 0.02))).decode()
+        sizes = [len(inbound.convert(payload)) for _ in range(10)]
+        assert sizes == [640] * 10
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_output_is_the_decoded_speech_at_16k(self, kind):
         signal = speech_at(8000)
         ulaw = ulaw_encode(signal)
-        inbound = InboundAudio()
+        inbound = InboundAudio(inbound_resampler(kind))
         out = b"".join(inbound.convert(base64.b64encode(f).decode()) for f in chunks(ulaw, 160))
         streamed = np.frombuffer(out, dtype="<i2")
-        one_shot = soxr.resample(ulaw_decode(ulaw), 8000, 16000, quality="HQ")[: len(streamed)]
-        assert snr_db(one_shot, streamed) >= 50
+        reference = one_shot(kind, ulaw_decode(ulaw), 8000, 16000)[: len(streamed)]
+        assert snr_db(reference, streamed) >= 50
 
     def test_digital_silence_stays_silent(self):
         inbound = InboundAudio()
@@ -327,30 +719,51 @@ class TestInboundAudio:
 
 
 class TestOutboundAudio:
-    def test_model_audio_becomes_160_byte_base64_payloads(self):
-        outbound = OutboundAudio()
-        pcm = speech_at(24000).tobytes()
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_model_audio_becomes_160_byte_base64_payloads(self, kind):
+        outbound = OutboundAudio(outbound_resampler(kind))
+        pcm = speech_at(24000)[:-1].tobytes()  # not a multiple of 3 samples
         payloads = [p for c in chunks(pcm, 960) for p in outbound.convert(c)] + outbound.end_turn()
         frames = decoded(payloads)
         assert all(len(f) == 160 for f in frames)
-        samples_8k = len(pcm) // 2 // 3
+        n = len(pcm) // 2
+        # soxr: round(n / 3) samples; the FIR: one per 3rd input sample plus its ring-out.
+        samples_8k = round(n / 3) if kind == "soxr-hq" else fir_output_length("outbound", n)
         assert len(frames) == -(-samples_8k // 160)
 
-    def test_turn_audio_matches_one_shot_resample_and_encode(self):
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_turn_audio_matches_one_shot_resample_and_encode(self, kind):
         pcm = speech_at(24000)
-        outbound = OutboundAudio()
+        outbound = OutboundAudio(outbound_resampler(kind))
         payloads = [p for c in chunks(pcm.tobytes(), 960) for p in outbound.convert(c)]
         payloads += outbound.end_turn()
         streamed = ulaw_decode(b"".join(decoded(payloads)))
-        one_shot = ulaw_decode(ulaw_encode(soxr.resample(pcm, 24000, 8000, quality="HQ")))
-        assert snr_db(one_shot, streamed[: len(one_shot)]) >= 30  # mu-law flips a few codes
-        assert set(b"".join(decoded(payloads))[len(one_shot) :]) <= {0xFF}
+        reference = ulaw_decode(ulaw_encode(one_shot(kind, pcm, 24000, 8000)))
+        assert snr_db(reference, streamed[: len(reference)]) >= 30  # mu-law flips a few codes
+        assert set(b"".join(decoded(payloads))[len(reference) :]) <= {0xFF}
 
-    def test_odd_length_chunks_give_the_same_payloads_as_one_big_chunk(self):
+    def test_the_default_fir_sends_every_frame_as_soon_as_its_audio_arrives(self):
+        outbound = OutboundAudio()
+        sizes = [len(outbound.convert(c)) for c in chunks(tone(24000, 0.2).tobytes(), 960)]
+        assert sizes == [1] * 10  # 20 ms in, 20 ms out, from the first chunk
+        assert outbound.pending_bytes == 0
+
+    def test_a_40ms_model_chunk_goes_out_as_two_whole_frames_with_nothing_pending(self):
+        # Live sends 40 ms chunks (960 samples at 24 kHz, 1920 bytes).
+        outbound = OutboundAudio()
+        for chunk in chunks(speech_at(24000)[: 960 * 10].tobytes(), 1920):
+            assert len(outbound.convert(chunk)) == 2
+            assert outbound.pending_bytes == 0
+        # The turn's end adds the ring-out: one more frame, padded with silence.
+        last = decoded(outbound.end_turn())
+        assert len(last) == 1 and last[0][FirDecimator3x.ring_out :] == b"\xff" * (160 - FirDecimator3x.ring_out)
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_odd_length_chunks_give_the_same_payloads_as_one_big_chunk(self, kind):
         pcm = speech_at(24000).tobytes()
-        whole = OutboundAudio()
+        whole = OutboundAudio(outbound_resampler(kind))
         expected = whole.convert(pcm) + whole.end_turn()
-        odd = OutboundAudio()
+        odd = OutboundAudio(outbound_resampler(kind))
         got = []
         sizes = [1, 961, 7, 2, 959, 333, 1, 1]
         pos = 0
@@ -369,25 +782,30 @@ class TestOutboundAudio:
         assert all(len(f) == 160 for f in decoded(payloads))
         assert outbound.end_turn() == []
 
-    def test_pending_bytes_counts_the_partial_frame(self):
-        outbound = OutboundAudio()
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_pending_bytes_counts_the_partial_frame(self, kind):
+        outbound = OutboundAudio(outbound_resampler(kind))
         sent = 0
         for c in chunks(tone(24000, 0.5).tobytes(), 960):
             sent += len(outbound.convert(c))
             assert 0 <= outbound.pending_bytes < 160
         assert sent * 160 + outbound.pending_bytes <= 4000  # the resampler holds the rest
         tail = decoded(outbound.end_turn())
-        assert (sent + len(tail)) * 160 == 4000
+        # soxr's drain makes up the 4000 samples; the FIR's adds its ring-out.
+        total = 4000 if kind == "soxr-hq" else fir_output_length("outbound", 12000)
+        assert (sent + len(tail)) * 160 == -(-total // 160) * 160
 
-    def test_next_turn_after_end_turn_is_like_a_fresh_call(self):
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_next_turn_after_end_turn_is_like_a_fresh_call(self, kind):
         pcm = speech_at(24000).tobytes()
-        outbound = OutboundAudio()
+        outbound = OutboundAudio(outbound_resampler(kind))
         first = [p for c in chunks(pcm, 960) for p in outbound.convert(c)] + outbound.end_turn()
         second = [p for c in chunks(pcm, 960) for p in outbound.convert(c)] + outbound.end_turn()
         assert first == second
 
-    def test_interruption_reset_lets_no_stale_audio_out(self):
-        outbound = OutboundAudio()
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_interruption_reset_lets_no_stale_audio_out(self, kind):
+        outbound = OutboundAudio(outbound_resampler(kind))
         for c in chunks(tone(24000, 0.5).tobytes(), 960):
             outbound.convert(c)
         outbound.convert(b"\x01")  # an odd byte in flight too

@@ -113,7 +113,7 @@ class TestAgentSpeaking:
         marks = [m for m in messages if m["event"] == "mark"]
         assert all(len(base64.b64decode(m["media"]["payload"])) == 160 for m in media)
         assert all(m["streamSid"] == SID and set(m["media"]) == {"payload"} for m in media)
-        assert len(media) == 50  # 1 s of audio, the tail drained at generationComplete
+        assert len(media) == 51  # 1 s of audio, then the resampler's ring-out drained at generationComplete
         assert messages[-1]["event"] == "mark" and len(marks) >= 2
         assert c.call.phase is Phase.AGENT_SPEAKING
 
@@ -131,7 +131,7 @@ class TestAgentSpeaking:
         c = CallScript().connected()
         sent = len([m for m in twilio_messages(c.agent_says(0.5)) if m["event"] == "media"])
         tail = [m for m in twilio_messages(c.call.handle(ev.TurnComplete())) if m["event"] == "media"]
-        assert sent + len(tail) == 25 and tail
+        assert sent + len(tail) == 26 and tail  # 0.5 s + the ring-out frame
 
 
 class TestCallerInterrupts:
