@@ -38,7 +38,7 @@ from .security import (
 )
 from .settings import Settings
 from .tools import ToolRegistry
-from .twiml import apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml
+from .twiml import apology_twiml, busy_twiml, connect_stream_twiml, dial_twiml, hangup_twiml, over_limit_twiml
 
 log = logging.getLogger("telephony.app")
 
@@ -242,7 +242,11 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             return Response(status_code=403, content="Forbidden", media_type="text/plain")
         call_sid = dict(pairs).get("CallSid", "")
         after = request.app.state.ended_streams.pop(call_sid, "apology")
-        return Response(content=hangup_twiml() if after == "hangup" else apology_twiml(), media_type="text/xml")
+        if after.startswith("transfer:"):
+            twiml = dial_twiml(after.removeprefix("transfer:"))
+        else:
+            twiml = hangup_twiml() if after == "hangup" else apology_twiml()
+        return Response(content=twiml, media_type="text/xml")
 
     return app
 

@@ -27,7 +27,7 @@ from .errors import LiveError, MalformedMessage
 from .security import CallerIdentity
 from .settings import Settings
 from .tools import CallContext, ToolRegistry
-from .twiml import apology_twiml
+from .twiml import apology_twiml, dial_twiml
 
 log = logging.getLogger("telephony.bridge")
 
@@ -47,6 +47,19 @@ def _forget_frames(group: BaseExceptionGroup) -> None:
         exc.__context__ = None
 
 
+class CallControl:
+    """What a tool may do to the live call (`CallContext.control`). Thread-safe."""
+
+    def __init__(self, bridge: "CallBridge"):
+        self._bridge = bridge
+
+    def hang_up(self, reason: str) -> None:
+        self._bridge.inject(ev.HangupRequested(reason))
+
+    def transfer(self, name: str, destination: str) -> None:
+        self._bridge.inject(ev.TransferRequested(name, destination))
+
+
 class CallBridge:
     def __init__(
         self,
@@ -57,6 +70,7 @@ class CallBridge:
         registry: ToolRegistry,
         rest: Any | None = None,
         identity: CallerIdentity | None = None,
+        recorder: Any | None = None,
     ):
         self.ws = websocket
         # Who is calling, as the app's Gatekeeper vouched for it (security.py): tools
@@ -66,12 +80,16 @@ class CallBridge:
         self.client = client
         self.registry = registry
         self.rest = rest
+        self.recorder = recorder
+        self.control = CallControl(self)
         self.call = Call(
             greeting=settings.agent_greeting,
             inbound=InboundAudio(inbound_resampler(settings.resampler)),
             outbound=OutboundAudio(outbound_resampler(settings.resampler)),
             watchdog_s=settings.model_watchdog_s or None,
             max_call_s=settings.max_call_s or None,
+            dtmf_timeout_s=settings.dtmf_timeout_s,
+            goodbye_timeout_s=settings.goodbye_timeout_s,
         )
         self.live: live_mod.LiveSession | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -82,6 +100,9 @@ class CallBridge:
         self._end: ev.EndCall | None = None
         self._started = time.monotonic()
         self._ws_closed = False
+        self._loop = asyncio.get_running_loop()
+        self._recorded_start = False
+        self._new_turn = False
 
     async def run(self) -> dict[str, object]:
         """Run the call to its end; return its summary. Never raises for call-level problems."""
@@ -125,6 +146,8 @@ class CallBridge:
                 actions = self.call.bad_frame(exc)
             else:
                 actions = self.call.handle(event)
+                if self.recorder is not None and isinstance(event, (tw.StreamStarted, tw.DtmfPressed)):
+                    self._record_twilio(event)
             if actions:
                 await self._perform(actions)
 
@@ -171,6 +194,8 @@ class CallBridge:
 
     async def _pump_live(self, session: live_mod.LiveSession) -> None:
         async for event in session.events():
+            if self.recorder is not None:
+                self._record_live(event)
             actions = self.call.handle(event)
             if actions:
                 await self._perform(actions)
@@ -186,6 +211,7 @@ class CallBridge:
             caller=self.identity.caller if self.identity else None,
             called=self.identity.called if self.identity else None,
             settings=self.settings,
+            control=self.control,
         )
         started = time.monotonic()
         try:
@@ -197,6 +223,11 @@ class CallBridge:
             self._tools.pop(action.call_id, None)
         elapsed = time.monotonic() - started
         log.info("tool %s answered in %.0f ms", action.name, elapsed * 1000)
+        if self.recorder is not None and self.call.call_sid:
+            self.recorder.tool_call(
+                self.call.call_sid, call_id=action.call_id, name=action.name, args=action.args, response=response,
+                outcome="error" if "error" in response else "ok", latency_ms=round(elapsed * 1000, 1), at=time.time(),
+            )
         await self._perform(self.call.handle(ev.ToolFinished(action.call_id, action.name, response, elapsed)))
 
     # ----------------------------------------------------------- actions
@@ -235,6 +266,8 @@ class CallBridge:
                     task.cancel()
             elif isinstance(action, ev.ResumeLive):
                 log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
+                if self.recorder is not None and self.call.call_sid:
+                    self.recorder.event(self.call.call_sid, "reconnect", {"reason": action.reason}, time.time())
                 self._resume = action
                 self._switch.set()
             elif isinstance(action, ev.ConnectLive):
@@ -270,9 +303,22 @@ class CallBridge:
 
     @property
     def after_stream(self) -> str:
-        """What Twilio should do when it asks what follows the stream: "hangup" or "apology"."""
+        """What Twilio should do when it asks what follows the stream:
+        "hangup", "transfer:<destination>" or "apology"."""
         end = self._end
-        return "hangup" if end is not None and end.hangup and not end.apologize else "apology"
+        if end is None or end.apologize:
+            return "apology"
+        if end.transfer_to:
+            return f"transfer:{end.transfer_to}"
+        return "hangup" if end.hangup else "apology"
+
+    def inject(self, event: object) -> None:
+        """Feed an event from outside the call's tasks (thread-safe): tools acting on the call."""
+        def deliver() -> None:
+            if self._tg is not None and self._end is None:
+                self._tg.create_task(self._perform(self.call.handle(event)), name="inject")
+
+        self._loop.call_soon_threadsafe(deliver)
 
     async def _finish(self) -> None:
         end = self._end or ev.EndCall("stream ended")
@@ -282,6 +328,8 @@ class CallBridge:
             self.call.end_reason = end.reason
         if end.apologize:
             await self._apologize()
+        elif end.transfer_to:
+            await self._transfer(end.transfer_to)
         elif end.hangup:
             await self._hang_up()
         if not self._ws_closed and self.ws.client_state is WebSocketState.CONNECTED:
@@ -307,6 +355,18 @@ class CallBridge:
         except Exception as exc:
             log.warning("could not redirect call %s to the apology (%s); closing the stream instead", self.call.call_sid, exc)
 
+    async def _transfer(self, destination: str) -> None:
+        """Cold transfer: replace the call's TwiML with <Dial>. The stream's `stop` that
+        follows is ours, not a hang-up. Without REST credentials, closing the stream
+        makes Twilio ask /stream-ended, which answers the same <Dial>."""
+        if self.rest is None or not self.call.call_sid:
+            return
+        try:
+            await self.rest.calls(self.call.call_sid).update_async(twiml=dial_twiml(destination))
+            log.info("transferred call %s", self.call.call_sid)
+        except Exception as exc:
+            log.warning("could not transfer call %s via REST (%s); closing the stream onto <Dial>", self.call.call_sid, exc)
+
     async def _hang_up(self) -> None:
         """End the phone call itself. Without REST credentials, closing the stream makes
         Twilio ask /stream-ended, which answers <Hangup/>."""
@@ -320,6 +380,44 @@ class CallBridge:
                 return
             log.warning("could not hang up call %s via REST (%s); closing the stream instead", self.call.call_sid, exc)
 
+    def _record_twilio(self, event: object) -> None:
+        sid = self.call.call_sid
+        if sid is None:
+            return
+        if isinstance(event, tw.StreamStarted) and self.call.stream_sid == event.stream_sid and not self._recorded_start:
+            self._recorded_start = True
+            params = self.call.parameters
+            self.recorder.call_started(
+                sid, stream_sid=event.stream_sid,
+                direction="outbound" if params.get("direction", "").startswith("outbound") else "inbound",
+                caller=self.identity.caller if self.identity else params.get("From"),
+                called=self.identity.called if self.identity else params.get("To"), at=time.time(),
+            )
+        elif isinstance(event, tw.DtmfPressed):
+            self.recorder.event(sid, "dtmf", {"digit": event.digit}, time.time())
+
+    def _record_live(self, event: object) -> None:
+        sid = self.call.call_sid
+        if sid is None:
+            return
+        now = time.time()
+        if isinstance(event, ev.Transcript):
+            self.recorder.transcript(sid, event.role, event.text, now, new_turn=self._new_turn)
+            self._new_turn = False
+        elif isinstance(event, (ev.TurnComplete, ev.ModelInterrupted)):
+            self._new_turn = True
+            if isinstance(event, ev.ModelInterrupted):
+                self.recorder.event(sid, "interruption", {"heard_s": round(self.call.heard_seconds, 2)}, now)
+        elif isinstance(event, ev.UsageReported):
+            u = self.call.usage
+            by = dict(self.call.usage_by_modality)
+            for k, v in event.by_modality.items():
+                by[k] = by.get(k, 0) + v
+            self.recorder.usage(
+                sid, prompt=u["prompt"] + event.prompt_tokens, response=u["response"] + event.response_tokens,
+                total=u["total"] + event.total_tokens, by_modality=by,
+            )
+
     def _summary(self) -> dict[str, object]:
         summary = self.call.summary()
         summary["duration_s"] = round(time.monotonic() - self._started, 2)
@@ -327,4 +425,6 @@ class CallBridge:
         for role, text in self.call.transcript:
             log.info("transcript %s %s: %s", self.call.call_sid, role, text.strip())
         summary["transcript"] = [list(t) for t in self.call.transcript]
+        if self.recorder is not None and self.call.call_sid:
+            self.recorder.call_ended(self.call.call_sid, reason=self.call.end_reason or "", summary=summary, at=time.time())
         return summary

@@ -42,6 +42,10 @@ RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 GOAWAY_MARGIN_S = 2.0
 #: How long the goodbye at MAX_CALL_SECONDS may take before we hang up regardless.
 GOODBYE_GRACE_S = 15.0
+OUTBOUND_GREETING = (
+    "You placed this phone call and the person has just answered. The purpose of the call: {purpose}. "
+    "Greet them in one short sentence, say who you are and why you are calling."
+)
 NUDGE_TEXT = "(The caller is waiting and has heard nothing. Please answer them now.)"
 GOODBYE_TEXT = (
     "(The maximum length of this call has been reached. Tell the caller politely, in one short "
@@ -86,10 +90,14 @@ class Call:
         outbound: OutboundAudio | None = None,
         watchdog_s: float | None = None,
         max_call_s: float | None = None,
+        dtmf_timeout_s: float = 2.0,
+        goodbye_timeout_s: float = GOODBYE_GRACE_S,
     ):
         self.greeting = greeting
         self.watchdog_s = watchdog_s
         self.max_call_s = max_call_s
+        self.dtmf_timeout_s = dtmf_timeout_s
+        self.goodbye_timeout_s = goodbye_timeout_s
         self.inbound = inbound or InboundAudio()
         self.outbound = outbound or OutboundAudio()
         self.phase = Phase.AWAITING_START
@@ -125,8 +133,11 @@ class Call:
         self._resume_at_boundary = False
         self._watchdog_armed = False
         self._nudged = False
-        self._goodbye_after_turn: int | None = None  # end once this turn's goodbye has played
-        self._goodbye_spoken = False
+        # Ending on our side: what to do once the goodbye (or hand-off) has been heard.
+        self._finish: ev.EndCall | None = None
+        self._finish_after_turn: int | None = None  # a TurnComplete at or past this turn...
+        self._goodbye_spoken = False  # ...has arrived; then wait for its last mark
+        self._keypad: list[str] = []
 
         # Facts for the summary.
         self.frames_in = 0
@@ -268,9 +279,24 @@ class Call:
     def _on_dtmf(self, event: tw.DtmfPressed) -> list[ev.Action]:
         if not self._same_stream(event.stream_sid):
             return self._mismatch()
+        if self.phase in (Phase.ENDING, Phase.ENDED):
+            return []
         self.digits.append(event.digit)
-        log.info("caller pressed %s", event.digit)
-        return []
+        self._keypad.append(event.digit)
+        if event.digit == "#":  # the caller is done typing
+            return [ev.CancelTimer("dtmf"), *self._keypad_to_model()]
+        return [ev.StartTimer("dtmf", self.dtmf_timeout_s)]
+
+    def _keypad_to_model(self) -> list[ev.Action]:
+        """Give the digits typed so far to the model as one short text turn."""
+        if self.live_state != "ready":
+            return [ev.StartTimer("dtmf", self.dtmf_timeout_s)] if self._keypad else []  # try again later
+        digits = [d for d in self._keypad if d != "#"] or self._keypad
+        self._keypad = []
+        if not digits:
+            return []
+        log.info("caller typed %d key(s) on the keypad", len(digits))
+        return [ev.SendTextToLive(f"(The caller typed {' '.join(digits)} on the keypad.)")]
 
     def _on_stop(self, event: tw.StreamStopped) -> list[ev.Action]:
         if event.stream_sid is not None and not self._same_stream(event.stream_sid):
@@ -297,7 +323,10 @@ class Call:
             self.phase = Phase.LISTENING
         actions: list[ev.Action] = []
         if first:
-            if self.greeting:
+            purpose = self.parameters.get("purpose")
+            if purpose:
+                actions.append(ev.SendTextToLive(OUTBOUND_GREETING.format(purpose=purpose[:400])))
+            elif self.greeting:
                 actions.append(ev.SendTextToLive(self.greeting))
         else:
             self.reconnects += 1
@@ -341,13 +370,33 @@ class Call:
                 self.watchdog_nudges += 1
                 log.warning("model silent for %.1f s; nudging it once", self.watchdog_s or 0)
                 return [ev.SendTextToLive(NUDGE_TEXT)]
+        elif event.name == "dtmf":
+            return self._keypad_to_model()
         elif event.name == "max_call":
+            if self._finish is not None:
+                return []
             log.info("call reached its %.0f s limit; asking the agent to say goodbye", self.max_call_s or 0)
-            self._goodbye_after_turn = self.turn
-            return [ev.SendTextToLive(GOODBYE_TEXT), ev.StartTimer("goodbye_grace", GOODBYE_GRACE_S)]
-        elif event.name == "goodbye_grace":
-            return self._end("maximum call length reached", hangup=True)
+            # The goodbye is the model's answer to our prompt: a turn after the current one.
+            actions = self._finish_after_goodbye(ev.EndCall("maximum call length reached", hangup=True), self.turn + 1)
+            return [ev.SendTextToLive(GOODBYE_TEXT), *actions]
+        elif event.name == "goodbye_grace" and self._finish is not None:
+            log.info("the goodbye took longer than %.0f s; ending the call now", self.goodbye_timeout_s)
+            return self._end_with(self._finish)
         return []
+
+    def _on_hangup_requested(self, event: ev.HangupRequested) -> list[ev.Action]:
+        if self.phase in (Phase.ENDING, Phase.ENDED) or self._finish is not None:
+            return []
+        log.info("the agent is ending the call (%s) once its goodbye has played", event.reason)
+        # The goodbye is said in the turn that called the tool (or right after its result).
+        return self._finish_after_goodbye(ev.EndCall(f"agent ended the call: {event.reason}", hangup=True), self.turn)
+
+    def _on_transfer_requested(self, event: ev.TransferRequested) -> list[ev.Action]:
+        if self.phase in (Phase.ENDING, Phase.ENDED) or self._finish is not None:
+            return []
+        log.info("transferring the call to %s once the hand-off has played", event.name)
+        end = ev.EndCall(f"transferred to {event.name}", transfer_to=event.destination)
+        return self._finish_after_goodbye(end, self.turn)
 
     def _on_model_audio(self, event: ev.ModelAudio) -> list[ev.Action]:
         if self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING) or self._discarding:
@@ -374,7 +423,7 @@ class Call:
         self._transcript_break = True
         if not self.marks_in_flight and self.phase is Phase.AGENT_SPEAKING:
             self.phase = Phase.LISTENING
-        if self._goodbye_after_turn is not None and self.turn > self._goodbye_after_turn:
+        if self._finish_after_turn is not None and self.turn >= self._finish_after_turn:
             self._goodbye_spoken = True
             actions.extend(self._maybe_hang_up())
         if self._resume_at_boundary and not self.pending_tools and self.phase is not Phase.ENDING:
@@ -535,14 +584,23 @@ class Call:
         self._watchdog_armed = False
         return [ev.CancelTimer("watchdog")]
 
+    def _finish_after_goodbye(self, end: ev.EndCall, after_turn: int) -> list[ev.Action]:
+        self._finish = end
+        self._finish_after_turn = after_turn
+        return [ev.StartTimer("goodbye_grace", self.goodbye_timeout_s)]
+
     def _maybe_hang_up(self) -> list[ev.Action]:
-        """After the goodbye has been heard (its last mark echoed), end the call."""
-        if self._goodbye_spoken and not self.marks_in_flight and not self._turn_open:
-            return self._end("maximum call length reached", hangup=True)
+        """After the goodbye has been heard (its last mark echoed), finish the call."""
+        if self._finish is not None and self._goodbye_spoken and not self.marks_in_flight and not self._turn_open:
+            return self._end_with(self._finish)
         return []
 
+    def _end_with(self, end: ev.EndCall) -> list[ev.Action]:
+        return self._end(end.reason, apologize=end.apologize, hangup=end.hangup, transfer_to=end.transfer_to)
+
     def _end(
-        self, reason: str, *, apologize: bool = False, close_code: int = 1000, hangup: bool = False
+        self, reason: str, *, apologize: bool = False, close_code: int = 1000, hangup: bool = False,
+        transfer_to: str | None = None,
     ) -> list[ev.Action]:
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
@@ -552,7 +610,7 @@ class Call:
         for record in self.pending_tools.values():
             record.outcome = "cancelled"
         self.pending_tools.clear()
-        actions.append(ev.EndCall(reason, apologize=apologize, close_code=close_code, hangup=hangup))
+        actions.append(ev.EndCall(reason, apologize=apologize, close_code=close_code, hangup=hangup, transfer_to=transfer_to))
         return actions
 
     def _same_stream(self, sid: str | None) -> bool:
@@ -591,6 +649,8 @@ class Call:
         ev.GoAway: _on_go_away,
         ev.TimerFired: _on_timer,
         ev.ServerStopping: _on_server_stopping,
+        ev.HangupRequested: _on_hangup_requested,
+        ev.TransferRequested: _on_transfer_requested,
     }
 
 

@@ -104,6 +104,21 @@ class TwilioDisconnected:
 
 
 @dataclass(frozen=True)
+class HangupRequested:
+    """A tool (end_call) asked to end the call once the agent's goodbye has played."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class TransferRequested:
+    """A tool (transfer_call) asked to hand the caller to `destination` after the hand-off."""
+
+    name: str
+    destination: str
+
+
+@dataclass(frozen=True)
 class ServerStopping:
     """The server is shutting down and the drain time is over: end the call politely."""
 
@@ -195,6 +210,7 @@ class EndCall:
     apologize: bool = False
     close_code: int = 1000
     hangup: bool = False  # end the phone call itself, not only our stream
+    transfer_to: str | None = None  # hand the call to this number instead
 
 
 Action = (

@@ -25,7 +25,11 @@ DEFAULT_INSTRUCTIONS = (
     "no lists, no markdown, no URLs. Help callers with their orders: when they give an "
     "order number, look it up with the lookup_order tool and tell them its status, "
     "items and delivery estimate. Never invent order details; if a lookup fails, say so "
-    "and offer to try again. Read order numbers back character by character."
+    "and offer to try again. Read order numbers back character by character. "
+    "Order details are only shared with the phone number that placed the order; otherwise ask for "
+    "the billing postcode or email on the order and pass it to lookup_order as verification. "
+    "If the caller asks for a person, tell them you are transferring them and use transfer_call. "
+    "When the conversation is over, say a short goodbye and call end_call."
 )
 DEFAULT_GREETING = (
     "A caller has just been connected. Greet them in one short sentence as the Acme "
@@ -55,6 +59,14 @@ class Settings:
     max_calls_per_caller_per_hour: int = 20
     mask_phone_numbers: bool = True
     allowed_destinations: tuple[str, ...] = ()
+    # Phone-line features (issue 6).
+    transfer_targets: tuple[tuple[str, str], ...] = ()  # (name, E.164 number or sip: URI)
+    twilio_phone_number: str | None = None
+    twilio_api_base_url: str | None = None  # tests and simulations only: a stand-in for api.twilio.com
+    calls_db_path: Path = Path("data/calls.db")
+    calls_api_token: str | None = field(default=None, repr=False)
+    dtmf_timeout_s: float = 2.0
+    goodbye_timeout_s: float = 15.0
     vad_start_sensitivity: str = "LOW"
     vad_end_sensitivity: str = "HIGH"
     vad_prefix_padding_ms: int = 40
@@ -165,6 +177,7 @@ class Settings:
                 raise SettingsError("TWILIO_AUTH_TOKEN does not look like a Twilio auth token (value not shown)")
             values["twilio_auth_token"] = token
         values.update(_security(get, token))
+        values.update(_phone_line(get))
 
         for name, attr in (("VAD_START_SENSITIVITY", "vad_start_sensitivity"), ("VAD_END_SENSITIVITY", "vad_end_sensitivity")):
             raw = get(name)
@@ -293,3 +306,42 @@ def _float(get, name: str, attr: str, lo: float, hi: float) -> dict[str, float]:
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={value} is out of range ({lo}..{hi})")
     return {attr: value}
+
+
+def _phone_line(get) -> dict[str, object]:
+    """Transfers, outbound calls, keypad and call records."""
+    values: dict[str, object] = {}
+    raw = get("TRANSFER_TARGETS")
+    if raw is not None:
+        targets = []
+        for item in (part.strip() for part in raw.split(",") if part.strip()):
+            name, sep, dest = item.partition("=")
+            name, dest = name.strip().lower(), dest.strip()
+            if not sep or not re.fullmatch(r"[a-z][a-z0-9_ -]{0,39}", name) or not _DESTINATION_RE.fullmatch(dest):
+                raise SettingsError(
+                    f"TRANSFER_TARGETS entry {item!r} must be name=+15551230001 (or name=sip:desk@example.com)"
+                )
+            targets.append((name, dest))
+        values["transfer_targets"] = tuple(targets)
+    number = get("TWILIO_PHONE_NUMBER")
+    if number is not None:
+        if not re.fullmatch(r"\+[1-9][0-9]{6,14}", number):
+            raise SettingsError(f"TWILIO_PHONE_NUMBER={number!r} must be an E.164 number such as +15559870000")
+        values["twilio_phone_number"] = number
+    base = get("TWILIO_API_BASE_URL")
+    if base is not None:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SettingsError(f"TWILIO_API_BASE_URL={base!r} must be an http(s) URL")
+        values["twilio_api_base_url"] = base.rstrip("/")
+    db = get("CALLS_DB_PATH")
+    if db is not None:
+        values["calls_db_path"] = Path(db)
+    token = get("CALLS_API_TOKEN")
+    if token is not None:
+        if len(token) < 16:
+            raise SettingsError("CALLS_API_TOKEN must be at least 16 characters (value not shown)")
+        values["calls_api_token"] = token
+    values.update(_float(get, "DTMF_TIMEOUT_SECONDS", "dtmf_timeout_s", 0.2, 30))
+    values.update(_float(get, "GOODBYE_TIMEOUT_SECONDS", "goodbye_timeout_s", 1, 120))
+    return values

@@ -85,6 +85,9 @@ class CallContext:
     caller: str | None
     called: str | None
     settings: Settings
+    #: Acts on the live call (`hang_up(reason)`, `transfer(name, destination)`); thread-safe,
+    #: so sync tools may use it too. None outside a call (e.g. in unit tests).
+    control: Any = None
 
 
 # --------------------------------------------------------------------------- types

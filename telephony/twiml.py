@@ -29,6 +29,17 @@ def connect_stream_twiml(stream_url: str, parameters: dict[str, str], action_url
     return str(response)
 
 
+def dial_twiml(destination: str) -> str:
+    """Cold transfer: dial a number (or a sip: URI) and leave the call to it."""
+    response = VoiceResponse()
+    if destination.lower().startswith("sip:"):
+        dial = response.dial()
+        dial.sip(destination)
+    else:
+        response.dial(destination)
+    return str(response)
+
+
 def hangup_twiml() -> str:
     response = VoiceResponse()
     response.hangup()

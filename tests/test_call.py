@@ -375,3 +375,44 @@ class TestWatchdogAndLimits:
         names = [m["mark"]["name"] for m in twilio_messages(sent) if m["event"] == "mark"]
         actions = call.handle(tw.MarkEchoed(SID, names[-1]))
         assert actions == [ev.EndCall("maximum call length reached", hangup=True)]
+
+
+class TestPhoneLine:
+    def test_keypad_digits_are_collected_and_given_to_the_model_after_a_pause(self):
+        c = CallScript().connected()
+        for digit in "1001":
+            assert c.call.handle(tw.DtmfPressed(SID, digit)) == [ev.StartTimer("dtmf", 2.0)]
+        assert c.call.handle(ev.TimerFired("dtmf")) == [ev.SendTextToLive("(The caller typed 1 0 0 1 on the keypad.)")]
+
+    def test_hash_ends_keypad_entry_at_once(self):
+        c = CallScript().connected()
+        c.call.handle(tw.DtmfPressed(SID, "4"))
+        c.call.handle(tw.DtmfPressed(SID, "2"))
+        actions = c.call.handle(tw.DtmfPressed(SID, "#"))
+        assert actions == [ev.CancelTimer("dtmf"), ev.SendTextToLive("(The caller typed 4 2 on the keypad.)")]
+
+    def test_end_call_waits_for_the_goodbye_to_be_heard(self):
+        c = CallScript().connected()
+        assert c.call.handle(ev.HangupRequested("done")) == [ev.StartTimer("goodbye_grace", 15.0)]
+        messages = twilio_messages(c.agent_says(0.5) + c.call.handle(ev.TurnComplete()))
+        names = [m["mark"]["name"] for m in messages if m["event"] == "mark"]
+        assert c.echo(names[-2]) == []  # still playing
+        assert c.echo(names[-1]) == [ev.EndCall("agent ended the call: done", hangup=True)]
+
+    def test_a_silent_goodbye_still_ends_the_call_after_the_timeout(self):
+        c = CallScript().connected()
+        c.call.handle(ev.HangupRequested("done"))
+        assert c.call.handle(ev.TimerFired("goodbye_grace")) == [ev.EndCall("agent ended the call: done", hangup=True)]
+
+    def test_transfer_happens_after_the_hand_off_sentence(self):
+        c = CallScript().connected()
+        c.call.handle(ev.TransferRequested("sales", "+15551230001"))
+        messages = twilio_messages(c.agent_says(0.3) + c.call.handle(ev.TurnComplete()))
+        last = [m["mark"]["name"] for m in messages if m["event"] == "mark"][-1]
+        assert c.echo(last) == [ev.EndCall("transferred to sales", transfer_to="+15551230001")]
+
+    def test_an_outbound_call_greets_with_its_purpose(self):
+        call = Call(greeting="inbound greeting")
+        call.handle(tw.StreamStarted(SID, CALL, "", {"purpose": "confirm Tuesday's delivery", "direction": "outbound-api"}))
+        (greet,) = call.handle(ev.LiveReady())
+        assert "confirm Tuesday's delivery" in greet.text and "placed this phone call" in greet.text

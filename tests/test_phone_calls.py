@@ -95,7 +95,7 @@ class TestAnOrderStatusCall:
         for name in ("inputAudioTranscription", "outputAudioTranscription", "sessionResumption", "contextWindowCompression"):
             assert name in setup
         declared = [d["name"] for t in setup["tools"] for d in key(t, "functionDeclarations", "function_declarations")]
-        assert declared == ["lookup_order"]
+        assert declared == ["lookup_order", "end_call", "transfer_call"]
 
     def test_caller_speech_reaches_live_as_16khz_pcm_with_the_same_spectrum(self, order_call):
         _, session = order_call

@@ -36,9 +36,12 @@ which allows only the numbers in ALLOWED_DESTINATIONS.
 
 from telephony.tools import CallContext, ToolRegistry
 
+from .call_control import end_call, transfer_call
 from .orders import ensure_orders_db, lookup_order
 
-__all__ = ["registry", "CallContext", "ensure_orders_db", "lookup_order"]
+__all__ = ["registry", "CallContext", "end_call", "ensure_orders_db", "lookup_order", "transfer_call"]
 
 registry = ToolRegistry()
 registry.register(lookup_order)
+registry.register(end_call)
+registry.register(transfer_call)

@@ -1,0 +1,48 @@
+"""Tools that act on the phone call itself: hang up, hand the caller to a human.
+
+They do not end anything at once: they ask the call to finish after the agent's
+goodbye (or hand-off sentence) has actually been heard, confirmed by Twilio's
+marks, with a timeout (GOODBYE_TIMEOUT_SECONDS) in case the model stays silent.
+"""
+
+from __future__ import annotations
+
+from telephony.tools import CallContext
+
+
+def end_call(reason: str, ctx: CallContext) -> dict:
+    """End the phone call. Call this when the conversation is over and you have said goodbye,
+    or when the caller asks to hang up. Say a short goodbye in the same turn.
+
+    Args:
+        reason: why the call is ending, in a few words (e.g. "caller's question answered").
+    """
+    if ctx.control is None:
+        return {"ended": False, "message": "This call cannot be ended from here."}
+    ctx.control.hang_up(reason.strip()[:200] or "conversation finished")
+    return {"ended": True, "message": "The call will end after your goodbye. Say goodbye now if you have not."}
+
+
+def transfer_call(destination: str, ctx: CallContext) -> dict:
+    """Transfer the caller to a human colleague (a cold transfer). Use it when the caller asks
+    for a person or needs help you cannot give. Before it happens, tell the caller in one short
+    sentence that you are transferring them.
+
+    Args:
+        destination: which team to transfer to, one of the names in the transfer directory
+            (for example "sales" or "support").
+    """
+    directory = dict(ctx.settings.transfer_targets)
+    name = destination.strip().lower()
+    if not directory:
+        return {"transferred": False, "message": "Transfers are not available on this line. Offer to help another way."}
+    if name not in directory:
+        return {
+            "transferred": False,
+            "message": f"There is no team called {destination!r}. Available: {', '.join(sorted(directory))}.",
+        }
+    if ctx.control is None:
+        return {"transferred": False, "message": "This call cannot be transferred from here."}
+    ctx.control.transfer(name, directory[name])
+    return {"transferred": True, "team": name,
+            "message": f"The caller will be transferred to {name} right after your next sentence. Tell them now."}
