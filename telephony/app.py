@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import signal
 import time
@@ -32,12 +33,17 @@ from . import twilio_protocol as tw
 from .bridge import CallBridge
 from .errors import MalformedMessage, SettingsError
 from .live import make_client
+from .records import CallRecorder, RecordsError, get_call, list_calls
 from .security import (
-    MAX_IDENTITY_CHARS, TOKEN_PARAMETER, CallerIdentity, Gatekeeper, Rejected, check_deployment,
+    MAX_IDENTITY_CHARS, TOKEN_PARAMETER, CallerIdentity, DestinationNotAllowed, Gatekeeper, Rejected, check_deployment,
     install_log_redaction, stream_urls, webhook_urls,
 )
 from .settings import Settings
 from .tools import ToolRegistry
+from .twilio_rest import (
+    OutboundRefs, OutboundUnavailable, close_rest_client, describe_error, make_rest_client, parse_outbound_request,
+    place_call,
+)
 from .twiml import apology_twiml, busy_twiml, connect_stream_twiml, dial_twiml, hangup_twiml, over_limit_twiml
 
 log = logging.getLogger("telephony.app")
@@ -70,15 +76,6 @@ def _default_registry() -> ToolRegistry:
     return registry
 
 
-def _rest_client(settings: Settings) -> Any | None:
-    if not settings.has_twilio_rest:
-        return None
-    from twilio.http.async_http_client import AsyncTwilioHttpClient
-    from twilio.rest import Client
-
-    return Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=AsyncTwilioHttpClient())
-
-
 def create_app(settings: Settings | None = None, registry: ToolRegistry | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -95,10 +92,16 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         from tools.orders import ensure_orders_db
 
         ensure_orders_db(s.orders_db_path)
+        try:
+            app.state.recorder = CallRecorder(s.calls_db_path, s)  # call records (records.py)
+        except RecordsError as exc:
+            log.error("configuration error: %s", exc)
+            raise
         app.state.settings = s
         app.state.registry = reg
         app.state.client = make_client(s)
-        app.state.rest = _rest_client(s)
+        app.state.rest = make_rest_client(s)  # None without REST credentials (twilio_rest.py)
+        app.state.outbound_refs = OutboundRefs(s)  # what each outbound call is for (POST /outbound-call)
         app.state.active_calls = set()
         app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
         app.state.gate = Gatekeeper(s)
@@ -122,6 +125,8 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         yield
         if app.state.active_calls:  # stopped without a drain (e.g. a second signal)
             await drain(app, timeout_s=0)
+        await asyncio.to_thread(app.state.recorder.close)  # after the calls: their last records are written
+        await close_rest_client(app.state.rest)  # after the calls: their hang-ups went through it
 
     app = FastAPI(title="Gemini Live phone agent", version=__version__, lifespan=lifespan)
 
@@ -143,20 +148,9 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         """Twilio's voice webhook: answer with TwiML that connects the call to our stream."""
         s: Settings = request.app.state.settings
         gate: Gatekeeper = request.app.state.gate
-        raw = await _read_body(request, MAX_WEBHOOK_BYTES)
-        if raw is None:
-            log.warning("rejected webhook: body over %d bytes", MAX_WEBHOOK_BYTES)
-            return Response(status_code=413)
-        pairs = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
-        try:
-            gate.check_webhook(
-                urls=webhook_urls(s.public_url, str(request.url)), form=pairs,
-                signature=request.headers.get(SIGNATURE_HEADER),
-                signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER),
-            )
-        except Rejected as exc:
-            log.warning("rejected webhook (403): %s", exc)
-            return Response(status_code=403, content="Forbidden", media_type="text/plain")
+        pairs = await _twilio_form(request)
+        if isinstance(pairs, Response):
+            return pairs
         form = dict(pairs)
         call_sid = form.get("CallSid", "")
         caller, called = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
@@ -170,9 +164,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             log.warning("call %s from %s turned away: %s", call_sid or "(no CallSid)", gate.show(caller), why)
             return Response(content=over_limit_twiml(), media_type="text/xml")
         host = s.public_host or request.headers.get("host", "")
-        parameters = {"CallSid": call_sid, "From": caller, "To": called,
-                      TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called)}
-        twiml = connect_stream_twiml(f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended")
+        twiml = _stream_twiml(gate, host, call_sid, caller, called)
         log.info("incoming call %s from %s: connecting to wss://%s/media-stream",
                  call_sid or "(no CallSid)", gate.show(caller), host)
         return Response(content=twiml, media_type="text/xml")
@@ -209,7 +201,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
                      identity.call_sid, gate.show(identity.caller))
         bridge = CallBridge(
             _Replay(websocket, pending), settings=s, client=state.client, registry=state.registry,
-            rest=state.rest, identity=identity,
+            rest=state.rest, identity=identity, recorder=state.recorder,
         )
         state.active_calls.add(bridge)
         try:
@@ -226,20 +218,9 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
     @app.post("/stream-ended")
     async def stream_ended(request: Request) -> Response:
         """Twilio asks what follows <Connect> once our server closed a call's stream."""
-        s: Settings = request.app.state.settings
-        raw = await _read_body(request, MAX_WEBHOOK_BYTES)
-        if raw is None:
-            return Response(status_code=413)
-        pairs = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
-        try:
-            request.app.state.gate.check_webhook(
-                urls=webhook_urls(s.public_url, str(request.url)), form=pairs,
-                signature=request.headers.get(SIGNATURE_HEADER),
-                signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER), once=False,
-            )
-        except Rejected as exc:
-            log.warning("rejected /stream-ended (403): %s", exc)
-            return Response(status_code=403, content="Forbidden", media_type="text/plain")
+        pairs = await _twilio_form(request, once=False)
+        if isinstance(pairs, Response):
+            return pairs
         call_sid = dict(pairs).get("CallSid", "")
         after = request.app.state.ended_streams.pop(call_sid, "apology")
         if after.startswith("transfer:"):
@@ -248,7 +229,156 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             twiml = hangup_twiml() if after == "hangup" else apology_twiml()
         return Response(content=twiml, media_type="text/xml")
 
+    # ------------------------------------------------------------ call records (records.py)
+
+    @app.post("/twilio/status")
+    async def twilio_status(request: Request) -> Response:
+        """Twilio's call-status and stream-status callbacks, stored with the call's record.
+
+        A call sends several (ringing, in-progress, completed; stream-started,
+        stream-stopped), so a CallSid seen before is not a replay here.
+        """
+        pairs = await _twilio_form(request, once=False)
+        if isinstance(pairs, Response):
+            return pairs
+        form = dict(pairs)
+        call_sid = form.get("CallSid", "")
+        if not call_sid:
+            return Response(status_code=400, content="CallSid is required", media_type="text/plain")
+        kind = "stream" if form.get("StreamEvent") or form.get("StreamSid") else "call"
+        request.app.state.recorder.status_callback(call_sid, kind, form, time.time())
+        return Response(status_code=204)
+
+    @app.get("/calls")
+    async def calls_index(request: Request) -> Response:
+        """Recent call records (Authorization: Bearer CALLS_API_TOKEN; 404 when unset)."""
+        refused = _calls_api_refusal(request)
+        if refused is not None:
+            return refused
+        raw = request.query_params.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            return JSONResponse({"detail": "limit must be a whole number from 1 to 1000"}, status_code=400)
+        calls = await asyncio.to_thread(list_calls, request.app.state.settings.calls_db_path, int(raw))
+        return JSONResponse({"calls": calls})
+
+    @app.get("/calls/{call_sid}")
+    async def calls_show(request: Request, call_sid: str) -> Response:
+        """One call's record: transcript turns, tool calls, events, status callbacks and their timeline."""
+        refused = _calls_api_refusal(request)
+        if refused is not None:
+            return refused
+        record = await asyncio.to_thread(get_call, request.app.state.settings.calls_db_path, call_sid)
+        if record is None:
+            return JSONResponse({"detail": f"no call {call_sid}"}, status_code=404)
+        return JSONResponse(record)
+
+    # ------------------------------------------------------------ outbound calls (twilio_rest.py)
+
+    @app.post("/outbound-call")
+    async def outbound_call(request: Request) -> Response:
+        """Place a call whose callee talks to the agent: {"to", "purpose", "machine_detection"}.
+
+        Authorization: Bearer CALLS_API_TOKEN (404 when unset). The destination must be
+        on ALLOWED_DESTINATIONS (403). Twilio fetches the TwiML from /outbound-answer.
+        """
+        refused = _calls_api_refusal(request)
+        if refused is not None:
+            return refused
+        state = request.app.state
+        raw = await _read_body(request, MAX_WEBHOOK_BYTES)
+        if raw is None:
+            return JSONResponse({"detail": f"the body is over {MAX_WEBHOOK_BYTES} bytes"}, status_code=413)
+        try:
+            wanted = parse_outbound_request(raw)
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        try:
+            call = await place_call(state.rest, state.settings, wanted, state.outbound_refs)
+        except DestinationNotAllowed:
+            state.gate.rejected["outbound_destination_not_allowed"] += 1
+            log.warning("refused an outbound call to %s (403): not on ALLOWED_DESTINATIONS", state.gate.show(wanted.to))
+            return JSONResponse({"detail": "this destination is not on ALLOWED_DESTINATIONS"}, status_code=403)
+        except OutboundUnavailable as exc:
+            log.warning("cannot place an outbound call (503): %s", exc)
+            return JSONResponse({"detail": str(exc)}, status_code=503)
+        except Exception as exc:  # Twilio refused the call, or could not be reached
+            log.warning("outbound call to %s failed (502): %s", state.gate.show(wanted.to), describe_error(exc))
+            return JSONResponse({"detail": describe_error(exc)}, status_code=502)
+        return JSONResponse({"call_sid": call.sid, "status": call.status, "to": call.to}, status_code=201)
+
+    @app.post("/outbound-answer")
+    async def outbound_answer(request: Request) -> Response:
+        """Twilio's webhook when the callee of an outbound call answers: connect them to our stream.
+
+        Verified like /incoming-call (Twilio signs the URL with its `?ref=`); the ref
+        says whom we called and why. The stream's From is the callee and its To our
+        number, so tools see the person on the line as the caller; `direction` and
+        `purpose` travel as <Parameter>s.
+        """
+        state = request.app.state
+        s: Settings = state.settings
+        gate: Gatekeeper = state.gate
+        pairs = await _twilio_form(request)
+        if isinstance(pairs, Response):
+            return pairs
+        form = dict(pairs)
+        call_sid = form.get("CallSid", "")
+        ours, callee = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
+        try:
+            outbound = state.outbound_refs.open(request.query_params.get("ref"), callee=callee)
+        except Rejected as exc:
+            gate.rejected[exc.reason] += 1
+            log.warning("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
+            return Response(content=apology_twiml(), media_type="text/xml")
+        answered_by = form.get("AnsweredBy", "")
+        if answered_by == "fax":
+            log.info("outbound call %s was answered by a fax machine: hanging up", call_sid)
+            return Response(content=hangup_twiml(), media_type="text/xml")
+        busy = _busy(state)
+        if busy is not None:
+            gate.rejected[busy] += 1
+            log.warning("outbound call %s answered while %s", call_sid, busy.replace("_", " "))
+            return Response(content=busy_twiml(), media_type="text/xml")
+        host = s.public_host or request.headers.get("host", "")
+        twiml = _stream_twiml(gate, host, call_sid, callee, ours,
+                              {"direction": "outbound-api", "purpose": outbound.purpose, "answered_by": answered_by})
+        log.info("outbound call %s answered by %s%s: connecting to wss://%s/media-stream", call_sid,
+                 gate.show(callee), f" ({answered_by})" if answered_by else "", host)
+        return Response(content=twiml, media_type="text/xml")
+
     return app
+
+
+def _calls_api_refusal(request: Request) -> Response | None:
+    """None if the request may read call records; else the answer: 404 while the
+    API is disabled (no CALLS_API_TOKEN, as if the route did not exist), 401 for
+    a missing or wrong token (compared in constant time)."""
+    token = request.app.state.settings.calls_api_token
+    if not token:
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        request.app.state.gate.rejected["calls_api_unauthorized"] += 1
+        log.warning("refused a /calls request (401): missing or wrong API token")
+        return JSONResponse({"detail": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
+def _stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called: str,
+                  extra: dict[str, str] | None = None) -> str:
+    """The <Connect><Stream> TwiML of every call, inbound or outbound.
+
+    The stream token is minted for this CallSid and these numbers; `caller` is the
+    other party (the callee, on an outbound call) and `called` our line. `extra`
+    parameters (direction, purpose, ...) travel beside them but cannot replace them.
+    """
+    parameters = {"CallSid": call_sid, "From": caller, "To": called,
+                  TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called)}
+    for name, value in (extra or {}).items():
+        parameters.setdefault(name, value)
+    return connect_stream_twiml(
+        f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended", f"https://{host}/twilio/status"
+    )
 
 
 def _busy(state: Any) -> str | None:
@@ -312,6 +442,29 @@ def _drain_on_sigterm(app: FastAPI) -> None:
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     except (RuntimeError, ValueError):  # not the main thread (tests, embedded servers)
         pass
+
+
+async def _twilio_form(request: Request, *, once: bool = True) -> list[tuple[str, str]] | Response:
+    """A Twilio webhook's form fields, once its signature checks out; else the refusal to send.
+
+    `once=False` for callbacks Twilio sends several times per call (status, stream end).
+    """
+    state = request.app.state
+    raw = await _read_body(request, MAX_WEBHOOK_BYTES)
+    if raw is None:
+        log.warning("rejected %s: body over %d bytes", request.url.path, MAX_WEBHOOK_BYTES)
+        return Response(status_code=413)
+    pairs = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+    try:
+        state.gate.check_webhook(
+            urls=webhook_urls(state.settings.public_url, str(request.url)), form=pairs,
+            signature=request.headers.get(SIGNATURE_HEADER),
+            signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER), once=once,
+        )
+    except Rejected as exc:
+        log.warning("rejected %s (403): %s", request.url.path, exc)
+        return Response(status_code=403, content="Forbidden", media_type="text/plain")
+    return pairs
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

@@ -27,6 +27,7 @@ from .errors import LiveError, MalformedMessage
 from .security import CallerIdentity
 from .settings import Settings
 from .tools import CallContext, ToolRegistry
+from .twilio_rest import is_already_ended
 from .twiml import apology_twiml, dial_twiml
 
 log = logging.getLogger("telephony.bridge")
@@ -376,7 +377,7 @@ class CallBridge:
             await self.rest.calls(self.call.call_sid).update_async(status="completed")
             log.info("hung up call %s", self.call.call_sid)
         except Exception as exc:
-            if getattr(exc, "code", None) == 20404:  # already over: that is what we wanted
+            if is_already_ended(exc):  # already over (20404): that is what we wanted
                 return
             log.warning("could not hang up call %s via REST (%s); closing the stream instead", self.call.call_sid, exc)
 

@@ -1,4 +1,4 @@
-"""The `telephony` command: `serve` the agent, or `simulate` a call offline."""
+"""The `telephony` command: `serve` the agent, `simulate` a call offline, `call` out, set up `twilio`."""
 
 from __future__ import annotations
 
@@ -22,9 +22,40 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--out", help="write the audio the caller heard to this WAV file")
     simulate.add_argument("--speed", type=float, default=1.0, help="play faster than real time (e.g. 2)")
 
+    # Call records (records.py): reads CALLS_DB_PATH only, so no GEMINI_API_KEY is needed.
+    calls = sub.add_parser("calls", help="list recent call records; `calls show CALLSID` prints one call")
+    calls.add_argument("--limit", type=int, default=20, help="how many calls to list (default 20)")
+    calls_sub = calls.add_subparsers(dest="calls_command")
+    show = calls_sub.add_parser("show", help="print a call's transcript and timeline")
+    show.add_argument("call_sid")
+    for p in (calls, show):  # accepted before or after `show`
+        p.add_argument("--db", default=argparse.SUPPRESS, help="the records database (default: CALLS_DB_PATH, else data/calls.db)")
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON, as GET /calls returns it")
+
+    # Outbound calls and number setup (twilio_rest.py): Twilio's REST API, no GEMINI_API_KEY needed.
+    call = sub.add_parser("call", help="place an outbound call that the agent takes (needs PUBLIC_URL, TWILIO_PHONE_NUMBER)")
+    call.add_argument("to", help="the number to call, E.164 (must be on ALLOWED_DESTINATIONS)")
+    call.add_argument("--purpose", default="", help="why the agent calls; it reaches the agent as context")
+    call.add_argument("--machine-detection", action="store_true", help="ask Twilio to detect answering machines")
+    twilio = sub.add_parser("twilio", help="set up or check the Twilio number and webhooks")
+    twilio_sub = twilio.add_subparsers(dest="twilio_command", required=True)
+    setup = twilio_sub.add_parser("setup", help="point the number's voice webhook at PUBLIC_URL/incoming-call")
+    check = twilio_sub.add_parser("check", help="verify credentials, the number's webhook and PUBLIC_URL/healthz")
+    for p in (setup, check):
+        p.add_argument("--number", default=None, help="the Twilio number, E.164 (default: TWILIO_PHONE_NUMBER)")
+    check.add_argument("--health-url", default=None, help="check this URL instead of PUBLIC_URL/healthz")
+
     args = parser.parse_args(argv)
+    if args.command in ("call", "twilio"):
+        from .twilio_rest import twilio_command
+
+        return twilio_command(args)
     if args.command == "serve":
         return _serve(args.host, args.port)
+    if args.command == "calls":
+        from .records import calls_command
+
+        return calls_command(args)
     from .simulate import main as simulate_main
 
     return simulate_main(args.recording, args.out, args.speed)

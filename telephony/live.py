@@ -182,10 +182,12 @@ def translate(message: types.LiveServerMessage) -> list[object]:
         out.append(ev.ToolCallCancelled(tuple(message.tool_call_cancellation.ids)))
     um = message.usage_metadata
     if um is not None:
+        # Input and output are priced differently: keep them apart ("AUDIO" / "response:AUDIO").
         by_modality: dict[str, int] = {}
-        for details in (um.prompt_tokens_details or []) + (um.response_tokens_details or []):
-            key = str(details.modality.value if details.modality else "UNKNOWN")
-            by_modality[key] = by_modality.get(key, 0) + (details.token_count or 0)
+        for prefix, details_list in (("", um.prompt_tokens_details), ("response:", um.response_tokens_details)):
+            for details in details_list or []:
+                key = prefix + str(details.modality.value if details.modality else "UNKNOWN")
+                by_modality[key] = by_modality.get(key, 0) + (details.token_count or 0)
         out.append(
             ev.UsageReported(
                 um.prompt_token_count or 0, um.response_token_count or 0, um.total_token_count or 0, by_modality

@@ -193,6 +193,7 @@ def install_log_redaction(settings: Settings) -> LogRedactor:
     REDACTOR.add_secret(settings.gemini_api_key)
     REDACTOR.add_secret(settings.twilio_auth_token)
     REDACTOR.add_secret(settings.stream_token_secret)
+    REDACTOR.add_secret(settings.calls_api_token)
     REDACTOR.mask_phones = settings.mask_phone_numbers
     names = [n for n in list(logging.root.manager.loggerDict)
              if any(n == p or n.startswith(p + ".") for p in _REDACTED_LOGGERS)]

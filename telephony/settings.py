@@ -65,6 +65,12 @@ class Settings:
     twilio_api_base_url: str | None = None  # tests and simulations only: a stand-in for api.twilio.com
     calls_db_path: Path = Path("data/calls.db")
     calls_api_token: str | None = field(default=None, repr=False)
+    # Estimated call cost (records.py), USD per million tokens. Defaults are assumptions
+    # (Google's Live native-audio Flash prices): set your model's.
+    price_audio_input_per_mtok: float = 3.0
+    price_audio_output_per_mtok: float = 12.0
+    price_text_input_per_mtok: float = 0.5
+    price_text_output_per_mtok: float = 2.0
     dtmf_timeout_s: float = 2.0
     goodbye_timeout_s: float = 15.0
     vad_start_sensitivity: str = "LOW"
@@ -178,6 +184,7 @@ class Settings:
             values["twilio_auth_token"] = token
         values.update(_security(get, token))
         values.update(_phone_line(get))
+        values.update(_prices(get))
 
         for name, attr in (("VAD_START_SENSITIVITY", "vad_start_sensitivity"), ("VAD_END_SENSITIVITY", "vad_end_sensitivity")):
             raw = get(name)
@@ -223,7 +230,7 @@ class Settings:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("gemini_api_key", "twilio_auth_token", "stream_token_secret"):
+            if f.name in ("gemini_api_key", "twilio_auth_token", "stream_token_secret", "calls_api_token"):
                 value = "set" if value else "unset"
             elif f.name == "agent_instructions":
                 value = f"{len(value)} chars"
@@ -344,4 +351,12 @@ def _phone_line(get) -> dict[str, object]:
         values["calls_api_token"] = token
     values.update(_float(get, "DTMF_TIMEOUT_SECONDS", "dtmf_timeout_s", 0.2, 30))
     values.update(_float(get, "GOODBYE_TIMEOUT_SECONDS", "goodbye_timeout_s", 1, 120))
+    return values
+
+
+def _prices(get) -> dict[str, object]:
+    """The price table of the estimated call cost (PRICE_*_PER_MTOK, USD per million tokens)."""
+    values: dict[str, object] = {}
+    for kind in ("audio_input", "audio_output", "text_input", "text_output"):
+        values.update(_float(get, f"PRICE_{kind.upper()}_PER_MTOK", f"price_{kind}_per_mtok", 0, 10_000))
     return values

@@ -8,7 +8,9 @@ APOLOGY = "Sorry, our phone assistant is not available right now. Please call ag
 OVER_LIMIT = "Sorry, we are receiving too many calls from your number right now. Please try again later. Goodbye."
 
 
-def connect_stream_twiml(stream_url: str, parameters: dict[str, str], action_url: str | None = None) -> str:
+def connect_stream_twiml(
+    stream_url: str, parameters: dict[str, str], action_url: str | None = None, status_url: str | None = None
+) -> str:
     """Connect the call to our media stream.
 
     The stream URL carries no query string (Twilio refuses it, error 31920):
@@ -19,7 +21,9 @@ def connect_stream_twiml(stream_url: str, parameters: dict[str, str], action_url
     """
     response = VoiceResponse()
     connect = Connect(action=action_url, method="POST") if action_url else Connect()
-    stream = connect.stream(url=stream_url, name="agent")
+    stream = connect.stream(url=stream_url, name="agent", **(
+        {"status_callback": status_url, "status_callback_method": "POST"} if status_url else {}
+    ))
     for name, value in parameters.items():
         if value:
             stream.parameter(name=name, value=value[:400])

@@ -37,6 +37,7 @@ def server(emulator, tmp_path_factory):
                  "REQUIRE_TWILIO_SIGNATURE", "STREAM_TOKEN_SECRET"):  # development mode: nothing verified
         os.environ.pop(name, None)
     os.environ["ORDERS_DB_PATH"] = str(tmp_path_factory.mktemp("db") / "orders.db")
+    os.environ["CALLS_DB_PATH"] = str(tmp_path_factory.mktemp("calls") / "calls.db")
     os.environ["LIVE_CONNECT_TIMEOUT_SECONDS"] = "2"
     os.environ["TOOL_TIMEOUT_SECONDS"] = "2"
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -54,3 +53,75 @@ def test_transfer_needs_a_configured_team(phone):
     phone.call("order_call.jsonl", script, speed=2)
     answer = phone.last_session.tool_responses[0]
     assert answer["response"]["result"]["transferred"] is False
+
+
+# ------------------------------------------------ with REST credentials (Twilio stand-in)
+
+from test_security import play, recording, sign, stream_parameters, webhook_form  # noqa: E402
+
+from telephony.app import create_app  # noqa: E402
+from telephony.settings import Settings  # noqa: E402
+from telephony.testing.server import ServerThread  # noqa: E402
+from telephony.testing.twilio_standin import TwilioStandIn  # noqa: E402
+
+PUBLIC = "https://agent.example.test"  # what test_security's helpers sign for
+SALES = "+15551230001"
+
+
+@pytest.fixture(scope="module")
+def line(server, emulator, tmp_path_factory):
+    """A production-shaped server: verified Twilio traffic, REST through the stand-in."""
+    with TwilioStandIn(auth_token="0123456789abcdef0123456789abcdef", account_sid="AC" + "3" * 32) as standin:
+        env = {
+            **emulator.env(), **standin.env(), "PUBLIC_URL": PUBLIC,
+            "TRANSFER_TARGETS": f"sales={SALES}", "STREAM_TOKEN_TTL_SECONDS": "300",
+            "ORDERS_DB_PATH": str(tmp_path_factory.mktemp("line") / "orders.db"),
+            "CALLS_DB_PATH": str(tmp_path_factory.mktemp("line") / "calls.db"),
+        }
+        with ServerThread(create_app(Settings.from_env(env))) as srv:
+            srv.standin = standin
+            yield srv
+
+
+def signed_call(srv, emulator, script: Script, call_sid: str, caller: str, name: str = "order_call.jsonl"):
+    emulator.script = script
+    r = httpx.post(f"{srv.http_url}/incoming-call", data=webhook_form(call_sid, caller),
+                   headers={"X-Twilio-Signature": sign(f"{PUBLIC}/incoming-call", webhook_form(call_sid, caller))})
+    assert r.status_code == 200, r.text
+    return play(srv, recording(call_sid, stream_parameters(r.text), name), speed=1.0, linger=3.0)
+
+
+def test_with_rest_the_hang_up_request_is_sent_only_after_the_goodbye_played(line, emulator):
+    call_sid = "CA" + "e1" * 16
+    script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[
+        CallTool("end_call", {"reason": "done"}), Say(text="Goodbye!", seconds=1.2, freq=GOODBYE_HZ)])])
+    call = signed_call(line, emulator, script, call_sid, "+15557770001")
+    (hangup,) = line.standin.wait_for("calls.update", call_sid=call_sid)
+    assert hangup.params["Status"] == "completed"
+    goodbye_end = call.spans[-1][1]
+    assert dominant_hz(ulaw_decode(call.spans[-1][2])) == pytest.approx(GOODBYE_HZ, abs=10)
+    assert hangup.at - call.started_at >= goodbye_end - 0.05  # heard first, then hung up
+
+
+def test_with_rest_a_transfer_dials_the_configured_number_and_its_stop_is_not_a_hang_up(line, emulator):
+    call_sid = "CA" + "e2" * 16
+    script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[
+        CallTool("transfer_call", {"destination": "Sales"}),
+        Say(text="I'm transferring you to sales now.", seconds=1.0, freq=600.0)])])
+    signed_call(line, emulator, script, call_sid, "+15557770002")
+    (update,) = line.standin.wait_for("calls.update", call_sid=call_sid)
+    assert update.params["Twiml"].endswith(f"<Response><Dial>{SALES}</Dial></Response>")
+    assert "Status" not in update.params  # a transfer, not a hang-up
+    summary = line.app.state.recent_calls[-1]
+    assert summary["end_reason"] == "transferred to sales"
+    assert line.standin.requests_of("calls.update", call_sid) == [update]  # nothing else, e.g. no hang-up
+
+
+def test_a_hang_up_for_a_call_that_already_ended_counts_as_done(line, emulator, caplog):
+    call_sid = "CA" + "e3" * 16
+    line.standin.end_call(call_sid)  # Twilio will answer 404 / 20404
+    script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[CallTool("end_call", {"reason": "done"}), Say(seconds=0.5)])])
+    call = signed_call(line, emulator, script, call_sid, "+15557770003")
+    line.standin.wait_for("calls.update", call_sid=call_sid)
+    assert call.close_code == 1000
+    assert not [r for r in caplog.records if "could not hang up" in r.getMessage()]

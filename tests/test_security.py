@@ -79,7 +79,8 @@ class FakeClock:
 
 
 def settings_for(tmp_path: Path, **env: str) -> Settings:
-    return Settings.from_env({"GEMINI_API_KEY": "test-api-key-123", "ORDERS_DB_PATH": str(tmp_path / "orders.db"), **env})
+    return Settings.from_env({"GEMINI_API_KEY": "test-api-key-123", "ORDERS_DB_PATH": str(tmp_path / "orders.db"),
+                              "CALLS_DB_PATH": str(tmp_path / "calls.db"), **env})
 
 
 # =========================================================================== the secure server
@@ -93,6 +94,7 @@ def secure(server, emulator, tmp_path_factory):
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "PUBLIC_URL": PUBLIC,
         "ORDERS_DB_PATH": str(tmp_path_factory.mktemp("secure-db") / "orders.db"),
+        "CALLS_DB_PATH": str(tmp_path_factory.mktemp("secure-db") / "calls.db"),
         "LIVE_CONNECT_TIMEOUT_SECONDS": "2",
         "TOOL_TIMEOUT_SECONDS": "2",
         "STREAM_TOKEN_TTL_SECONDS": "300",

@@ -10,18 +10,17 @@ import logging
 import subprocess
 import sys
 import wave
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
-from twilio.twiml.voice_response import VoiceResponse  # noqa: F401  (the builder the app uses)
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from telephony.app import create_app
 from telephony.settings import Settings
-from telephony.testing.emulator import Reply, Say, Script
+from telephony.testing.emulator import Say, Script
 
 ROOT = Path(__file__).parent.parent
 SID = "MZ" + "1" * 32
@@ -48,7 +47,9 @@ class TestVoiceWebhook:
         r = httpx.post(f"{server.http_url}/incoming-call", data=form)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/xml")
         host = f"127.0.0.1:{server.port}"
-        assert f'<Stream name="agent" url="wss://{host}/media-stream">' in r.text
+        stream = ET.fromstring(r.text).find("./Connect/Stream")
+        assert stream.get("url") == f"wss://{host}/media-stream"
+        assert stream.get("statusCallback") == f"https://{host}/twilio/status"  # stream events are recorded
         for name, value in (("CallSid", CALL_SID), ("From", "+15551230101"), ("To", "+15559870000")):
             assert f'<Parameter name="{name}" value="{value}" />' in r.text
         assert "?" not in r.text.split('url="')[1].split('"')[0]  # no query string in the stream URL
@@ -56,7 +57,7 @@ class TestVoiceWebhook:
         assert r.text.index("</Connect>") < r.text.index("<Say>") < r.text.index("<Hangup />")
 
     def test_public_url_decides_the_stream_host(self, tmp_path):
-        settings = Settings.from_env({"GEMINI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "ORDERS_DB_PATH": str(tmp_path / "o.db"),
+        settings = Settings.from_env({"GEMINI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "ORDERS_DB_PATH": str(tmp_path / "o.db"), "CALLS_DB_PATH": str(tmp_path / "c.db"),
                                       "REQUIRE_TWILIO_SIGNATURE": "false"})  # unsigned requests below (see test_security.py)
         with TestClient(create_app(settings)) as client:
             r = client.post("/incoming-call", content="CallSid=CA1&From=%2B1555&To=%2B1666",

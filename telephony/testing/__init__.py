@@ -7,12 +7,15 @@
   would, honouring marks and `clear`, and returns a `SimulatedCall`.
 - `build_messages`/`write_recording`/`read_recording`: make and read recordings.
 - `ServerThread`: the real app under uvicorn on a loopback port.
+- `TwilioStandIn`: a loopback stand-in for Twilio's REST API (`TWILIO_API_BASE_URL`) that
+  checks and records every request the app makes, and plays Twilio's answer webhooks.
 """
 
 from .emulator import CallTool, EmulatedSession, Fail, LiveEmulator, Reply, Say, Script
 from .recordings import Dtmf, Silence, Speech, Tone, build_messages, read_recording, write_recording
 from .server import ServerThread
 from .simulator import CallSimulator, SimEvent, SimulatedCall
+from .twilio_standin import RestRequest, TwilioStandIn, WebhookAnswer
 
 __all__ = [
     "CallSimulator",
@@ -22,6 +25,7 @@ __all__ = [
     "Fail",
     "LiveEmulator",
     "Reply",
+    "RestRequest",
     "Say",
     "Script",
     "ServerThread",
@@ -30,6 +34,8 @@ __all__ = [
     "Silence",
     "Speech",
     "Tone",
+    "TwilioStandIn",
+    "WebhookAnswer",
     "build_messages",
     "read_recording",
     "write_recording",
