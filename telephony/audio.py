@@ -368,7 +368,39 @@ def _decimator_taps() -> np.ndarray:
     return taps / taps.sum()
 
 
-class FirUpsampler2x:
+class _StreamingFir:
+    """What both FIR resamplers share: causal streaming, and a flush that emits the
+    ring-out (`ring_out` samples, the response to the last input) then resets."""
+
+    ring_out: int
+    _flush_zeros: int
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def process(self, pcm: np.ndarray) -> np.ndarray:
+        if not len(pcm):
+            return _EMPTY_PCM
+        self._fed = True
+        return _to_int16(self._filter(pcm))
+
+    def flush(self) -> np.ndarray:
+        """The ring-out (`ring_out` samples), then a reset; nothing if nothing was fed."""
+        if not self._fed:
+            return _EMPTY_PCM
+        tail = self._filter(np.zeros(self._flush_zeros, dtype=np.float64))
+        self.reset()
+        return _to_int16(tail[: self.ring_out])
+
+    def reset(self) -> None:  # pragma: no cover - each filter defines its state
+        raise NotImplementedError
+
+    def _filter(self, pcm: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+class FirUpsampler2x(_StreamingFir):
     """`Resampler` 8 kHz -> 16 kHz (caller -> Live): a 52-tap minimum-phase FIR.
 
     Causal and prompt: every chunk of n samples comes back as 2n samples at once; the
@@ -394,22 +426,7 @@ class FirUpsampler2x:
 
     __slots__ = ("_history", "_fed")
 
-    def __init__(self) -> None:
-        self.reset()
-
-    def process(self, pcm: np.ndarray) -> np.ndarray:
-        if not len(pcm):
-            return _EMPTY_PCM
-        self._fed = True
-        return _to_int16(self._filter(pcm))
-
-    def flush(self) -> np.ndarray:
-        """The ring-out (`ring_out` samples), then a reset; nothing if nothing was fed."""
-        if not self._fed:
-            return _EMPTY_PCM
-        tail = self._filter(np.zeros(self._history_len, dtype=np.float64))
-        self.reset()
-        return _to_int16(tail)
+    _flush_zeros = _history_len
 
     def reset(self) -> None:
         self._history = np.zeros(self._history_len, dtype=np.float64)
@@ -428,7 +445,7 @@ class FirUpsampler2x:
         return f"FirUpsampler2x({len(self.taps)} taps, minimum phase)"
 
 
-class FirDecimator3x:
+class FirDecimator3x(_StreamingFir):
     """`Resampler` 24 kHz -> 8 kHz (Live -> caller): a 78-tap minimum-phase FIR.
 
     Causal and prompt: 480 samples in, 160 out, at once; the band arrives 0.16-0.44 ms
@@ -456,23 +473,7 @@ class FirDecimator3x:
 
     __slots__ = ("_history", "_phase", "_fed")
 
-    def __init__(self) -> None:
-        self.reset()
-
-    def process(self, pcm: np.ndarray) -> np.ndarray:
-        if not len(pcm):
-            return _EMPTY_PCM
-        self._fed = True
-        return _to_int16(self._filter(pcm))
-
-    def flush(self) -> np.ndarray:
-        """The ring-out (`ring_out` samples), then a reset; nothing if nothing was fed."""
-        if not self._fed:
-            return _EMPTY_PCM
-        # 3 x ring_out zeros hold ring_out output instants whatever the phase.
-        tail = self._filter(np.zeros(3 * self.ring_out, dtype=np.float64))
-        self.reset()
-        return _to_int16(tail[: self.ring_out])
+    _flush_zeros = 3 * ring_out  # holds ring_out output instants whatever the phase
 
     def reset(self) -> None:
         self._history = np.zeros(self._history_len, dtype=np.float64)

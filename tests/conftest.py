@@ -68,3 +68,47 @@ class Phone:
 @pytest.fixture(scope="session")
 def phone(server, emulator) -> Phone:
     return Phone(server, emulator)
+
+
+@pytest.fixture
+def serve_process(emulator, tmp_path):
+    """Start `telephony serve` as a real process (development mode, reaching the emulator);
+    returns (process, port). Killed at the end of the test if still running."""
+    import contextlib
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    started: list[subprocess.Popen] = []
+
+    def start(capture: bool = False, **env_overrides: str) -> tuple[subprocess.Popen, int]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, **emulator.env(), "ORDERS_DB_PATH": str(tmp_path / "orders.db"),
+               "CALLS_DB_PATH": str(tmp_path / "calls.db"), **env_overrides}
+        for name in ("PUBLIC_URL", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "REQUIRE_TWILIO_SIGNATURE", "CALLS_API_TOKEN"):
+            env.pop(name, None)
+        out = subprocess.PIPE if capture else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "telephony.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, cwd=Path(__file__).parent.parent, stdout=out, stderr=subprocess.STDOUT if capture else out,
+            text=True,
+        )
+        started.append(proc)
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    return proc, port
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

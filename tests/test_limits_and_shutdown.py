@@ -7,11 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,7 +18,6 @@ from telephony.settings import Settings
 from telephony.testing.emulator import Say, Script
 from telephony.testing.server import ServerThread
 
-ROOT = Path(__file__).parent.parent
 SID = "MZ" + "4" * 32
 
 
@@ -120,25 +114,10 @@ def test_the_webhook_twiml_asks_stream_ended_what_comes_next(server):
     assert f'<Connect action="https://127.0.0.1:{server.port}/stream-ended" method="POST">' in r.text
 
 
-def test_sigterm_drains_active_calls_before_the_process_exits(emulator, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, **emulator.env(), "DRAIN_TIMEOUT_SECONDS": "1", "ORDERS_DB_PATH": str(tmp_path / "o.db"), "LOG_LEVEL": "INFO"}
-    for name in ("PUBLIC_URL", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "REQUIRE_TWILIO_SIGNATURE"):
-        env.pop(name, None)
+def test_sigterm_drains_active_calls_before_the_process_exits(emulator, serve_process):
     emulator.script = Script(greeting=[Say(seconds=8.0)], replies=[])
-    proc = subprocess.Popen([sys.executable, "-m", "telephony.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, port = serve_process(capture=True, DRAIN_TIMEOUT_SECONDS="1", LOG_LEVEL="INFO")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-
         async def scenario():
             async with open_call(f"ws://127.0.0.1:{port}/media-stream", "CA" + "a" * 32) as ws:
                 await ws.recv()  # mid-greeting
@@ -148,10 +127,8 @@ def test_sigterm_drains_active_calls_before_the_process_exits(emulator, tmp_path
                 return health.status_code, await wait_closed(ws)
 
         status, code = asyncio.run(scenario())
-        out, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        out, _ = proc.communicate(timeout=30)
     assert status == 503 and code == 1000  # the call was ended by us, not cut with 1012
     assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     assert "draining: 1 active call" in out and "ending 1 call(s) politely" in out

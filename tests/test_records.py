@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -479,14 +478,8 @@ class TestStatusCallbacks:
 GREETING = "Hello, you are through to the records test line."
 
 
-def test_a_partial_record_survives_a_server_killed_mid_call(emulator, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_a_partial_record_survives_a_server_killed_mid_call(emulator, tmp_path, serve_process):
     db = tmp_path / "calls.db"
-    env = {**os.environ, **emulator.env(), "CALLS_DB_PATH": str(db), "ORDERS_DB_PATH": str(tmp_path / "o.db")}
-    for name in ("PUBLIC_URL", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "REQUIRE_TWILIO_SIGNATURE", "CALLS_API_TOKEN"):
-        env.pop(name, None)
     emulator.script = Script(greeting=[Say(text=GREETING, seconds=8.0)], replies=[])
     sid = "CA" + "f" * 32
     stream = "MZ" + "f" * 32
@@ -494,17 +487,8 @@ def test_a_partial_record_survives_a_server_killed_mid_call(emulator, tmp_path):
              "start": {"accountSid": ACCOUNT, "streamSid": stream, "callSid": sid, "tracks": ["inbound"],
                        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
                        "customParameters": {"From": "+15551230101", "To": "+15559870000"}}}
-    proc = subprocess.Popen([sys.executable, "-m", "telephony.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port = serve_process(CALLS_DB_PATH=str(db))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-
         async def call_until_the_greeting_is_recorded() -> None:
             async with connect(f"ws://127.0.0.1:{port}/media-stream") as ws:
                 await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
@@ -519,9 +503,7 @@ def test_a_partial_record_survives_a_server_killed_mid_call(emulator, tmp_path):
 
         asyncio.run(call_until_the_greeting_is_recorded())
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     record = get_call(db, sid)
     assert record is not None and record["stream_sid"] == stream and record["caller_masked"] == "+1555***0101"
