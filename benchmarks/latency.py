@@ -21,10 +21,10 @@ emulator's VAD hears one long utterance and never ends a turn mid-measurement) f
 whole call; the model side first streams one long turn of tone bursts (outbound), then
 runs the barge-in cycles. Onsets sit at random offsets inside frames and chunks.
 
-The Twilio side is a minimal client written here for precise timestamps: ``connected``
-and ``start``, then ``media`` every 20 ms on an absolute monotonic clock, mark echoes
-when its playback model reaches them, ``clear`` honoured (pending marks echoed at once),
-``stop`` at the end. The harness runs with GC frozen and a 0.5 ms GIL switch interval so
+The Twilio side is a minimal client written for precise timestamps (``_harness.TwilioSide``):
+``connected`` and ``start``, then ``media`` every 20 ms on an absolute monotonic clock, mark
+echoes when its playback model reaches them, ``clear`` honoured (pending marks echoed at
+once), ``stop`` at the end. The harness runs with GC frozen and a 0.5 ms GIL switch interval so
 its own pauses are not charged to the server.
 
 Options: ``--samples N`` (minimum samples per figure, default 200) and
@@ -41,33 +41,25 @@ import base64
 import gc
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import (  # first: it also puts the repository on sys.path
+    FRAME, FRAME_S, LIVE_IN_RATE, LIVE_OUT_RATE, TWILIO_RATE, TwilioSide, match, model_frame, onsets_in, pct,
+    server_env, start_server, tone as sine,
+)
+from telephony.audio import ulaw_decode, ulaw_encode
+from telephony.testing.emulator import LiveEmulator, Reply, Script
 
-from telephony.audio import ulaw_decode, ulaw_encode  # noqa: E402
-from telephony.testing.emulator import LiveEmulator, Reply, Script  # noqa: E402
-
-TWILIO_RATE, LIVE_IN_RATE, LIVE_OUT_RATE = 8_000, 16_000, 24_000
-FRAME = 160  # mu-law bytes per 20 ms media message
-FRAME_S = 0.02
 CHUNK_S = 0.04  # model audio per modelTurn frame, like the emulator's default
 CHUNK = int(CHUNK_S * LIVE_OUT_RATE)
 TONE_HZ = 1000.0
 TONE_AMP = 32767 * 10 ** (-12 / 20)  # -12 dBFS peak
 NOISE_RMS = 32767 * 10 ** (-60 / 20)  # line noise between bursts
-ONSET_RMS = 32767 * 10 ** (-30 / 20)  # a 1 ms block louder than this holds an onset
-ONSET_SAMPLE = 32767 * 10 ** (-24 / 20)  # first sample this loud marks the onset
 LEAK_AMP = 32767 * 10 ** (-40 / 20)  # a frame with this much of a turn's tone holds its audio
 TURN_FREQS = (500.0, 750.0, 1000.0, 1250.0, 1500.0, 1750.0)  # barge-in turns, in rotation
 TARGETS = {"inbound": 10.0, "outbound": 10.0, "barge": 5.0}
@@ -75,31 +67,11 @@ TARGETS = {"inbound": 10.0, "outbound": 10.0, "barge": 5.0}
 INTERRUPTED = json.dumps({"serverContent": {"interrupted": True}})
 GENERATION_COMPLETE = json.dumps({"serverContent": {"generationComplete": True}})
 TURN_COMPLETE = json.dumps({"serverContent": {"turnComplete": True}})
-STREAM_SID = "MZ" + "7a" * 16
-CALL_SID = "CA" + "5b" * 16
-ACCOUNT_SID = "AC" + "3c" * 16
-MEDIA = (
-    '{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d",'
-    '"timestamp":"%d","payload":"%s"},"streamSid":"' + STREAM_SID + '"}'
-)
-MARK = '{"event":"mark","sequenceNumber":"%d","streamSid":"' + STREAM_SID + '","mark":{"name":%s}}'
-
-# Variables of ours that would change the server's behaviour if inherited from the shell.
-_SCRUB = (
-    "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE", "PUBLIC_URL",
-    "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "REQUIRE_TWILIO_SIGNATURE", "STREAM_TOKEN_SECRET",
-    "MAX_CALLS_PER_CALLER", "MAX_CALLS_PER_CALLER_PER_HOUR", "MAX_CALL_SECONDS", "AGENT_GREETING",
-)
-
-
 # --------------------------------------------------------------------------- signals
 
 
 def tone(n: int, freq: float, rate: int, fade: int = 0) -> np.ndarray:
-    x = TONE_AMP * np.sin(2 * np.pi * freq * np.arange(n) / rate)
-    if fade:
-        x[:fade] *= np.linspace(0, 1, fade, endpoint=False)
-    return x
+    return sine(n, freq, rate, TONE_AMP, fade)
 
 
 def inbound_signal(seconds: float, lead_s: float, rng: np.random.Generator) -> tuple[list[str], list[int]]:
@@ -114,12 +86,6 @@ def inbound_signal(seconds: float, lead_s: float, rng: np.random.Generator) -> t
     ulaw = ulaw_encode(np.clip(np.round(x), -32768, 32767).astype(np.int16))
     payloads = [base64.b64encode(ulaw[i : i + FRAME]).decode("ascii") for i in range(0, n, FRAME)]
     return payloads, onsets
-
-
-def model_frame(pcm: np.ndarray) -> str:
-    data = base64.b64encode(np.clip(np.round(pcm), -32768, 32767).astype("<i2").tobytes()).decode("ascii")
-    return json.dumps({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
-        "mimeType": f"audio/pcm;rate={LIVE_OUT_RATE}", "data": data}}]}}}, separators=(",", ":"))
 
 
 def outbound_turn(bursts: int, rng: np.random.Generator) -> tuple[list[str], list[int]]:
@@ -143,146 +109,12 @@ def barge_turn(k: int) -> list[str]:
     return [model_frame(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)]
 
 
-def onsets_in(x: np.ndarray, rate: int) -> np.ndarray:
-    """Sample index of each onset: a 1 ms block louder than ONSET_RMS after >= 20 ms of
-    quieter blocks, refined to the block's first sample louder than ONSET_SAMPLE."""
-    block = rate // 1000
-    n = len(x) // block
-    blocks = x[: n * block].reshape(n, block)
-    loud = np.flatnonzero(np.sqrt((blocks * blocks).mean(axis=1)) > ONSET_RMS)
-    starts = loud[np.diff(np.r_[-1_000, loud]) > 20]  # more than 20 blocks since the last loud one
-    out = []
-    for i in starts:
-        over = np.flatnonzero(np.abs(blocks[i]) > ONSET_SAMPLE)
-        out.append(i * block + (int(over[0]) if over.size else 0))
-    return np.asarray(out, dtype=np.int64)
-
-
-def match(expected: np.ndarray, found: np.ndarray, rate: int, early_ms: float = 2, late_ms: float = 60) -> list[int | None]:
-    """For each expected onset, the first found onset in [-early, +late] ms of it."""
-    out: list[int | None] = []
-    for e in expected:
-        i = int(np.searchsorted(found, e - early_ms * rate / 1000))
-        ok = i < len(found) and found[i] <= e + late_ms * rate / 1000
-        out.append(int(found[i]) if ok else None)
-    return out
-
-
 def tone_amplitudes(frames: np.ndarray, freqs: tuple[float, ...], rate: int) -> np.ndarray:
     """Amplitude of each frequency in each frame (Hann-windowed single-bin DFT)."""
     n = frames.shape[1]
     w = np.hanning(n)
     basis = np.exp(-2j * np.pi * np.outer(np.arange(n), freqs) / rate)
     return 2 * np.abs((frames * w) @ basis) / w.sum()
-
-
-# --------------------------------------------------------------------------- Twilio side
-
-
-class TwilioSide:
-    """Twilio's end of one bidirectional Media Stream, timestamping everything."""
-
-    def __init__(self, url: str, payloads: list[str]):
-        self.url = url
-        self.payloads = payloads
-        self.silence = base64.b64encode(b"\xff" * FRAME).decode("ascii")
-        self.sent_at: list[float] = []  # per media frame
-        self.media_in: list[tuple[float, str]] = []  # (arrival, base64 payload)
-        self.clears: list[float] = []
-        self.clear_event = asyncio.Event()
-        self.closed = asyncio.Event()
-        self.seq = 0
-        self.play_end = 0.0
-        self.pending: dict[str, asyncio.TimerHandle] = {}
-        self.echoes: asyncio.Queue[str] = asyncio.Queue()
-        self.stopping = False
-        self.close_code: int | None = None
-        self.ws = None
-
-    async def send(self, text: str) -> None:
-        await self.ws.send(text)
-
-    async def open(self) -> None:
-        from websockets.asyncio.client import connect
-
-        self.ws = await connect(self.url, user_agent_header="Twilio.TmeWs/1.0", max_size=2**24)
-        await self.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        self.seq = 1
-        await self.send(json.dumps({
-            "event": "start", "sequenceNumber": "1", "streamSid": STREAM_SID,
-            "start": {"accountSid": ACCOUNT_SID, "streamSid": STREAM_SID, "callSid": CALL_SID,
-                      "tracks": ["inbound"], "customParameters": {"From": "+15550001111", "To": "+15550002222"},
-                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
-        }))
-
-    async def media_loop(self, limit: int) -> None:
-        """One media message every 20 ms on an absolute clock, until told to stop."""
-        t0 = time.monotonic()
-        for k in range(limit):
-            if self.stopping:
-                return
-            delay = t0 + k * FRAME_S - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            payload = self.payloads[k] if k < len(self.payloads) else self.silence
-            self.seq += 1
-            text = MEDIA % (self.seq, k + 1, 20 * (k + 1), payload)
-            self.sent_at.append(time.monotonic())
-            await self.ws.send(text)
-
-    async def echo_loop(self) -> None:
-        while True:
-            name = await self.echoes.get()
-            self.seq += 1
-            await self.ws.send(MARK % (self.seq, json.dumps(name)))
-
-    async def receive_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            async for raw in self.ws:
-                now = time.monotonic()
-                msg = json.loads(raw)
-                event = msg.get("event")
-                if event == "media":
-                    payload = msg["media"]["payload"]
-                    self.media_in.append((now, payload))
-                    self.play_end = max(self.play_end, now) + len(payload) * 3 / 4 / TWILIO_RATE
-                elif event == "mark":
-                    name = msg["mark"]["name"]
-                    if self.play_end <= now:
-                        self.echoes.put_nowait(name)
-                    else:
-                        self.pending[name] = loop.call_at(self.play_end, self._played, name)
-                elif event == "clear":
-                    self.clears.append(now)
-                    self.clear_event.set()
-                    self.play_end = now
-                    for name, handle in list(self.pending.items()):
-                        handle.cancel()
-                        self.echoes.put_nowait(name)
-                    self.pending.clear()
-        except Exception:
-            pass
-        finally:
-            self.close_code = self.ws.close_code
-            self.closed.set()
-
-    def _played(self, name: str) -> None:
-        if self.pending.pop(name, None) is not None:
-            self.echoes.put_nowait(name)
-
-    async def stop(self) -> None:
-        self.stopping = True
-        self.seq += 1
-        try:
-            await self.ws.send(json.dumps({"event": "stop", "sequenceNumber": str(self.seq), "streamSid": STREAM_SID,
-                                           "stop": {"accountSid": ACCOUNT_SID, "callSid": CALL_SID}}))
-        except Exception:
-            pass
-        try:
-            await asyncio.wait_for(self.closed.wait(), 5)
-        except TimeoutError:
-            await self.ws.close()
 
 
 # --------------------------------------------------------------------------- one run
@@ -303,53 +135,14 @@ class Figures:
     seconds: float = 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(kind: str, emulator: LiveEmulator, tmp: str) -> tuple[subprocess.Popen, int, str | None, object]:
-    """Start the server; return (process, port, refusal reason or None, log file)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-    env.update(emulator.env())
-    env.update({
-        "ORDERS_DB_PATH": os.path.join(tmp, f"orders-{kind}.db"),
-        "LOG_LEVEL": "WARNING",
-        "RESAMPLER": kind,
-        "MODEL_WATCHDOG_SECONDS": "0",  # the benchmark's model never answers the caller's bursts
-        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    })
-    log = open(os.path.join(tmp, f"server-{kind}.log"), "w+b")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "telephony.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+def launch_server(kind: str, emulator: LiveEmulator, tmp: str):
+    """The server for one resampler config (`refused` says why it did not come up)."""
+    env = server_env(
+        emulator.env(), os.path.join(tmp, f"orders-{kind}.db"),
+        RESAMPLER=kind,
+        MODEL_WATCHDOG_SECONDS="0",  # the benchmark's model never answers the caller's bursts
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            lines = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
-            return proc, port, (lines[-1] if lines else f"exit code {proc.returncode}"), log
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return proc, port, None, log
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return proc, port, "did not answer /healthz within 30 s", log
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    return start_server(env, os.path.join(tmp, f"server-{kind}.log"))
 
 
 async def run_call(port: int, emulator: LiveEmulator, samples: int, seed: int) -> Figures:
@@ -494,37 +287,31 @@ def analyse(fig, twilio, session, in_onsets, call_end, out_sent, out_onsets, out
 def run_config(kind: str, emulator: LiveEmulator, samples: int, tmp: str) -> Figures:
     """One server process, one call; the process is always gone when this returns."""
     started = time.monotonic()
-    proc, port, refused, log = start_server(kind, emulator, tmp)
+    server = launch_server(kind, emulator, tmp)
     try:
-        if refused is not None:
-            return Figures(kind, error=f"server refused RESAMPLER={kind}: {refused}")
+        if server.refused is not None:
+            return Figures(kind, error=f"server refused RESAMPLER={kind}: {server.refused}")
         gc.collect()
         gc.freeze()
         gc.disable()
         try:
-            figures = asyncio.run(run_call(port, emulator, samples, seed=20240611))
+            figures = asyncio.run(run_call(server.port, emulator, samples, seed=20240611))
         finally:
             gc.enable()
             gc.unfreeze()
         figures.kind = kind
-        if proc.poll() is not None:
-            figures.error = f"server exited with code {proc.returncode} during the call"
+        if server.proc.poll() is not None:
+            figures.error = f"server exited with code {server.proc.returncode} during the call"
     except Exception as exc:
-        log.seek(0)
-        tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
+        tail = server.tail()
         figures = Figures(kind, error=f"{type(exc).__name__}: {exc}" + (f" (server: {' | '.join(tail)})" if tail else ""))
     finally:
-        stop_server(proc)
-        log.close()
+        server.stop()
     figures.seconds = time.monotonic() - started
     return figures
 
 
 # --------------------------------------------------------------------------- report
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def table(results: list[Figures], samples: int) -> str:

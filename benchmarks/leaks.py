@@ -12,58 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from telephony.testing.emulator import LiveEmulator, Reply, Say, Script  # noqa: E402
-from telephony.testing.simulator import CallSimulator  # noqa: E402
+from _harness import ROOT, health, open_fds, rss_kb, server_env, start_server  # first: puts ROOT on sys.path
+from telephony.testing.emulator import LiveEmulator, Say, Script
+from telephony.testing.simulator import CallSimulator
 
 RECORDING = ROOT / "tests" / "fixtures" / "greeting_only.jsonl"
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def health(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-        return json.loads(r.read())
-
-
-def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "telephony.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            health(port)
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 async def run_calls(url: str, n: int, concurrency: int, speed: float) -> int:
@@ -98,10 +55,11 @@ def main() -> None:
 
     script = Script(greeting=[Say(text="Hello!", seconds=0.3)], replies=[], pace=0)
     with tempfile.TemporaryDirectory() as tmp, LiveEmulator(script) as emulator:
-        env = {**os.environ, **emulator.env(), "ORDERS_DB_PATH": f"{tmp}/orders.db", "LOG_LEVEL": "WARNING"}
-        proc, port = start_server(env)
-        url = f"ws://127.0.0.1:{port}/media-stream"
+        server = start_server(server_env(emulator.env(), f"{tmp}/orders.db"), os.path.join(tmp, "server.log"), timeout=20)
+        proc, port, url = server.proc, server.port, server.ws_url
         try:
+            if server.refused is not None:
+                raise RuntimeError(f"server did not start: {server.refused}")
             warm = asyncio.run(run_calls(url, 20, args.concurrency, args.speed))  # warm caches and pools
             h0 = settle(port)
             tasks0, fds0, rss0 = h0.get("tasks", -1), open_fds(proc.pid), rss_kb(proc.pid)
@@ -111,11 +69,7 @@ def main() -> None:
             h1 = settle(port)
             tasks1, fds1, rss1 = h1.get("tasks", -1), open_fds(proc.pid), rss_kb(proc.pid)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            server.stop(timeout=30)
 
     print(f"{args.calls} calls ({args.concurrency} at a time, speed {args.speed}) in {elapsed:.1f} s; failed calls: {failures}")
     print(f"{'':24}{'before':>10}{'after':>10}")

@@ -76,7 +76,9 @@ def _serve(host: str, port: int) -> int:
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    # Media frames are ~300-byte JSON texts: per-message deflate would cost more CPU than it saves.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
+                ws_per_message_deflate=False)
     return 0
 
 

@@ -502,3 +502,31 @@ class TestScript:
     def test_replies_repeat_the_last_one_once_exhausted(self):
         script = Script(replies=[Reply(heard="one"), Reply(heard="two")])
         assert [script.reply(i).heard for i in range(4)] == ["one", "two", "two", "two"]
+
+
+
+def test_the_bridge_fast_audio_path_sends_exactly_what_the_sdk_would(client, emulator):
+    """telephony.live.LiveSession.send_audio skips the SDK's per-frame model building;
+    Live must not be able to tell: the same text frame, the same audio."""
+    from telephony.live import INPUT_MIME, LiveSession
+
+    pcm = bytes(range(256)) * 2 + b"\xfb\xff"  # needs the URL-safe base64 alphabet
+
+    async def run() -> list[str]:
+        async with live(client) as session:
+            sent: list[str] = []
+            socket_send = session._ws.send
+
+            async def watch(text):  # observe the SDK's own socket; everything still goes out
+                sent.append(text)
+                await socket_send(text)
+
+            session._ws.send = watch
+            await session.send_realtime_input(audio=types.Blob(data=pcm, mime_type=INPUT_MIME))
+            await LiveSession(session).send_audio(pcm)
+            return sent
+
+    sdk_frame, our_frame = asyncio.run(run())
+    assert our_frame == sdk_frame
+    emulator.wait_for(lambda: len(emulator.sessions[0].audio_in) == 2 * len(pcm))
+    assert bytes(emulator.sessions[0].audio_in) == pcm + pcm
