@@ -167,6 +167,17 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_targets(pid: int) -> set[str]:
+    """What each open descriptor points at (files by path, sockets/pipes by inode)."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.add(f"{fd} -> {os.readlink(f'/proc/{pid}/fd/{fd}')}")
+        except OSError:
+            pass
+    return out
+
+
 def runqueue_wait_seconds(pid: int) -> float:
     """Time the threads of a process spent runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat).
 

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 
-from _harness import ROOT, health, open_fds, rss_kb, server_env, start_server  # first: puts ROOT on sys.path
+from _harness import ROOT, fd_targets, health, open_fds, rss_kb, server_env, start_server  # first: puts ROOT on sys.path
 from telephony.testing.emulator import LiveEmulator, Say, Script
 from telephony.testing.simulator import CallSimulator
 
@@ -63,18 +63,20 @@ def main() -> None:
             warm = asyncio.run(run_calls(url, 20, args.concurrency, args.speed))  # warm caches and pools
             h0 = settle(port)
             tasks0, fds0, rss0 = h0.get("tasks", -1), open_fds(proc.pid), rss_kb(proc.pid)
+            targets0 = fd_targets(proc.pid)
             started = time.monotonic()
             failures = asyncio.run(run_calls(url, args.calls, args.concurrency, args.speed)) + warm
             elapsed = time.monotonic() - started
             h1 = settle(port)
             tasks1, fds1, rss1 = h1.get("tasks", -1), open_fds(proc.pid), rss_kb(proc.pid)
+            new_fds = sorted(fd_targets(proc.pid) - targets0)
         finally:
             server.stop(timeout=30)
 
     print(f"{args.calls} calls ({args.concurrency} at a time, speed {args.speed}) in {elapsed:.1f} s; failed calls: {failures}")
     print(f"{'':24}{'before':>10}{'after':>10}")
     print(f"{'server asyncio tasks':24}{tasks0:>10}{tasks1:>10}")
-    print(f"{'open file descriptors':24}{fds0:>10}{fds1:>10}")
+    print(f"{'open file descriptors':24}{fds0:>10}{fds1:>10}" + (f"   new: {', '.join(new_fds)}" if new_fds else ""))
     print(f"{'server RSS (KB)':24}{rss0:>10}{rss1:>10}")
     print(f"server RSS growth per call: {(rss1 - rss0) / args.calls:.1f} KB (target < 50 KB)")
     ok = tasks1 <= tasks0 and fds1 <= fds0 and failures == 0
