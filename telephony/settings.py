@@ -289,30 +289,26 @@ def _bool(get, name: str) -> bool | None:
     raise SettingsError(f"{name}={raw!r} must be true or false")
 
 
-def _int(get, name: str, attr: str, lo: int, hi: int) -> dict[str, int]:
+def _number(get, name: str, attr: str, lo: float, hi: float, cast: type = float) -> dict[str, float]:
     raw = get(name)
     if raw is None:
         return {}
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        kind = "a whole number" if cast is int else "a number"
+        raise SettingsError(f"{name}={raw!r} is not {kind}") from None
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={value} is out of range ({lo}..{hi})")
     return {attr: value}
+
+
+def _int(get, name: str, attr: str, lo: int, hi: int) -> dict[str, int]:
+    return _number(get, name, attr, lo, hi, int)
 
 
 def _float(get, name: str, attr: str, lo: float, hi: float) -> dict[str, float]:
-    raw = get(name)
-    if raw is None:
-        return {}
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name}={value} is out of range ({lo}..{hi})")
-    return {attr: value}
+    return _number(get, name, attr, lo, hi, float)
 
 
 def _phone_line(get) -> dict[str, object]:
