@@ -56,6 +56,7 @@ from telephony.audio import (  # noqa: E402
     ulaw_decode,
     ulaw_encode,
 )
+from telephony.testing.audio_checks import measure_holdback  # noqa: E402
 from telephony.twilio_protocol import Outbound  # noqa: E402
 
 with warnings.catch_warnings():
@@ -199,32 +200,10 @@ def audioop_outbound_json():
 # --- hold-back -------------------------------------------------------------------------
 
 
-def chirp(rate: int, seconds: float) -> np.ndarray:
-    t = np.arange(int(rate * seconds)) / rate
-    return np.round(8000 * np.sin(2 * np.pi * (300 * t + 3100 * t**2 / (2 * seconds)))).astype(np.int16)
-
-
 def holdback_ms(resampler, in_rate: int, out_rate: int) -> tuple[float, float]:
     """(mean, worst) ms a sample waits inside `resampler`, streamed in 20 ms chunks."""
-    signal = np.concatenate([chirp(in_rate, 1.0), np.zeros(in_rate // 2, dtype=np.int16)])
-    fed = got = 0
-    deficits, outs = [], []
-    for i in range(0, len(signal), in_rate // 50):
-        part = signal[i : i + in_rate // 50]
-        outs.append(resampler.process(part))
-        fed, got = fed + len(part), got + len(outs[-1])
-        if fed >= in_rate // 4:
-            deficits.append(fed * out_rate / in_rate - got)
-    outs.append(resampler.flush())
-    out = np.concatenate(outs).astype(np.float64)
-    ref = soxr.resample(signal.astype(np.float64), in_rate, out_rate, quality="VHQ")
-    n = min(len(out), len(ref))
-    out, ref = out[:n], ref[:n]
-    lags = range(-out_rate // 20, out_rate // 20 + 1)
-    xcorr = [np.dot(out[max(k, 0) : n + min(k, 0)], ref[max(-k, 0) : n - max(k, 0)]) for k in lags]
-    lag = lags[int(np.argmax(xcorr))]
-    to_ms = 1e3 / out_rate
-    return (statistics.mean(deficits) + lag) * to_ms, (max(deficits) + lag) * to_ms
+    held = measure_holdback(resampler, in_rate, out_rate, seconds=1.0)
+    return held.mean_ms, held.worst_ms
 
 
 # --- report ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from telephony.audio import (
     ulaw_encode,
 )
 from telephony.errors import MalformedMessage
+from telephony.testing.audio_checks import measure_holdback
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -215,41 +216,10 @@ def one_shot(kind: str, signal: np.ndarray, in_rate: int, out_rate: int) -> np.n
     return soxr.resample(signal, in_rate, out_rate, quality="HQ")
 
 
-def chirp(rate: int, seconds: float, f0: float = 300, f1: float = 3400, amplitude: float = 8000) -> np.ndarray:
-    t = np.arange(int(rate * seconds)) / rate
-    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
-    return np.round(amplitude * np.sin(phase)).astype(np.int16)
-
-
 def measure_holdback_ms(resampler: Resampler, in_rate: int, out_rate: int) -> tuple[float, float]:
-    """(count deficit, group delay) in ms, streaming a chirp in 20 ms chunks.
-
-    The deficit is how many samples the input implies minus how many came out, at
-    its worst once past the first 250 ms. The group delay is where the output lines
-    up with a zero-delay one-shot reference (soxr VHQ), from the peak of their
-    cross-correlation. Their sum is how long a sample waits inside the resampler.
-    """
-    signal = np.concatenate([chirp(in_rate, 0.5), np.zeros(in_rate // 2, dtype=np.int16)])
-    fed = got = 0
-    deficits, outs = [], []
-    for part in chunks(signal, in_rate // 50):
-        outs.append(resampler.process(part))
-        fed += len(part)
-        got += len(outs[-1])
-        if fed >= in_rate // 4:
-            deficits.append(fed * out_rate / in_rate - got)
-    outs.append(resampler.flush())
-    streamed = np.concatenate(outs).astype(np.float64)
-    reference = soxr.resample(signal.astype(np.float64), in_rate, out_rate, quality="VHQ")
-    n = min(len(streamed), len(reference))
-    streamed, reference = streamed[:n], reference[:n]
-    max_lag = out_rate // 20
-    lags = np.arange(-max_lag, max_lag + 1)
-    xcorr = [
-        np.dot(streamed[max(lag, 0) : n + min(lag, 0)], reference[max(-lag, 0) : n - max(lag, 0)]) for lag in lags
-    ]
-    lag = int(lags[int(np.argmax(xcorr))])
-    return max(deficits) / out_rate * 1e3, lag / out_rate * 1e3
+    """(worst count deficit, group delay) in ms, streaming a chirp in 20 ms chunks."""
+    held = measure_holdback(resampler, in_rate, out_rate)
+    return held.deficit_worst_ms, held.delay_ms
 
 
 def frequency_response(cls, freqs: np.ndarray) -> np.ndarray:
