@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from .testing.emulator import CallTool, LiveEmulator, Reply, Say, Script
 from .testing.server import ServerThread
+from .testing.recordings import read_recording
 from .testing.simulator import CallSimulator, SimulatedCall
 
 
@@ -180,7 +182,12 @@ def main(recording: str, out: str | None, speed: float) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     path = Path(recording)
     if not path.is_file():
-        print(f"error: recording {recording!r} not found")
+        print(f"telephony: recording {recording!r} not found", file=sys.stderr)
+        return 2
+    try:
+        read_recording(path)  # a bad file is named here, before any server starts
+    except ValueError as exc:
+        print(f"telephony: {recording!r} is not a Twilio stream recording: {exc}", file=sys.stderr)
         return 2
     out_path = Path(out) if out else None
     result = run_simulation(path, out=out_path, speed=speed)

@@ -155,3 +155,13 @@ def test_simulate_command_runs_a_whole_call_offline(tmp_path):
     assert "agent speaks" in proc.stdout and "caller hangs up" in proc.stdout
     with wave.open(str(out)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2) and w.getnframes() > 8000
+
+
+def test_simulate_names_a_file_that_is_not_a_recording_in_one_line(tmp_path):
+    bad = tmp_path / "notes.jsonl"
+    bad.write_text("hello\n")
+    proc = subprocess.run([sys.executable, "-m", "telephony.cli", "simulate", str(bad)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "is not a Twilio stream recording" in proc.stderr
+    assert "Traceback" not in proc.stderr
