@@ -89,12 +89,10 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             raise
         reg = registry or _default_registry()
         reg.default_timeout = s.tool_timeout_s
-        from tools.orders import ensure_orders_db
-
-        ensure_orders_db(s.orders_db_path)
         try:
+            prepare_orders_db(s)
             app.state.recorder = CallRecorder(s.calls_db_path, s)  # call records (records.py)
-        except RecordsError as exc:
+        except (SettingsError, RecordsError) as exc:
             log.error("configuration error: %s", exc)
             raise
         app.state.settings = s
@@ -379,6 +377,26 @@ def _stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, calle
     return connect_stream_twiml(
         f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended", f"https://{host}/twilio/status"
     )
+
+
+def prepare_orders_db(settings: Settings) -> None:
+    """Create and seed the demo orders database, or say which setting points nowhere usable."""
+    import sqlite3
+
+    from tools.orders import ensure_orders_db
+
+    try:
+        ensure_orders_db(settings.orders_db_path)
+    except (OSError, sqlite3.Error) as exc:
+        raise SettingsError(
+            f"ORDERS_DB_PATH={str(settings.orders_db_path)!r}: cannot create the orders database: {exc}"
+        ) from None
+
+
+def check_storage(settings: Settings) -> None:
+    """Both databases open and migrate (for `telephony serve` to fail in one line, before uvicorn)."""
+    prepare_orders_db(settings)
+    CallRecorder(settings.calls_db_path, settings, start=False).close()
 
 
 def _busy(state: Any) -> str | None:

@@ -67,12 +67,15 @@ def _serve(host: str, port: int) -> int:
     from .app import configure_logging, create_app
     from .settings import Settings
 
+    from .app import check_storage
+    from .records import RecordsError
     from .security import check_deployment
 
     try:
         settings = Settings.from_env()
         check_deployment(settings)
-    except SettingsError as exc:
+        check_storage(settings)
+    except (SettingsError, RecordsError) as exc:
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)

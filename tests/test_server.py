@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import base64
 import json
+import os
 import logging
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -165,3 +167,17 @@ def test_simulate_names_a_file_that_is_not_a_recording_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "is not a Twilio stream recording" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["ORDERS_DB_PATH", "CALLS_DB_PATH"])
+def test_serve_names_a_database_path_it_cannot_use_in_one_line(name, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "GEMINI_API_KEY": "k", "ORDERS_DB_PATH": str(tmp_path / "o.db"),
+           "CALLS_DB_PATH": str(tmp_path / "c.db"), name: str(blocker / "x.db")}
+    for var in ("PUBLIC_URL", "TWILIO_AUTH_TOKEN", "REQUIRE_TWILIO_SIGNATURE"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-m", "telephony.cli", "serve", "--port", "0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"telephony: configuration error: {name}=") and "Traceback" not in proc.stderr
