@@ -530,3 +530,44 @@ def test_the_bridge_fast_audio_path_sends_exactly_what_the_sdk_would(client, emu
     assert our_frame == sdk_frame
     emulator.wait_for(lambda: len(emulator.sessions[0].audio_in) == 2 * len(pcm))
     assert bytes(emulator.sessions[0].audio_in) == pcm + pcm
+
+
+def _audio(*datas: str, mime: str = "audio/pcm;rate=24000") -> dict:
+    return {"serverContent": {"modelTurn": {"parts": [{"inlineData": {"mimeType": mime, "data": d}} for d in datas]}}}
+
+
+@pytest.mark.parametrize("frame, fast", [
+    (_audio("AAEC+/8="), True),
+    (_audio("AAEC-_8="), True),  # the URL-safe alphabet
+    (_audio("AAE=", "AgM="), True),
+    (_audio("AAE", mime="audio/pcm"), False),  # unpadded: left to the SDK
+    (_audio("AAE=", mime="image/png"), False),
+    ({"serverContent": {"modelTurn": {"parts": [{"text": "thinking"}]}}}, False),
+    ({"serverContent": {**_audio("AAE=")["serverContent"], "turnComplete": True}}, False),
+    ({"serverContent": {"outputTranscription": {"text": "Hello"}}}, False),
+    ({"serverContent": {"interrupted": True}}, False),
+    ({"usageMetadata": {"promptTokenCount": 3, "responseTokenCount": 4, "totalTokenCount": 7}}, False),
+    ({"goAway": {"timeLeft": "5s"}}, False),
+])
+def test_the_fast_receive_path_gives_the_events_the_sdk_would(frame, fast):
+    """LiveSession reads plain-audio frames without the SDK's pydantic models; such a
+    frame must come out as the very events the SDK's own parsing gives."""
+    from google.genai import _live_converters
+    from telephony import live as live_mod
+
+    via_sdk = live_mod.translate(types.LiveServerMessage._from_response(
+        response=_live_converters._LiveServerMessage_from_mldev(json.loads(json.dumps(frame))), kwargs={}))
+    ours = live_mod._audio_only(frame)
+    assert (ours is not None) == fast
+    if fast:
+        assert ours == via_sdk and ours
+
+
+def test_a_live_session_reads_through_the_fast_path(client, emulator):
+    from telephony.live import LiveSession
+
+    async def run() -> bool:
+        async with live(client) as session:
+            return LiveSession(session)._fast_receive
+
+    assert asyncio.run(run())
