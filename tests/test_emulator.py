@@ -116,6 +116,16 @@ def client(emulator, monkeypatch):
     return genai.Client(api_key="x", http_options=types.HttpOptions(api_version="v1beta"))
 
 
+@pytest.fixture
+def our_client(client):
+    """The server's own client (telephony.live.make_client): keepalive, no deflate."""
+    from types import SimpleNamespace
+
+    from telephony.live import make_client
+
+    return make_client(SimpleNamespace(gemini_api_key="x"))
+
+
 def live(client, **config):
     return client.aio.live.connect(
         model=MODEL, config=types.LiveConnectConfig(response_modalities=["AUDIO"], **config))
@@ -505,31 +515,76 @@ class TestScript:
 
 
 
-def test_the_bridge_fast_audio_path_sends_exactly_what_the_sdk_would(client, emulator):
-    """telephony.live.LiveSession.send_audio skips the SDK's per-frame model building;
-    Live must not be able to tell: the same text frame, the same audio."""
+def _unmask_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(first header byte, unmasked payload) of each client frame in `data` (RFC 6455 §5.2)."""
+    out = []
+    while data:
+        head, n = data[0], data[1] & 0x7F
+        assert data[1] & 0x80, "client frames are masked"
+        at = 2
+        if n == 126:
+            n, at = int.from_bytes(data[2:4], "big"), 4
+        elif n == 127:
+            n, at = int.from_bytes(data[2:10], "big"), 10
+        mask, payload = data[at : at + 4], data[at + 4 : at + 4 + n]
+        out.append((head, bytes(b ^ mask[k % 4] for k, b in enumerate(payload))))
+        data = data[at + 4 + n :]
+    return out
+
+
+def test_the_bridge_fast_audio_path_sends_exactly_what_the_sdk_would(our_client, emulator):
+    """telephony.live.LiveSession.send_audio skips the SDK's per-frame model building
+    and websockets' send machinery; Live must not be able to tell: the same frame on
+    the wire (unmasked), the same audio."""
     from telephony.live import INPUT_MIME, LiveSession
 
     pcm = bytes(range(256)) * 2 + b"\xfb\xff"  # needs the URL-safe base64 alphabet
 
-    async def run() -> list[str]:
-        async with live(client) as session:
-            sent: list[str] = []
-            socket_send = session._ws.send
+    async def run() -> list[bytes]:
+        async with live(our_client) as session:
+            transport = session._ws.transport
+            written: list[bytes] = []
+            transport_write = transport.write
 
-            async def watch(text):  # observe the SDK's own socket; everything still goes out
-                sent.append(text)
-                await socket_send(text)
+            def watch(data):  # observe the bytes leaving; everything still goes out
+                written.append(bytes(data))
+                transport_write(data)
 
-            session._ws.send = watch
+            transport.write = watch
+            ours = LiveSession(session)
             await session.send_realtime_input(audio=types.Blob(data=pcm, mime_type=INPUT_MIME))
-            await LiveSession(session).send_audio(pcm)
-            return sent
+            sdk = b"".join(written)
+            written.clear()
+            fallback: list[str] = []
+            ours._send_raw = fallback.append  # websockets' send: must not be needed
+            await ours.send_audio(pcm)
+            assert not fallback
+            return sdk, b"".join(written)
 
-    sdk_frame, our_frame = asyncio.run(run())
-    assert our_frame == sdk_frame
+    sdk_bytes, our_bytes = asyncio.run(run())
+    assert _unmask_frames(our_bytes) == _unmask_frames(sdk_bytes)
+    assert _unmask_frames(sdk_bytes)[0][0] == 0x81  # one final text frame
     emulator.wait_for(lambda: len(emulator.sessions[0].audio_in) == 2 * len(pcm))
     assert bytes(emulator.sessions[0].audio_in) == pcm + pcm
+
+
+def test_the_direct_frame_path_leaves_anything_unusual_to_websockets(client, our_client, emulator):
+    """Flow control paused, or an extension (deflate) negotiated: the frame goes through
+    websockets' own send, which waits or compresses."""
+    from telephony.live import LiveSession
+
+    async def run() -> tuple[bool, bool, bool]:
+        async with live(our_client) as session:
+            ours = LiveSession(session)
+            session._ws.paused = True
+            while_paused = ours._write_frame(b"{}")
+            session._ws.paused = False
+            once_resumed = ours._write_frame(b'{"realtime_input": {"audio_stream_end": true}}')
+        async with live(client) as session:  # the SDK's default client negotiates deflate
+            with_deflate = LiveSession(session)._write_frame(b"{}")
+        return while_paused, once_resumed, with_deflate
+
+    assert asyncio.run(run()) == (False, True, False)
 
 
 def _audio(*datas: str, mime: str = "audio/pcm;rate=24000") -> dict:
