@@ -22,6 +22,14 @@ MAX_MESSAGE_BYTES = 64 * 1024
 
 _STREAM_SID = re.compile(r"MZ[0-9a-f]{32}")
 
+# A media frame exactly as Twilio writes it (fixed key order, no escapes): a
+# fullmatch here means json.loads would give the same values, at a quarter of the
+# cost (50 of these per call-second). Anything else takes the JSON path below.
+_MEDIA_FRAME = re.compile(
+    r'\{"event":"media","sequenceNumber":"[0-9]+","media":\{"track":"(inbound|inbound_track)",'
+    r'"chunk":"[0-9]+","timestamp":"([0-9]+)","payload":"([A-Za-z0-9+/=]+)"\},"streamSid":"([^"\\]*)"\}'
+)
+
 
 @dataclass(frozen=True)
 class Connected:
@@ -80,6 +88,9 @@ def parse(frame: str | bytes) -> TwilioEvent:
         raise MalformedMessage(f"binary frame of {len(frame)} bytes (Twilio sends only text frames)")
     if len(frame) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"frame of {len(frame)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte cap")
+    fast = _MEDIA_FRAME.fullmatch(frame)
+    if fast is not None:
+        return CallerAudio(fast[4], fast[3], int(fast[2]))
     try:
         msg = json.loads(frame)
     except ValueError:

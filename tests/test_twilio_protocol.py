@@ -34,6 +34,30 @@ class TestParsingWhatTwilioSends:
                                media={"track": "inbound", "chunk": "2", "timestamp": "28", "payload": "//8="}))
         assert event == tw.CallerAudio(SID, "//8=", 28)
 
+    @pytest.mark.parametrize("text", [
+        # as Twilio writes it: the regular-expression path
+        '{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2","timestamp":"28",'
+        '"payload":"//8="},"streamSid":"MZ00000000000000000000000000000000"}',
+        '{"event":"media","sequenceNumber":"4","media":{"track":"inbound_track","chunk":"2","timestamp":"28",'
+        '"payload":"//8="},"streamSid":"6f1a1c6e-0000-4000-8000-000000000000"}',
+        # anything else: the JSON path
+        '{"event": "media", "streamSid": "MZ00000000000000000000000000000000", "media": {"payload": "//8=", "timestamp": 28}}',
+        '{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2","timestamp":"28",'
+        '"payload":"\\/\\/8="},"streamSid":"MZ00000000000000000000000000000000"}',
+        '{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2","timestamp":"x",'
+        '"payload":"//8="},"streamSid":"MZ00000000000000000000000000000000"}',
+    ])
+    def test_media_reads_the_same_whichever_way_it_is_written(self, text):
+        msg = json.loads(text)
+        expected = tw.CallerAudio(msg["streamSid"], "//8=", tw._int_or_none(msg["media"]["timestamp"]))
+        assert tw.parse(text) == expected
+
+    def test_a_media_frame_on_another_track_is_refused_either_way(self):
+        text = ('{"event":"media","sequenceNumber":"4","media":{"track":"outbound","chunk":"2","timestamp":"28",'
+                '"payload":"//8="},"streamSid":"MZ00000000000000000000000000000000"}')
+        with pytest.raises(MalformedMessage, match="track"):
+            tw.parse(text)
+
     def test_mark_dtmf_and_stop(self):
         assert tw.parse(frame(event="mark", streamSid=SID, mark={"name": "t1-1"})) == tw.MarkEchoed(SID, "t1-1")
         assert tw.parse(frame(event="dtmf", streamSid=SID, dtmf={"track": "inbound_track", "digit": "#"})) == tw.DtmfPressed(SID, "#")
