@@ -238,8 +238,9 @@ class CallBridge:
             if isinstance(action, ev.SendToTwilio):
                 await self._send_twilio(action.messages)
             elif isinstance(action, ev.SendAudioToLive):
-                if self.live is not None:
-                    await self._to_live(self.live.send_audio(action.pcm))
+                live = self.live
+                if live is not None and not live.send_audio_now(action.pcm):
+                    await self._to_live(live.send_audio(action.pcm))
             elif isinstance(action, ev.SendTextToLive):
                 if self.live is not None:
                     await self._to_live(self.live.send_text(action.text))

@@ -150,7 +150,10 @@ class _FrameWriter:
         else:
             head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
         mask = os.urandom(4)
-        self._transport.write(head + mask + apply_mask(payload, mask))
+        try:
+            self._transport.write(head + mask + apply_mask(payload, mask))
+        except Exception:  # let websockets' own send meet it and report it its way
+            return False
         return True
 
 
@@ -167,6 +170,14 @@ class LiveSession:
         self._fast_receive = (
             _FROM_MLDEV is not None and self._recv_raw is not None and api is not None and not api.vertexai
         )
+
+    def send_audio_now(self, pcm: bytes) -> bool:
+        """`send_audio` without a coroutine, for the usual case (the frame can go straight
+        out, see `_FrameWriter`); False means nothing was sent: await `send_audio`."""
+        if self._write_frame is None:
+            return False
+        data = binascii.b2a_base64(pcm, newline=False).translate(_URLSAFE)
+        return self._write_frame(_AUDIO_PREFIX + data + _AUDIO_SUFFIX)
 
     async def send_audio(self, pcm: bytes) -> None:
         """One 20 ms caller frame. The SDK's `send_realtime_input` builds and converts a
