@@ -70,6 +70,12 @@ class TestVoiceWebhook:
         r = httpx.get(f"{server.http_url}/healthz")
         assert r.status_code == 200 and r.json()["status"] == "ok"
 
+    def test_start_up_objects_are_kept_out_of_full_garbage_collections(self, server):
+        """A full collection over every module and SDK model would stall all calls (~90 ms)."""
+        import gc
+
+        assert gc.get_freeze_count() > 20_000
+
 
 class TestBadInputOnTheStream:
     """Each bad frame gets one log line and is dropped; the call goes on (guide rule 3)."""
