@@ -120,10 +120,11 @@ class _FrameWriter:
     frames, write flow control paused, an extension negotiated.
     """
 
-    __slots__ = ("_ws", "_protocol", "_transport")
+    __slots__ = ("_ws", "_protocol", "_transport", "_masks", "_masks_at")
 
     def __init__(self, ws) -> None:
         self._ws, self._protocol, self._transport = ws, ws.protocol, ws.transport
+        self._masks, self._masks_at = b"", 0  # masking keys: fresh random bytes, 4 per frame
         for name in ("state", "expect_continuation_frame", "extensions", "writes"):
             getattr(self._protocol, name)
         for name in ("send_in_progress", "paused"):
@@ -149,7 +150,11 @@ class _FrameWriter:
             head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
         else:
             head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
-        mask = os.urandom(4)
+        at = self._masks_at
+        if at == len(self._masks):
+            self._masks, at = os.urandom(4096), 0  # one getrandom per 1024 frames, not per frame
+        mask = self._masks[at : at + 4]
+        self._masks_at = at + 4
         try:
             self._transport.write(head + mask + apply_mask(payload, mask))
         except Exception:  # let websockets' own send meet it and report it its way
