@@ -53,6 +53,9 @@ LIVE_INPUT_RATE = 16_000
 LIVE_OUTPUT_RATE = 24_000
 
 _S16LE = np.dtype("<i2")
+# dtype objects rather than types: numpy converts a type on every call (~0.1 µs).
+_UINT8 = np.dtype(np.uint8)
+_INTP = np.dtype(np.intp)
 _EMPTY_PCM = np.zeros(0, dtype=np.int16)
 
 # --------------------------------------------------------------------------------------
@@ -368,22 +371,88 @@ def _decimator_taps() -> np.ndarray:
     return taps / taps.sum()
 
 
+# How the FIRs stream cheaply. A 20 ms frame is only 160-480 samples, so the cost is
+# per call, not arithmetic: numpy's (~0.2-0.4 µs each) and BLAS's (one dot per output
+# and branch, ~10 ns each). The implementation keeps the numpy calls per frame few
+# without changing a single output bit:
+#
+# - The input history and the chunk live in one preallocated float64 buffer (history
+#   first), so there is no concatenate; the views each chunk length needs (the chunk's
+#   slot, the correlation windows, the interleaved output) are built once per length
+#   and cached. After filtering, the last `_history_len` samples move to the front.
+# - The arithmetic is the same np.correlate over the same float64 values as the plain
+#   formulation (one BLAS dot per output and branch), so every sum rounds as before.
+#   A matrix product or float32 would round differently in the last bit, which
+#   rounding to int16 can expose; the dot's summation order is BLAS's, so nothing
+#   else reproduces it on every machine. np.correlate is called without its
+#   __array_function__ wrapper (`_correlate`), which costs ~0.4 µs a call.
+# - Rounding: np.rint, then one lookup in a saturating table indexed by the rounded
+#   value (negative indices count from the end) instead of minimum + maximum + astype.
+#   From int16 input the output cannot leave +-_FIR_BOUND (32768 x the largest sum of
+#   |taps| per output), so the table covers it; other input (or history from it)
+#   falls back to `_to_int16`. The outbound table goes straight to mu-law.
+# - The paths skip the int16 stage where they can: InboundAudio decodes mu-law with a
+#   float table straight into the upsampler's buffer, OutboundAudio encodes the
+#   decimator's rounded output straight to mu-law.
+
+
+def _saturating_index_table(bound: int) -> np.ndarray:
+    """int16 t with t[v] == clip(v, -32768, 32767) for every integer -bound <= v < bound
+    (numpy indexing: negative v counts from the end)."""
+    v = np.arange(2 * bound)
+    v[bound:] -= 2 * bound
+    return np.clip(v, -32768, 32767).astype(np.int16)
+
+
+def _unwrapped_correlate():
+    """np.correlate's implementation, called directly if this numpy has it where
+    numpy 2 keeps it (np.correlate only adds the dispatch), else np.correlate."""
+    try:
+        from numpy._core.multiarray import correlate2
+
+        data, kernel = np.arange(5.0), np.array([0.5, -2.0])
+        if np.array_equal(correlate2(data, kernel, "valid"), np.correlate(data, kernel, "valid")):
+            return correlate2
+    except (ImportError, TypeError, ValueError):  # pragma: no cover - other numpy versions
+        pass
+    return np.correlate  # pragma: no cover
+
+
+_correlate = _unwrapped_correlate()
+
+#: Chunk length a FIR's buffer first holds (Live sends 960 samples); it grows for longer ones.
+_FIR_CAPACITY = 1024
+#: The most views cached per FIR (one entry per chunk length, and phase when decimating).
+_FIR_PLANS = 64
+
+
 class _StreamingFir:
     """What both FIR resamplers share: causal streaming, and a flush that emits the
-    ring-out (`ring_out` samples, the response to the last input) then resets."""
+    ring-out (`ring_out` samples, the response to the last input) then resets.
+
+    Subclasses keep their history in preallocated arrays (`_allocate`, `reset`) and
+    define `_filter`, the float output of one chunk.
+    """
 
     ring_out: int
     _flush_zeros: int
     __slots__ = ()
 
     def __init__(self) -> None:
+        self._allocate(_FIR_CAPACITY)
         self.reset()
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
         if not len(pcm):
             return _EMPTY_PCM
         self._fed = True
-        return _to_int16(self._filter(pcm))
+        out = self._filter(pcm)
+        if pcm.dtype == np.int16:  # then the output stays inside the saturating table
+            try:
+                return _SATURATE[np.rint(out, out).astype(_INTP)]
+            except IndexError:  # history from wider input (process() takes any dtype)
+                pass
+        return _to_int16(out)
 
     def flush(self) -> np.ndarray:
         """The ring-out (`ring_out` samples), then a reset; nothing if nothing was fed."""
@@ -394,6 +463,10 @@ class _StreamingFir:
         return _to_int16(tail[: self.ring_out])
 
     def reset(self) -> None:  # pragma: no cover - each filter defines its state
+        raise NotImplementedError
+
+    def _allocate(self, capacity: int) -> None:  # pragma: no cover
+        """Fresh zeroed state for chunks of up to `capacity` samples (drops the views)."""
         raise NotImplementedError
 
     def _filter(self, pcm: np.ndarray) -> np.ndarray:  # pragma: no cover
@@ -424,22 +497,64 @@ class FirUpsampler2x(_StreamingFir):
     #: Samples flush() returns: the response to the last input, to its end (3.1 ms).
     ring_out = 2 * _history_len
 
-    __slots__ = ("_history", "_fed")
+    # _buffer: the history, then room for a chunk (float64); _output: the float output,
+    # interleaved; _plans: chunk length -> views into both.
+    __slots__ = ("_buffer", "_output", "_plans", "_fed")
 
     _flush_zeros = _history_len
 
     def reset(self) -> None:
-        self._history = np.zeros(self._history_len, dtype=np.float64)
+        self._buffer[: self._history_len] = 0.0  # the rest is overwritten before use
         self._fed = False
 
+    def _allocate(self, capacity: int) -> None:
+        self._buffer = np.zeros(self._history_len + capacity, dtype=np.float64)
+        self._output = np.empty(2 * capacity, dtype=np.float64)
+        self._plans = {}
+
+    def _plan(self, n: int) -> tuple:
+        """The views an n-sample chunk needs: (slot, window, history, its next
+        contents, output, even and odd outputs)."""
+        h = self._history_len
+        if h + n > len(self._buffer):
+            history = self._buffer[:h].copy()
+            self._allocate(max(n, 2 * (len(self._buffer) - h)))
+            self._buffer[:h] = history
+        if len(self._plans) >= _FIR_PLANS:
+            self._plans.clear()
+        buf, out = self._buffer, self._output[: 2 * n]
+        plan = (buf[h : h + n], buf[: h + n], buf[:h], buf[n : n + h], out, out[0::2], out[1::2])
+        self._plans[n] = plan
+        return plan
+
     def _filter(self, pcm: np.ndarray) -> np.ndarray:
-        """Causal filter output for this chunk (float, 2 samples per input sample)."""
-        buf = np.concatenate((self._history, pcm))  # float64 whatever the input dtype
-        self._history = buf[-self._history_len :]
-        out = np.empty(2 * len(pcm), dtype=np.float64)
-        out[0::2] = np.correlate(buf, self._even, "valid")
-        out[1::2] = np.correlate(buf, self._odd, "valid")
+        """Causal filter output for this chunk (float, 2 samples per input sample; a
+        view of `_output`, valid until the next call)."""
+        n = len(pcm)
+        slot, window, history, tail, out, even, odd = self._plans.get(n) or self._plan(n)
+        slot[...] = pcm  # float64 whatever the input dtype
+        even[...] = _correlate(window, self._even, "valid")
+        odd[...] = _correlate(window, self._odd, "valid")
+        history[...] = tail
         return out
+
+    def _ulaw_to_s16le(self, ulaw: bytes) -> bytes:
+        """``process(ulaw_decode(ulaw))`` as s16le bytes, decoding into the buffer.
+
+        `_filter` written out again: on this path a Python call is worth saving.
+        """
+        n = len(ulaw)
+        slot, window, history, tail, out, even, odd = self._plans.get(n) or self._plan(n)
+        # mode="clip" (codes are always in range): take() buffers `out` in "raise" mode.
+        _ULAW_TO_FLOAT.take(np.frombuffer(ulaw, _UINT8), out=slot, mode="clip")
+        self._fed = True
+        even[...] = _correlate(window, self._even, "valid")
+        odd[...] = _correlate(window, self._odd, "valid")
+        history[...] = tail
+        try:
+            return _SATURATE_LE[np.rint(out, out).astype(_INTP)].tobytes()
+        except IndexError:  # history from wider input given to process()
+            return _to_int16(out).astype(_S16LE, copy=False).tobytes()
 
     def __repr__(self) -> str:
         return f"FirUpsampler2x({len(self.taps)} taps, minimum phase)"
@@ -471,35 +586,107 @@ class FirDecimator3x(_StreamingFir):
     #: Samples flush() returns: the response to the last input, to its end (3.25 ms).
     ring_out = _branch_len
 
-    __slots__ = ("_history", "_phase", "_fed")
+    # _buffer: the history, then room for a chunk (float64); _plans: (chunk length,
+    # phase) -> views into it. (Dealing the input out into three contiguous rows would
+    # spare np.correlate its copies of every 3rd sample, but the transposing writes
+    # cost as much.)
+    __slots__ = ("_buffer", "_plans", "_phase", "_fed")
 
     _flush_zeros = 3 * ring_out  # holds ring_out output instants whatever the phase
 
     def reset(self) -> None:
-        self._history = np.zeros(self._history_len, dtype=np.float64)
+        self._buffer[: self._history_len] = 0.0  # the rest is overwritten before use
         self._phase = 0  # index in the next chunk of the next output instant
         self._fed = False
 
-    def _filter(self, pcm: np.ndarray) -> np.ndarray:
-        """Causal filter output at every 3rd input instant within this chunk (float)."""
-        n = len(pcm)
-        phase = self._phase
-        self._phase = (phase - n) % 3
-        buf = np.concatenate((self._history, pcm))  # float64 whatever the input dtype
-        self._history = buf[-self._history_len :]
+    def _allocate(self, capacity: int) -> None:
+        self._buffer = np.zeros(self._history_len + capacity, dtype=np.float64)
+        self._plans = {}
+
+    def _plan(self, n: int, phase: int) -> tuple:
+        """The views an n-sample chunk whose first output instant is sample `phase`
+        needs: (slot, history, its next contents, and the inputs of branches 0, 1 and
+        2, None when the chunk has no output instant)."""
+        h = self._history_len
+        if h + n > len(self._buffer):
+            history = self._buffer[:h].copy()
+            self._allocate(max(n, 2 * (len(self._buffer) - h)))
+            self._buffer[:h] = history
+        if len(self._plans) >= _FIR_PLANS:
+            self._plans.clear()
+        buf = self._buffer
         count = (n - phase + 2) // 3
-        if count <= 0:
-            return _EMPTY_FLOAT64
         # The chunk's first output instant is buf[phase + history_len]; branch r's
         # oldest sample sits 3 * (branch_len - 1) + r before it, at phase + 2 - r.
         span = count + self._branch_len - 1
-        out = np.correlate(buf[phase + 2 :: 3][:span], self._branch0, "valid")
-        out += np.correlate(buf[phase + 1 :: 3][:span], self._branch1, "valid")
-        out += np.correlate(buf[phase::3][:span], self._branch2, "valid")
+        plan = self._plans[3 * n + phase] = (
+            buf[h : h + n],
+            buf[:h],
+            buf[n : n + h],
+            buf[phase + 2 :: 3][:span] if count > 0 else None,
+            buf[phase + 1 :: 3][:span],
+            buf[phase::3][:span],
+        )
+        return plan
+
+    def _filter(self, pcm: np.ndarray) -> np.ndarray:
+        """Causal filter output at every 3rd input instant within this chunk (float,
+        a new array)."""
+        n = len(pcm)
+        phase = self._phase
+        self._phase = (phase - n) % 3
+        slot, history, tail, x0, x1, x2 = self._plans.get(3 * n + phase) or self._plan(n, phase)
+        slot[...] = pcm  # float64 whatever the input dtype
+        if x0 is None:
+            history[...] = tail
+            return _EMPTY_FLOAT64
+        out = _correlate(x0, self._branch0, "valid")
+        out += _correlate(x1, self._branch1, "valid")
+        out += _correlate(x2, self._branch2, "valid")
+        history[...] = tail
         return out
+
+    def _to_ulaw(self, pcm: np.ndarray) -> bytes:
+        """``ulaw_encode(process(pcm))`` for int16 `pcm`, without the int16 stage.
+
+        `_filter` written out again: on this path a Python call is worth saving.
+        """
+        self._fed = True
+        n = len(pcm)
+        phase = self._phase
+        self._phase = (phase - n) % 3
+        slot, history, tail, x0, x1, x2 = self._plans.get(3 * n + phase) or self._plan(n, phase)
+        slot[...] = pcm
+        if x0 is None:
+            history[...] = tail
+            return b""
+        out = _correlate(x0, self._branch0, "valid")
+        out += _correlate(x1, self._branch1, "valid")
+        out += _correlate(x2, self._branch2, "valid")
+        history[...] = tail
+        try:
+            return _LINEAR_TO_ULAW_SATURATED[np.rint(out, out).astype(_INTP)].tobytes()
+        except IndexError:  # history from wider input given to process()
+            return _LINEAR_TO_ULAW.take(_to_int16(out).view(np.uint16)).tobytes()
 
     def __repr__(self) -> str:
         return f"FirDecimator3x({len(self.taps)} taps, minimum phase)"
+
+
+#: |output| bound of both FIRs for int16 input: 32768 x the largest sum of |taps| that
+#: makes one output (2.75, the decimator's), plus a margin for float rounding.
+_TAPS_PER_OUTPUT = (FirUpsampler2x._even, FirUpsampler2x._odd, FirDecimator3x.taps)
+_FIR_BOUND = 2 + int(32768 * max(np.abs(taps).sum() for taps in _TAPS_PER_OUTPUT))
+#: Rounded FIR output -> saturated int16 (see "How the FIRs stream cheaply").
+_SATURATE: np.ndarray = _saturating_index_table(_FIR_BOUND)
+_SATURATE_LE: np.ndarray = _SATURATE.astype(_S16LE, copy=False)
+#: Rounded FIR output -> mu-law code of the saturated value.
+_LINEAR_TO_ULAW_SATURATED: np.ndarray = _LINEAR_TO_ULAW.take(_SATURATE.view(np.uint16))
+#: Mu-law code -> linear value as float64 (exact), for decoding into the FIR buffer.
+_ULAW_TO_FLOAT: np.ndarray = _ULAW_TO_LINEAR.astype(np.float64)
+for _table in (_SATURATE, _SATURATE_LE, _LINEAR_TO_ULAW_SATURATED, _ULAW_TO_FLOAT):
+    _table.setflags(write=False)
+del _table
 
 
 #: Resampler implementations selectable with the RESAMPLER setting (first = default).
@@ -551,8 +738,10 @@ class Framer:
     def push(self, ulaw: bytes) -> list[bytes]:
         size = self.FRAME_BYTES
         buffer = self._buffer
-        if not buffer and len(ulaw) == size:  # the common case: one whole frame
-            return [bytes(ulaw)]
+        if not buffer and not len(ulaw) % size:  # the common case: whole frames
+            if len(ulaw) == size:
+                return [bytes(ulaw)]
+            return [bytes(ulaw[i : i + size]) for i in range(0, len(ulaw), size)]
         buffer += ulaw
         whole = len(buffer) - len(buffer) % size
         if not whole:
@@ -581,10 +770,13 @@ class Framer:
 class InboundAudio:
     """One per call: a Twilio ``media.payload`` -> bytes for Live's realtime input."""
 
-    __slots__ = ("_resampler",)
+    # _ulaw_to_s16le: the FIR's fused decode-and-resample, or None for other resamplers.
+    __slots__ = ("_resampler", "_ulaw_to_s16le")
 
     def __init__(self, resampler: Resampler | None = None) -> None:
         self._resampler = resampler if resampler is not None else inbound_resampler()
+        fir = type(self._resampler) is FirUpsampler2x
+        self._ulaw_to_s16le = self._resampler._ulaw_to_s16le if fir else None
 
     def convert(self, payload_b64: str) -> bytes:
         """Base64 mu-law 8 kHz -> s16le 16 kHz bytes.
@@ -602,6 +794,9 @@ class InboundAudio:
             raise MalformedMessage(f"media payload is not valid base64: {exc}") from None
         if not ulaw:
             raise MalformedMessage("media payload is empty")
+        fast = self._ulaw_to_s16le
+        if fast is not None:
+            return fast(ulaw)
         pcm16k = self._resampler.process(_ULAW_TO_LINEAR.take(np.frombuffer(ulaw, dtype=np.uint8)))
         return pcm16k.astype(_S16LE, copy=False).tobytes()
 
@@ -613,10 +808,13 @@ class InboundAudio:
 class OutboundAudio:
     """One per call: Live's 24 kHz s16le output -> base64 160-byte Twilio payloads."""
 
-    __slots__ = ("_resampler", "_framer", "_odd_byte")
+    # _to_ulaw: the FIR's fused resample-and-encode, or None for other resamplers.
+    __slots__ = ("_resampler", "_to_ulaw", "_framer", "_odd_byte")
 
     def __init__(self, resampler: Resampler | None = None) -> None:
         self._resampler = resampler if resampler is not None else outbound_resampler()
+        fir = type(self._resampler) is FirDecimator3x
+        self._to_ulaw = self._resampler._to_ulaw if fir else None
         self._framer = Framer()
         self._odd_byte = b""
 
@@ -638,6 +836,12 @@ class OutboundAudio:
             pcm24 = pcm24[:-1]
         if not pcm24:
             return []
+        to_ulaw = self._to_ulaw
+        if to_ulaw is not None:
+            b2a = binascii.b2a_base64
+            frames = self._framer.push(to_ulaw(np.frombuffer(pcm24, _S16LE)))
+            # decode(): base64 is ASCII, and UTF-8 is the codec's fast path.
+            return [b2a(frame, newline=False).decode() for frame in frames]
         pcm8k = self._resampler.process(np.frombuffer(pcm24, dtype=_S16LE))
         return self._frames(pcm8k)
 

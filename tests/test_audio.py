@@ -474,6 +474,31 @@ class TestFirStreaming:
         fresh = make_resampler("fir", direction)
         assert np.array_equal(stream_through(used, signal, 480), stream_through(fresh, signal, 480))
 
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_long_chunks_and_many_chunk_lengths_stream_like_20ms_chunks(self, direction):
+        # Past the preallocated buffer (1024 samples) and the cache of per-length views.
+        in_rate, _ = DIRECTIONS[direction]
+        signal = np.tile(speech_at(in_rate), 3)
+        sizes = [5000, 1, 9000, 1023, 1024, 1025, 3] + list(range(1, 100))
+        assert np.array_equal(
+            stream_through(make_resampler("fir", direction), signal, in_rate // 50),
+            stream_through(make_resampler("fir", direction), signal, sizes),
+        )
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_wider_input_in_the_history_still_saturates(self, direction):
+        # process() takes any dtype; int16 chunks after it must not overflow the
+        # saturation lookup.
+        in_rate, _ = DIRECTIONS[direction]
+        loud = np.full(100, 1e6)
+        quiet = tone(in_rate, 0.02)
+        resampler = make_resampler("fir", direction)
+        first = resampler.process(loud)
+        out = resampler.process(quiet)
+        exact = fir_one_shot_float(np.concatenate([loud, quiet]), direction)[len(first) : len(first) + len(out)]
+        assert (exact > 32767.5).any()
+        assert np.all(out[exact > 32767.5] == 32767) and np.all(out[exact < -32768.5] == -32768)
+
 
 class TestResamplers:
     """The `Resampler` contract, for every implementation."""
@@ -672,6 +697,14 @@ class TestInboundAudio:
         with pytest.raises(MalformedMessage):
             InboundAudio().convert(None)
 
+    def test_the_fir_path_is_exactly_decode_then_process(self):
+        # InboundAudio decodes straight into the FIR's buffer; same bytes as the steps.
+        ulaw = ulaw_encode(speech_at(8000)) + bytes(range(256))
+        inbound, resampler = InboundAudio(), FirUpsampler2x()
+        for part in chunks(ulaw, [160, 1, 161, 7, 480]):
+            expected = resampler.process(ulaw_decode(part)).astype("<i2").tobytes()
+            assert inbound.convert(base64.b64encode(part).decode()) == expected
+
     def test_a_bad_frame_does_not_disturb_the_stream(self):
         good = base64.b64encode(ulaw_encode(tone(8000, 0.02))).decode()
         clean, disturbed = InboundAudio(), InboundAudio()
@@ -743,6 +776,15 @@ class TestOutboundAudio:
             pos += size
         got_payloads = [p for batch in got for p in batch] + odd.end_turn()
         assert got_payloads == expected
+
+    def test_the_fir_path_is_exactly_process_then_encode(self):
+        # OutboundAudio encodes the FIR's float output straight to mu-law; same frames.
+        pcm = np.concatenate([speech_at(24000), np.full(960, 32767, np.int16), np.full(960, -32768, np.int16)])
+        outbound, resampler, framer = OutboundAudio(), FirDecimator3x(), Framer()
+        for part in chunks(pcm, [480, 960, 1, 7, 2000]):
+            expected = framer.push(ulaw_encode(resampler.process(part)))
+            assert decoded(outbound.convert(part.tobytes())) == expected
+        assert decoded(outbound.end_turn()) == framer.push(ulaw_encode(resampler.flush())) + [framer.flush()]
 
     def test_end_turn_pads_the_last_frame_and_leaves_nothing_pending(self):
         outbound = OutboundAudio()
