@@ -78,10 +78,12 @@ def _serve(host: str, port: int) -> int:
     except (SettingsError, RecordsError) as exc:
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         return 2
+    from .ws_protocol import uvicorn_ws
+
     configure_logging(settings.log_level)
     # Media frames are ~300-byte JSON texts: per-message deflate would cost more CPU than it saves.
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
-                ws_per_message_deflate=False)
+                ws=uvicorn_ws(), ws_per_message_deflate=False)
     return 0
 
 

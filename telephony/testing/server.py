@@ -14,6 +14,8 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from ..ws_protocol import uvicorn_ws
+
 
 class ServerThread:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
@@ -23,7 +25,8 @@ class ServerThread:
                 port = sock.getsockname()[1]
         self.app = app
         self.host, self.port = host, port
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", ws="auto")
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", ws=uvicorn_ws(),
+                                    ws_per_message_deflate=False)
         self.server = uvicorn.Server(self.config)
         self._thread = threading.Thread(target=self._run, name="telephony-server", daemon=True)
         self.error: BaseException | None = None

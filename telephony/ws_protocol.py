@@ -1,0 +1,134 @@
+"""uvicorn's WebSocket protocol, tuned for media streams (`telephony serve` runs it).
+
+A call moves ~50 small text frames a second each way, and at 200 calls uvicorn's own
+per-message costs were a fifth of the server's CPU (benchmarks/load.py). This keeps
+uvicorn's sans-I/O implementation (handshake, pings, close, errors, ASGI) and changes
+three things on the common path only:
+
+- **Reading** pauses when 32 messages wait for the app, not after every message (two
+  epoll_ctl calls per frame).
+- **Parsing**: whole, unfragmented, masked text frames — all Twilio sends — are read
+  here; anything else (control frames, fragments, a frame split across reads, bad
+  UTF-8, an oversized frame) goes to websockets' parser, from a frame boundary, so
+  its checks and close codes apply as before.
+- **Writing**: the text frames an app sends in one go (two 20 ms media frames and a
+  mark) leave in one write() at the end of the loop iteration, not one each; any
+  other message flushes them first, so order is kept.
+
+`uvicorn_ws()` gives uvicorn's ``ws`` setting: this class, or "auto" if the installed
+uvicorn or websockets is not the one it was written for.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("telephony.ws")
+
+#: Messages waiting for the app before reading pauses (back-pressure, as uvicorn's).
+QUEUE_HIGH = 32
+
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.frames import apply_mask
+    from websockets.protocol import OPEN
+except ImportError:  # pragma: no cover - another uvicorn layout
+    WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
+
+
+def uvicorn_ws():
+    """The ``ws`` to give uvicorn: `MediaStreamProtocol`, or "auto" (uvicorn's choice)."""
+    return MediaStreamProtocol if MediaStreamProtocol is not None else "auto"
+
+
+if WebSocketsSansIOProtocol is None:  # pragma: no cover
+    MediaStreamProtocol = None
+else:
+
+    class MediaStreamProtocol(WebSocketsSansIOProtocol):  # type: ignore[no-redef]
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._out: list[bytes] = []  # frames sent but not yet written
+            self._flush_handle = None
+
+        # ------------------------------------------------------------ reading
+
+        def data_received(self, data: bytes) -> None:
+            if self._at_frame_boundary():
+                used = self._read_text_frames(data)
+                if used == len(data):
+                    return
+                data = data[used:]
+            super().data_received(data)
+
+        def _at_frame_boundary(self) -> bool:
+            """Nothing half-read anywhere, and nothing negotiated that changes frames."""
+            conn = self.conn
+            return (self.handshake_complete and not self.close_sent and conn.state is OPEN
+                    and conn.current_size is None and not conn.reader.buffer and not conn.extensions
+                    and conn.parser_exc is None and not self.frames)
+
+        def _read_text_frames(self, data: bytes) -> int:
+            """Deliver the whole masked final text frames at the start of `data`; return
+            how many bytes they took (the rest starts at a frame boundary)."""
+            end, size, limit = 0, len(data), self.conn.max_message_size
+            while size - end >= 6:
+                if data[end] != 0x81 or not data[end + 1] & 0x80:  # FIN + text, no RSV; masked
+                    break
+                n, at = data[end + 1] & 0x7F, end + 2
+                if n == 126:
+                    n, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+                elif n == 127:  # 64 KiB or more: not a media frame
+                    break
+                stop = at + 4 + n
+                if stop > size or (limit is not None and n > limit):
+                    break
+                try:
+                    text = apply_mask(data[at + 4 : stop], data[at : at + 4]).decode()
+                except UnicodeDecodeError:  # websockets and uvicorn close with 1007
+                    break
+                end = stop
+                if not self.close_sent:
+                    self.queue.put_nowait({"type": "websocket.receive", "text": text})
+            if not self.read_paused and self.queue.qsize() >= QUEUE_HIGH:
+                self.read_paused = True
+                self.transport.pause_reading()
+            return end
+
+        def send_receive_event_to_app(self) -> None:
+            paused = self.read_paused
+            super().send_receive_event_to_app()  # pauses reading after each message
+            if not paused and self.read_paused and self.queue.qsize() < QUEUE_HIGH:
+                self.read_paused = False
+                self.transport.resume_reading()
+
+        # ------------------------------------------------------------ writing
+
+        async def send(self, message) -> None:
+            text = message.get("text") if message["type"] == "websocket.send" else None
+            if (text is not None and message.get("bytes") is None and self.handshake_complete
+                    and not self.close_sent and not self.disconnected and self.initial_response is None
+                    and self.writable.is_set() and self.conn.state is OPEN and not self.conn.extensions):
+                payload = text.encode()
+                n = len(payload)
+                if n < 126:
+                    self._out.append(bytes((0x81, n)))
+                elif n < 65536:
+                    self._out.append(b"\x81\x7e" + n.to_bytes(2, "big"))
+                else:
+                    self._out.append(b"\x81\x7f" + n.to_bytes(8, "big"))
+                self._out.append(payload)
+                if self._flush_handle is None:
+                    self._flush_handle = self.loop.call_soon(self._flush)
+                return
+            self._flush()
+            await super().send(message)
+
+        def _flush(self) -> None:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            if self._out:
+                out, self._out = self._out, []
+                if not self.transport.is_closing():
+                    self.transport.write(b"".join(out))
