@@ -283,8 +283,10 @@ class CallBridge:
         if self._ws_closed:
             return
         try:
-            for text in messages:
-                await self.ws.send_text(text)
+            last = len(messages) - 1
+            for i, text in enumerate(messages):
+                # "more": let the frames of one action leave in one write (ws_protocol.py).
+                await self.ws.send({"type": "websocket.send", "text": text, "more": i < last})
         except Exception as exc:  # the caller's socket went away mid-send
             self._ws_closed = True
             log.info("Twilio socket closed while sending (%s)", type(exc).__name__)

@@ -11,9 +11,12 @@ three things on the common path only:
   here; anything else (control frames, fragments, a frame split across reads, bad
   UTF-8, an oversized frame) goes to websockets' parser, from a frame boundary, so
   its checks and close codes apply as before.
-- **Writing**: the text frames an app sends in one go (two 20 ms media frames and a
-  mark) leave in one write() at the end of the loop iteration, not one each; any
-  other message flushes them first, so order is kept.
+- **Writing**: a text message sent with ``"more": True`` in its ASGI message (an
+  extension of ours; plain uvicorn ignores the key) waits for the next one, so the
+  frames the bridge sends together (two 20 ms media frames and their mark) leave in
+  one write() instead of three. A message without it writes everything at once; the
+  end of the loop iteration does too, should "more" never come; any other message
+  writes them first, so order is kept.
 
 `uvicorn_ws()` gives uvicorn's ``ws`` setting: this class, or "auto" if the installed
 uvicorn or websockets is not the one it was written for.
@@ -118,7 +121,9 @@ else:
                 else:
                     self._out.append(b"\x81\x7f" + n.to_bytes(8, "big"))
                 self._out.append(payload)
-                if self._flush_handle is None:
+                if not message.get("more"):
+                    self._flush()
+                elif self._flush_handle is None:
                     self._flush_handle = self.loop.call_soon(self._flush)
                 return
             self._flush()
