@@ -6,15 +6,29 @@ Three kinds of process, all on loopback:
 
 - the server: one ``python -m telephony.cli serve`` subprocess (LOG_LEVEL=WARNING,
   MAX_CONCURRENT_CALLS=100000, MODEL_WATCHDOG_SECONDS=0, security variables removed);
-- the callers (``--caller-procs``, default 1): Twilio's side of every call. One ticker
-  task per process sends every call's media, each call at its own phase inside the 20 ms
-  period (the moment its stream started, on an absolute monotonic clock), so the server
-  sees the even spread of real traffic rather than N frames at once, and the generator
-  pays one timer wake-up per due group of frames instead of one sleeping task per call;
-- the Live emulator: ``LiveEmulator`` in its own process, and an agent driver there that
-  speaks a 1.6 s turn every 3 s on every session (``--turn-every``, ``--turn-seconds``),
-  each session at its own random phase, paced in real time in 40 ms ``modelTurn`` chunks
-  through ``EmulatedSession.send`` (whose result is the moment the chunk left "Live").
+- the callers (``--caller-procs``, default 1): Twilio's side of every call, one
+  `_lean.LeanCaller` per call. One `_lean.Ticker` per process sends every call's media,
+  each call at its own phase inside the 20 ms period (the moment its stream started, on
+  an absolute monotonic clock), so the server sees the even spread of real traffic rather
+  than N frames at once, and the generator pays one timer wake-up per due group of frames
+  instead of one sleeping task per call;
+- "Live": `_lean.LeanLive` in its own process, a TLS WebSocket server that the server's
+  unmodified google-genai SDK connects to (same certificate and environment as
+  ``LiveEmulator``), and in the same event loop the agent driver: a `Ticker` that speaks a
+  1.6 s turn every 3 s on every session (``--turn-every``, ``--turn-seconds``), each
+  session at its own random phase, paced in real time in 40 ms ``modelTurn`` chunks
+  encoded once as complete WebSocket frames, each sent with one transport write whose
+  moment is the time the chunk left "Live".
+
+The generators are lean on purpose. With the websockets library (a connection object and
+tasks per call, the ``LiveEmulator`` thread handing every send across the GIL) the
+emulator and the callers took ~80% of a core at 100 calls, waited for it hundreds of ms
+per second, and could not drive 200 calls from the one core they share. `_lean` speaks
+just enough RFC 6455 on asyncio Protocols (uvloop when installed): a received message
+costs one ``(arrival, raw bytes)`` append, JSON and base64 are decoded after the run, and
+a sent one is one ``transport.write``; the callers mask with the all-zero key, so masking
+is free. Together they take ~32% of a core at 100 calls and ~45% at 200: what is left is
+mostly the kernel's (a system call and a wake-up per message, loopback TCP, TLS).
 
 On a machine with 2+ CPUs the server is pinned to the first one and everything else to
 the rest (``--no-pin`` to let the OS place them): the server then gets a core to itself,
@@ -25,14 +39,16 @@ directions carry 40 ms 1 kHz tone bursts whose onsets fall at random offsets ins
 frames and chunks (never in their last 2 ms: a causal resampler would hold such an onset
 until the next frame, a 20-40 ms wait that latency.py reports and that would hide the
 load here). Recording costs the generators one list append per message; the onsets are
-found afterwards with numpy, by each process in what it received, and paired with the
+found afterwards with numpy, by each process in what it received (after the callers
+stopped, so none of it falls in the window), and paired with the
 onsets sent by their position in the stream: an onset not found where it was sent is
 "missing", which a lost, repeated or corrupted frame would cause.
 
 - inbound (caller -> Live): send time of the caller frame holding an onset -> arrival at
-  the emulator of the realtime-input chunk holding it. The caller's bursts are at
-  -40 dBFS, under the emulator's VAD threshold, so "Live" never takes them for speech:
-  the agent's turns come only from the driver, as scheduled.
+  "Live" of the realtime-input message holding it (the moment its bytes were read). The
+  caller's bursts are at -40 dBFS, under ``LiveEmulator``'s VAD threshold, so a real
+  emulator would not take them for speech either (``LeanLive`` has no VAD): the agent's
+  turns come only from the driver, as scheduled.
 - outbound (Live -> caller): send time of the ``modelTurn`` chunk holding an onset ->
   arrival of the media message holding it (turns are told apart by the mark names).
 - calls are matched to emulator sessions by an ID each caller sends first: the gaps
@@ -65,8 +81,6 @@ import argparse
 import asyncio
 import base64
 import gc
-import heapq
-import itertools
 import math
 import multiprocessing as mp
 import os
@@ -74,6 +88,7 @@ import re
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,8 +98,8 @@ from _harness import (  # first: it also puts the repository on sys.path
     machine_cpu_seconds, match_indices, model_frame, onsets_in, pct, rss_kb, runqueue_wait_seconds, server_env,
     start_server, tone,
 )
+from _lean import LeanCaller, LeanLive, LeanSession, Ticker, run as lean_run, server_frame
 from telephony.audio import RESAMPLERS, InboundAudio, inbound_resampler, ulaw_decode, ulaw_encode
-from telephony.testing.emulator import LiveEmulator, Reply, Script
 
 TARGET_P99_MS = 20.0
 TONE_HZ = 1000.0
@@ -210,97 +225,136 @@ def agent_turns(seed: int, chunks: int) -> list[tuple[list[str], np.ndarray]]:
 
 @dataclass
 class Turn:
-    session: object
+    session: LeanSession
     variant: int
     t0: float
     chunk: int = 0
     scheduled: list[float] = field(default_factory=list)
-    futures: list = field(default_factory=list)
+    sent: list[float] = field(default_factory=list)  # per chunk: when it left "Live" (NaN: the session was gone)
+
+
+END_OF_TURN = server_frame(GENERATION_COMPLETE) + server_frame(TURN_COMPLETE)
 
 
 def emulator_main(conn, opts: dict) -> None:
-    """Run the Live emulator and the agent driver; on "collect", analyse every session."""
+    """Run the lean Live stand-in and the agent driver in one event loop; on "collect", analyse every session."""
     if opts["generator_cpus"]:
         os.sched_setaffinity(0, opts["generator_cpus"])
-    sys.setswitchinterval(0.001)  # the driver thread must not wait 5 ms for the GIL
-    turns = agent_turns(opts["seed"], opts["turn_chunks"])
-    script = Script(greeting=[], replies=[Reply(steps=[])])
-    with LiveEmulator(script, raise_server_errors=False) as emulator:
-        conn.send(("ready", emulator.env()))
-        msg = conn.recv()
+    turns = [[server_frame(chunk) for chunk in frames] for frames, _ in agent_turns(opts["seed"], opts["turn_chunks"])]
+    result = lean_run(emulate(conn, turns, opts))
+    if result is not None:
+        conn.send(result)
+
+
+async def emulate(conn, turns: list[list[bytes]], opts: dict) -> dict | None:
+    live = await LeanLive().start()
+    try:
+        conn.send(("ready", live.env()))
+        msg = await receive(conn)  # the loop serves the warm-up call meanwhile
         if msg[0] != "go":
-            return
+            return None
         _, window_end, hard_deadline = msg
         gc.collect()
         gc.freeze()
         gc.disable()
-        by_session = drive_agent(emulator, conn, turns, opts, window_end, hard_deadline)
-        gc.enable()
+        try:
+            by_session = await drive_agent(live, conn, turns, opts, window_end, hard_deadline)
+        finally:
+            gc.enable()
         deadline = time.monotonic() + 10
-        while not all(s.closed for s in emulator.sessions) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        conn.send(analyse_sessions(emulator, by_session))
+        while not all(s.closed for s in live.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return analyse_sessions(live, by_session)
+    finally:
+        await live.stop()
 
 
-def drive_agent(emulator: LiveEmulator, conn, turns, opts: dict, window_end: float, hard_deadline: float) -> dict:
-    """Speak a turn every `turn_every` s on every ready session until told to collect."""
+async def receive(conn):
+    """The next message on a multiprocessing connection, without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        unwatch(loop, conn)
+    return conn.recv()
+
+
+def unwatch(loop: asyncio.AbstractEventLoop, conn) -> None:
+    """Stop watching `conn`, and make it blocking again (add_reader made it non-blocking,
+    and a large result would then fail to send)."""
+    loop.remove_reader(conn.fileno())
+    os.set_blocking(conn.fileno(), True)
+
+
+async def drive_agent(live: LeanLive, conn, turns: list[list[bytes]], opts: dict, window_end: float,
+                      hard_deadline: float) -> dict:
+    """Speak a turn every `turn_every` s on every listening session until told to collect.
+
+    One `Ticker` on the absolute monotonic clock: a session's turn starts 0.3-3.3 s after
+    it asked for its greeting, then every `turn_every` s while it starts inside the window;
+    chunk k of a turn is due at t0 + k * 40 ms, generationComplete + turnComplete after
+    the last one.
+    """
+    loop = asyncio.get_running_loop()
     rng = np.random.default_rng(opts["seed"] + 2)
     every, chunks = opts["turn_every"], opts["turn_chunks"]
-    heap: list = []
-    order = itertools.count()
+    ticker = Ticker(loop)
     by_session: dict[int, list[Turn]] = {}
-    waiting: list = []
-    seen, next_poll = 0, 0.0
-    while True:
-        now = time.monotonic()
-        if now >= next_poll:
-            if conn.poll() or now > hard_deadline:
-                break
-            next_poll = now + 0.05
-        sessions = emulator.sessions
-        while seen < len(sessions):
-            waiting.append(sessions[seen])
-            seen += 1
-        if waiting:
-            still = []
-            for s in waiting:
-                if s.texts:  # the bridge asked for its greeting: the call is listening
-                    t0 = now + 0.3 + rng.uniform(0, every)
-                    turn = Turn(s, int(rng.integers(AGENT_VARIANTS)), t0)
-                    by_session[s.index] = [turn]
-                    heapq.heappush(heap, (t0, next(order), turn))
-                elif not s.closed:
-                    still.append(s)
-            waiting = still
-        while heap and heap[0][0] <= now:
-            due, _, turn = heapq.heappop(heap)
-            s = turn.session
-            if s.closed:  # the call is over: drop the turn
-                continue
-            if turn.chunk < chunks:
-                turn.scheduled.append(due)
-                turn.futures.append(s.send(turns[turn.variant][0][turn.chunk]))
-                turn.chunk += 1
-                heapq.heappush(heap, (turn.t0 + turn.chunk * CHUNK_S, next(order), turn))
-            else:
-                s.send(GENERATION_COMPLETE)
-                s.send(TURN_COMPLETE)
-                t_next = turn.t0 + every
-                if t_next <= window_end and not s.closed:
-                    nxt = Turn(s, (turn.variant + 1) % AGENT_VARIANTS, t_next)
-                    by_session[s.index].append(nxt)
-                    heapq.heappush(heap, (t_next, next(order), nxt))
-        wait = min(0.005, heap[0][0] - time.monotonic()) if heap else 0.005
-        if wait > 0:
-            time.sleep(wait)
-    conn.recv()  # the "collect" that ended the loop
+
+    def speak(due: float, turn: Turn) -> None:
+        s = turn.session
+        if s.closed:  # the call is over: drop the turn
+            return
+        if turn.chunk < chunks:
+            turn.scheduled.append(due)
+            turn.sent.append(s.send(turns[turn.variant][turn.chunk]))
+            turn.chunk += 1
+            ticker.at(turn.t0 + turn.chunk * CHUNK_S, speak, turn)
+        else:
+            s.send(END_OF_TURN)
+            t_next = turn.t0 + every
+            if t_next <= window_end and not s.closed:
+                nxt = Turn(s, (turn.variant + 1) % AGENT_VARIANTS, t_next)
+                by_session[s.index].append(nxt)
+                ticker.at(t_next, speak, nxt)
+
+    def listening(s: LeanSession) -> None:  # the bridge asked for its greeting: the call is listening
+        t0 = time.monotonic() + 0.3 + rng.uniform(0, every)
+        turn = Turn(s, int(rng.integers(AGENT_VARIANTS)), t0)
+        by_session[s.index] = [turn]
+        ticker.at(t0, speak, turn)
+
+    for s in list(live.sessions):  # those that asked before the "go" (the warm-up call)
+        if s.texts:
+            listening(s)
+    live.on_greeting = listening
+    done = loop.create_future()
+
+    def stop() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(conn.fileno(), stop)
+    deadline = loop.call_later(max(0.0, hard_deadline - time.monotonic()), stop)
+    try:
+        await done
+    finally:
+        unwatch(loop, conn)
+        deadline.cancel()
+        live.on_greeting = None
+        ticker.clear()
+    if conn.poll():
+        conn.recv()  # the "collect" that ended the run
     return by_session
 
 
-def analyse_sessions(emulator: LiveEmulator, by_session: dict) -> dict:
+def analyse_sessions(live: LeanLive, by_session: dict) -> dict:
     """Per session: the caller's ID, inbound onsets with arrival times, the agent's turns."""
     out, lags = [], []
-    for s in list(emulator.sessions):
+    for s in list(live.sessions):
+        s.decode()
         x = np.frombuffer(bytes(s.audio_in), "<i2").astype(np.float64)
         found = onsets_in(x, LIVE_IN_RATE, IN_BLOCK_RMS, IN_SAMPLE)
         chunks = np.array(s.audio_in_times, dtype=np.float64).reshape(-1, 3)
@@ -309,18 +363,13 @@ def analyse_sessions(emulator: LiveEmulator, by_session: dict) -> dict:
         arrival = np.where(c < len(ends), chunks[np.minimum(c, len(ends) - 1), 0], np.nan) if len(ends) else np.full(len(found), np.nan)
         turns = []
         for turn in by_session.get(s.index, []):
-            sent = []
-            for f in turn.futures:
-                try:
-                    sent.append(f.result(timeout=5))
-                except Exception:  # the session was gone
-                    sent.append(np.nan)
-            sent = np.asarray(sent, dtype=np.float64)
+            sent = np.asarray(turn.sent, dtype=np.float64)
             lags.extend((sent - np.asarray(turn.scheduled))[~np.isnan(sent)])
             turns.append((turn.variant, sent))
         out.append({"index": s.index, "id": decode_id(found), "bytes_in": len(s.audio_in),
                     "found": found, "arrival": arrival, "turns": turns})
-    return {"sessions": out, "send_lag_ms": np.asarray(lags) * 1000, "errors": emulator.server_errors()}
+        s.frames, s.audio_in, s.audio_in_times = [], bytearray(), []  # only the figures travel on
+    return {"sessions": out, "send_lag_ms": np.asarray(lags) * 1000, "errors": live.server_errors()}
 
 
 # --------------------------------------------------------------------------- the caller processes
@@ -338,7 +387,7 @@ def caller_main(conn, opts: dict) -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
-    result = asyncio.run(run_callers(url, opens, media_end, base, opts["compression"]))
+    result = lean_run(run_callers(url, opens, media_end, base, opts["compression"]))
     gc.enable()
     conn.send(result)
 
@@ -346,61 +395,41 @@ def caller_main(conn, opts: dict) -> None:
 async def run_callers(url: str, opens: list[tuple[int, float]], media_end: float, base: list[str],
                       compression: str | None) -> dict:
     """Open each call at its time, send every call's media from one ticker, then stop them all."""
-    heap: list = []  # (due, ident, frame)
-    sides: dict[int, TwilioSide] = {}
-    tasks: list[asyncio.Task] = []
+    loop = asyncio.get_running_loop()
+    where = urllib.parse.urlsplit(url)
+    base_bytes = [p.encode("ascii") for p in base]
+    ticker = Ticker(loop)
+    sides: dict[int, LeanCaller] = {}
     errors: dict[int, str] = {}
     lags: list[float] = []
-    wake = asyncio.Event()
+
+    def media(due: float, ident: int, side: LeanCaller, k: int) -> None:
+        if not side.send_media(k):
+            errors.setdefault(ident, "send failed: the stream is closed")
+            return
+        lags.append(side.sent_at[-1] - due)
+        if due + FRAME_S < media_end:
+            ticker.at(due + FRAME_S, media, ident, side, k + 1)
 
     async def open_call(ident: int, at: float) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
-        side = TwilioSide(url, CallerStream(ident, base), stream_sid=f"MZ{ident:032x}", call_sid=f"CA{ident:032x}",
+        side = LeanCaller(CallerStream(ident, base_bytes), stream_sid=f"MZ{ident:032x}", call_sid=f"CA{ident:032x}",
                           caller=f"+1555{ident:07d}", called="+15550002222", compression=compression)
         try:
-            await side.open()
+            await side.open(where.hostname, where.port, where.path)
         except Exception as exc:
             errors[ident] = f"open failed: {type(exc).__name__}: {exc}"
             return
         sides[ident] = side
-        tasks.append(asyncio.create_task(side.receive_loop()))
-        tasks.append(asyncio.create_task(side.echo_loop()))
-        heapq.heappush(heap, (time.monotonic(), ident, 0))
-        wake.set()
+        ticker.at(time.monotonic(), media, ident, side, 0)
 
-    async def ticker() -> None:
-        while True:
-            now = time.monotonic()
-            while heap and heap[0][0] <= now:
-                due, ident, k = heapq.heappop(heap)
-                side = sides[ident]
-                try:
-                    await side.send_media(k)
-                except Exception as exc:
-                    errors.setdefault(ident, f"send failed: {type(exc).__name__}")
-                    continue
-                lags.append(side.sent_at[-1] - due)
-                if due + FRAME_S < media_end:
-                    heapq.heappush(heap, (due + FRAME_S, ident, k + 1))
-            if not heap and now >= media_end:
-                return
-            wake.clear()
-            delay = heap[0][0] - time.monotonic() if heap else 0.01
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(wake.wait(), delay)
-                except TimeoutError:
-                    pass
-
-    openers = [asyncio.create_task(open_call(ident, at)) for ident, at in opens]
-    await ticker()
-    await asyncio.gather(*openers)
+    await asyncio.gather(*(open_call(ident, at) for ident, at in opens))
+    await asyncio.sleep(max(0.0, media_end - time.monotonic()))
+    while len(ticker):  # the last frames, due before media_end
+        await asyncio.sleep(0.005)
     await asyncio.sleep(STOP_AFTER_S)
-    closed_early = {i for i, side in sides.items() if side.closed.is_set()}
+    closed_early = {i for i, side in sides.items() if side.closed}
     await asyncio.gather(*(side.stop(timeout=10) for side in sides.values()), return_exceptions=True)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
     calls = {}
     for ident, side in sides.items():
         calls[ident] = analyse_call(side)
@@ -408,7 +437,7 @@ async def run_callers(url: str, opens: list[tuple[int, float]], media_end: float
     return {"calls": calls, "errors": errors, "send_lag_ms": np.asarray(lags) * 1000}
 
 
-def analyse_call(side: TwilioSide) -> dict:
+def analyse_call(side: LeanCaller | TwilioSide) -> dict:
     """Send times, and per agent turn: frames received and onsets with their arrival times."""
     by_turn: dict[int, list[tuple[float, str]]] = {}
     start = 0
@@ -878,7 +907,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="let the OS place the processes (default: the server gets CPU 0 to itself, the "
                              "emulator and callers share the others)")
     parser.add_argument("--no-deflate", action="store_true",
-                        help="callers do not offer permessage-deflate (the websockets client default is to offer it)")
+                        help="callers do not offer permessage-deflate (by default they offer it, as the websockets "
+                             "client does; the server declines it, and a caller fails its call if it is accepted)")
     parser.add_argument("--seed", type=int, default=20240611)
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (10.0 if args.find_max else 20.0)
