@@ -436,6 +436,7 @@ class _StreamingFir:
 
     ring_out: int
     _flush_zeros: int
+    _history_len: int
     __slots__ = ()
 
     def __init__(self) -> None:
@@ -468,6 +469,17 @@ class _StreamingFir:
     def _allocate(self, capacity: int) -> None:  # pragma: no cover
         """Fresh zeroed state for chunks of up to `capacity` samples (drops the views)."""
         raise NotImplementedError
+
+    def _make_room(self, n: int) -> None:
+        """Before planning an n-sample chunk: grow the buffer if it cannot hold one
+        (keeping the history), and keep the cache of views bounded."""
+        h = self._history_len
+        if h + n > len(self._buffer):
+            history = self._buffer[:h].copy()
+            self._allocate(max(n, 2 * (len(self._buffer) - h)))
+            self._buffer[:h] = history
+        if len(self._plans) >= _FIR_PLANS:
+            self._plans.clear()
 
     def _filter(self, pcm: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -516,12 +528,7 @@ class FirUpsampler2x(_StreamingFir):
         """The views an n-sample chunk needs: (slot, window, history, its next
         contents, output, even and odd outputs)."""
         h = self._history_len
-        if h + n > len(self._buffer):
-            history = self._buffer[:h].copy()
-            self._allocate(max(n, 2 * (len(self._buffer) - h)))
-            self._buffer[:h] = history
-        if len(self._plans) >= _FIR_PLANS:
-            self._plans.clear()
+        self._make_room(n)
         buf, out = self._buffer, self._output[: 2 * n]
         plan = (buf[h : h + n], buf[: h + n], buf[:h], buf[n : n + h], out, out[0::2], out[1::2])
         self._plans[n] = plan
@@ -608,12 +615,7 @@ class FirDecimator3x(_StreamingFir):
         needs: (slot, history, its next contents, and the inputs of branches 0, 1 and
         2, None when the chunk has no output instant)."""
         h = self._history_len
-        if h + n > len(self._buffer):
-            history = self._buffer[:h].copy()
-            self._allocate(max(n, 2 * (len(self._buffer) - h)))
-            self._buffer[:h] = history
-        if len(self._plans) >= _FIR_PLANS:
-            self._plans.clear()
+        self._make_room(n)
         buf = self._buffer
         count = (n - phase + 2) // 3
         # The chunk's first output instant is buf[phase + history_len]; branch r's
