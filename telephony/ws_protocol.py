@@ -18,6 +18,19 @@ three things on the common path only:
   end of the loop iteration does too, should "more" never come; any other message
   writes them first, so order is kept.
 
+It also offers the app a **direct path**, as an ASGI extension in the connection's
+scope (``scope["extensions"]["telephony.direct"]``, absent under plain uvicorn):
+
+- ``receive_with(fn)``: each whole text frame read as above is first offered to
+  ``fn(text)``, right in the read callback, while no message waits in the queue (so
+  order is kept). ``fn`` returns True when it took the frame, False to have it queued
+  for ``receive()`` as usual, or an ASGI receive message to queue instead (work it
+  could not finish there). ``receive_with(None)`` stops it. The bridge handles a media
+  frame this way without the queue, a task wake-up and Starlette's receive per frame.
+- ``send_now(texts)``: writes the text messages at once, in one ``write()``; False
+  (nothing sent) when the connection is not in a state for it, so the app awaits
+  ``send`` instead, which also waits for write flow control.
+
 `uvicorn_ws()` gives uvicorn's ``ws`` setting: this class, or "auto" if the installed
 uvicorn or websockets is not the one it was written for.
 """
@@ -30,6 +43,8 @@ log = logging.getLogger("telephony.ws")
 
 #: Messages waiting for the app before reading pauses (back-pressure, as uvicorn's).
 QUEUE_HIGH = 32
+#: The scope extension offering the direct path.
+DIRECT = "telephony.direct"
 
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -53,6 +68,20 @@ else:
             super().__init__(*args, **kwargs)
             self._out: list[bytes] = []  # frames sent but not yet written
             self._flush_handle = None
+            self._receiver = None  # the direct path's fn, if the app gave one
+
+        def handle_connect(self, event) -> None:
+            super().handle_connect(event)
+            scope = getattr(self, "scope", None)
+            if scope is not None:  # a 101: offer the direct path
+                scope["extensions"][DIRECT] = {"receive_with": self._receive_with, "send_now": self.send_now}
+
+        def _receive_with(self, fn) -> None:
+            self._receiver = fn
+
+        def connection_lost(self, exc) -> None:
+            self._receiver = None  # the app's bound method: let the call go
+            super().connection_lost(exc)
 
         # ------------------------------------------------------------ reading
 
@@ -91,8 +120,18 @@ else:
                 except UnicodeDecodeError:  # websockets and uvicorn close with 1007
                     break
                 end = stop
-                if not self.close_sent:
-                    self.queue.put_nowait({"type": "websocket.receive", "text": text})
+                if self.close_sent:
+                    continue
+                message = None
+                if self._receiver is not None and not self.queue.qsize():
+                    try:
+                        message = self._receiver(text)
+                    except Exception:  # the app's bug: stop offering, queue this frame instead
+                        log.exception("the direct receiver failed; frames go through receive() from now on")
+                        self._receiver, message = None, None
+                    if message is True:
+                        continue
+                self.queue.put_nowait(message or {"type": "websocket.receive", "text": text})
             if not self.read_paused and self.queue.qsize() >= QUEUE_HIGH:
                 self.read_paused = True
                 self.transport.pause_reading()
@@ -107,20 +146,35 @@ else:
 
         # ------------------------------------------------------------ writing
 
+        def _can_write_now(self) -> bool:
+            return (self.handshake_complete and not self.close_sent and not self.disconnected
+                    and self.initial_response is None and self.writable.is_set()
+                    and self.conn.state is OPEN and not self.conn.extensions)
+
+        def _frame(self, text: str) -> None:
+            payload = text.encode()
+            n = len(payload)
+            if n < 126:
+                self._out.append(bytes((0x81, n)))
+            elif n < 65536:
+                self._out.append(b"\x81\x7e" + n.to_bytes(2, "big"))
+            else:
+                self._out.append(b"\x81\x7f" + n.to_bytes(8, "big"))
+            self._out.append(payload)
+
+        def send_now(self, texts) -> bool:
+            """Write these text messages at once, in one write(); False if it cannot be done now."""
+            if not self._can_write_now() or self.transport.is_closing():
+                return False
+            for text in texts:
+                self._frame(text)
+            self._flush()
+            return True
+
         async def send(self, message) -> None:
             text = message.get("text") if message["type"] == "websocket.send" else None
-            if (text is not None and message.get("bytes") is None and self.handshake_complete
-                    and not self.close_sent and not self.disconnected and self.initial_response is None
-                    and self.writable.is_set() and self.conn.state is OPEN and not self.conn.extensions):
-                payload = text.encode()
-                n = len(payload)
-                if n < 126:
-                    self._out.append(bytes((0x81, n)))
-                elif n < 65536:
-                    self._out.append(b"\x81\x7e" + n.to_bytes(2, "big"))
-                else:
-                    self._out.append(b"\x81\x7f" + n.to_bytes(8, "big"))
-                self._out.append(payload)
+            if text is not None and message.get("bytes") is None and self._can_write_now():
+                self._frame(text)
                 if not message.get("more"):
                     self._flush()
                 elif self._flush_handle is None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import time
 
 from telephony.testing.emulator import Say, Script
 from telephony.ws_protocol import MediaStreamProtocol, uvicorn_ws
@@ -142,3 +143,128 @@ def test_text_that_is_not_utf8_closes_the_stream_with_1007(server, emulator):
 
     close = [p for op, p, _ in asyncio.run(scenario()) if op == 0x8]
     assert close and int.from_bytes(close[0][:2], "big") == 1007
+
+
+# ------------------------------------------------------------ the direct path
+
+
+def _direct_app():
+    """A bare ASGI app that takes frames on the direct path as each frame tells it to:
+    "take" (True, and says so with `send_now`), "decline" (False), "replace" (an ASGI
+    message to queue instead), "raise"; every message `receive()` gives it is echoed."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+
+    from telephony.ws_protocol import DIRECT
+
+    async def endpoint(websocket):
+        await websocket.accept()
+        direct = websocket.scope["extensions"].get(DIRECT)
+        await websocket.send_text(json.dumps({"direct": direct is not None}))
+        if direct is None:
+            return await websocket.close()
+
+        def receiver(text: str):
+            msg = json.loads(text)
+            if msg["do"] == "take":
+                assert direct["send_now"]([json.dumps({"took": msg["n"]})])
+                return True
+            if msg["do"] == "replace":
+                return {"type": "websocket.receive", "text": json.dumps({"do": "replaced", "n": msg["n"]})}
+            if msg["do"] == "raise":
+                raise RuntimeError("a bug in the receiver")
+            return False
+
+        direct["receive_with"](receiver)
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            msg = json.loads(message["text"])
+            if msg["do"] == "stop-direct":
+                direct["receive_with"](None)
+            await websocket.send_text(json.dumps({"got": msg["n"], "as": msg["do"]}))
+
+    return Starlette(routes=[WebSocketRoute("/media-stream", endpoint)])
+
+
+def _run_direct(server, writes: list[list[dict]], until) -> list[dict]:
+    async def scenario() -> list[dict]:
+        stream = await RawStream.open(server)
+        for batch in writes:  # each batch in one TCP write: later frames find earlier ones queued
+            await stream.write(b"".join(client_frame(json.dumps(m).encode()) for m in batch))
+        frames = await stream.frames(lambda f: until([json.loads(p) for op, p, _ in f if op == 0x1]))
+        stream.close()
+        return [json.loads(p) for op, p, _ in frames if op == 0x1]
+
+    return asyncio.run(scenario())
+
+
+def test_the_direct_path_takes_frames_in_order_and_hands_back_the_rest():
+    from telephony.testing.server import ServerThread
+
+    with ServerThread(_direct_app()) as srv:
+        got = _run_direct(srv, [
+            [{"do": "take", "n": 1}, {"do": "take", "n": 2}, {"do": "decline", "n": 3}, {"do": "take", "n": 4}],
+            [{"do": "take", "n": 5}],
+            [{"do": "replace", "n": 6}],
+            [{"do": "stop-direct", "n": 7}],
+            [{"do": "take", "n": 8}],
+        ], until=lambda msgs: any(m.get("got") == 8 for m in msgs))
+    assert got == [
+        {"direct": True},
+        {"took": 1}, {"took": 2},                      # taken as read
+        {"got": 3, "as": "decline"},                   # declined: queued for receive()
+        {"got": 4, "as": "take"},                      # 3 was waiting, so 4 was not offered
+        {"took": 5},                                   # the queue empty again: offered
+        {"got": 6, "as": "replaced"},                  # the receiver's own message instead
+        {"got": 7, "as": "stop-direct"},
+        {"got": 8, "as": "take"},                      # receive_with(None): no longer offered
+    ]
+
+
+def test_a_failing_direct_receiver_is_dropped_and_its_frames_still_arrive(caplog):
+    from telephony.testing.server import ServerThread
+
+    with ServerThread(_direct_app()) as srv:
+        got = _run_direct(srv, [[{"do": "raise", "n": 1}], [{"do": "take", "n": 2}]],
+                          until=lambda msgs: any(m.get("got") == 2 for m in msgs))
+    assert got == [{"direct": True}, {"got": 1, "as": "raise"}, {"got": 2, "as": "take"}]
+    assert any("direct receiver failed" in r.getMessage() for r in caplog.records)
+
+
+def test_plain_uvicorn_offers_no_direct_path():
+    from telephony.testing.server import ServerThread
+
+    with ServerThread(_direct_app(), ws="auto") as srv:
+        got = _run_direct(srv, [], until=lambda msgs: bool(msgs))
+    assert got == [{"direct": False}]
+
+
+def test_caller_audio_goes_from_the_read_callback_to_live(server, emulator):
+    """The bridge handles Twilio's frames on the direct path; every one reaches Live."""
+    emulator.script = Script(greeting=[Say(seconds=0.2, freq=440.0)], replies=[])
+    bridges = server.app.state.active_calls
+    before = len(emulator.sessions)
+
+    async def scenario() -> int:
+        stream = await RawStream.open(server)
+        await stream.write(client_frame(CONNECTED.encode()) + client_frame(start_msg().encode()))
+        await stream.frames(lambda f: any(b'"media"' in p for _, p, _ in f))  # Live is ready: the greeting plays
+        for k in range(50):
+            await stream.write(client_frame(media_msg(payload=base64.b64encode(bytes([k]) * 160).decode(), ts=20 * (k + 1)).encode()))
+        taken = max(b.frames_direct for b in list(bridges))
+        await stream.write(client_frame(json.dumps({"event": "stop", "streamSid": SID, "stop": {}}).encode()))
+        await stream.frames(lambda f: any(op == 0x8 for op, _, _ in f))
+        stream.close()
+        return taken
+
+    taken = asyncio.run(scenario())
+    assert taken >= 45, f"only {taken} of 50 frames took the direct path"
+    session = emulator.sessions[before]
+    held = 64  # the most the inbound resampler may still hold, in bytes at 16 kHz
+    for _ in range(100):
+        if len(session.audio_in) >= 50 * 640 - held:
+            break
+        time.sleep(0.02)
+    assert 50 * 640 - held <= len(session.audio_in) <= 50 * 640

@@ -18,14 +18,14 @@ from ..ws_protocol import uvicorn_ws
 
 
 class ServerThread:
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", ws=None):
         if port == 0:
             with socket.socket() as sock:
                 sock.bind((host, 0))
                 port = sock.getsockname()[1]
         self.app = app
         self.host, self.port = host, port
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", ws=uvicorn_ws(),
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", ws=ws or uvicorn_ws(),
                                     ws_per_message_deflate=False)
         self.server = uvicorn.Server(self.config)
         self._thread = threading.Thread(target=self._run, name="telephony-server", daemon=True)
