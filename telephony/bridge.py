@@ -10,6 +10,7 @@ Under `telephony serve` most Twilio frames skip the reader task: the WebSocket
 protocol offers each one to `_receive_now` as it is read (ws_protocol.py's
 direct path), which handles it there when the reader is idle and every action
 can be done without waiting, and otherwise hands the rest to the reader, in order.
+The Live session does the same for model audio (`_live_now`, `deliver_audio_with`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class CallBridge:
         self._send_now = direct["send_now"] if direct else None
         self._reader_idle = False  # the reader waits in receive(), all it read handled
         self.frames_direct = 0  # Twilio frames handled in the read callback (`_receive_now`)
+        self.live_direct = 0  # Live frames handled in its read callback (`_live_now`)
 
     async def run(self) -> dict[str, object]:
         """Run the call to its end; return its summary. Never raises for call-level problems."""
@@ -221,6 +223,7 @@ class CallBridge:
                     "resumed" if handle else "open", self.call.call_sid, self.settings.gemini_model,
                 )
                 await self._perform(self.call.handle(ev.LiveReady()))
+                session.deliver_audio_with(self._live_now)
                 pump = asyncio.create_task(self._pump_live(session), name="live-reader")
                 switch = asyncio.create_task(self._switch.wait(), name="live-switch")
                 try:
@@ -229,6 +232,7 @@ class CallBridge:
                     for task in (pump, switch):
                         task.cancel()
                     await asyncio.gather(pump, switch, return_exceptions=True)
+                    session.deliver_audio_with(None)
                     self.live = None
                 if pump.done() and not pump.cancelled() and pump.exception() is not None:
                     raise pump.exception()
@@ -242,11 +246,38 @@ class CallBridge:
 
     async def _pump_live(self, session: live_mod.LiveSession) -> None:
         async for event in session.events():
+            if type(event) is live_mod.Leftover:  # what `_live_now` could not finish
+                if isinstance(event.value, BaseException):
+                    raise event.value
+                actions, rest = event.value
+                await self._perform(actions)
+                for later in rest:
+                    await self._live_event(later)
+            else:
+                await self._live_event(event)
+
+    async def _live_event(self, event: object) -> None:
+        if self.recorder is not None:
+            self._record_live(event)
+        actions = self.call.handle(event)
+        if actions:
+            await self._perform(actions)
+
+    def _live_now(self, events: list[object]) -> tuple[list[ev.Action], list[object]] | None:
+        """Model audio straight from the Live connection's read callback (`deliver_audio_with`):
+        None when done; else the actions that must wait and the events not yet handled,
+        which the pump takes next, in order."""
+        for i, event in enumerate(events):
+            if self._end is not None:
+                return [], events[i:]
             if self.recorder is not None:
                 self._record_live(event)
             actions = self.call.handle(event)
-            if actions:
-                await self._perform(actions)
+            left = self._perform_now(actions) if actions else None
+            if left:
+                return left, events[i + 1 :]
+        self.live_direct += 1
+        return None
 
     async def _timer(self, name: str, seconds: float) -> None:
         await asyncio.sleep(seconds)

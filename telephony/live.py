@@ -33,7 +33,9 @@ try:  # what the SDK's own receive() uses to turn a frame into a LiveServerMessa
 except (ImportError, AttributeError):  # another SDK layout: use receive() as it is
     _FROM_MLDEV = None
 
-from websockets.frames import apply_mask
+from collections import deque
+
+from websockets.frames import Frame, Opcode, apply_mask
 from websockets.protocol import OPEN
 
 log = logging.getLogger("telephony.live")
@@ -162,12 +164,28 @@ class _FrameWriter:
         return True
 
 
+#: Stands in the connection's message queue for what a direct handler left (never JSON).
+_LEFT_MARKER = b"\x00telephony: left for the reader\x00"
+
+
+class Leftover:
+    """What a `deliver_audio_with` handler returned: work it left for the reader of
+    `events()`, which yields this in the handled frame's place in the stream."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
 class LiveSession:
     """A connected Live session, seen as a stream of core events and a few sends."""
 
     def __init__(self, session) -> None:
         self._session = session
         ws = getattr(session, "_ws", None)
+        self._ws = ws
+        self._left: deque[object] = deque()  # what direct handlers left, in order
         self._send_raw = getattr(ws, "send", None)
         self._write_frame = _FrameWriter.for_connection(ws)
         self._recv_raw = getattr(ws, "recv", None)
@@ -175,6 +193,55 @@ class LiveSession:
         self._fast_receive = (
             _FROM_MLDEV is not None and self._recv_raw is not None and api is not None and not api.vertexai
         )
+
+    def deliver_audio_with(self, fn) -> bool:
+        """Offer each frame that is only model audio to ``fn(events)`` as it is read, in
+        the connection's read callback, while the reader of `events()` waits and nothing
+        is queued (so order is kept); ``deliver_audio_with(None)`` stops it.
+
+        Waking the reader per 40 ms chunk (websockets' queue, a task step, the async
+        generators) was ~10% of the server's CPU under load (benchmarks/load.py).
+        ``fn`` returns None when it is done, or anything else, which `events()` then
+        yields as a `Leftover`; an exception it raises comes out as a `Leftover` too.
+        Every other frame (and all of them if this returns False: not the fast
+        receive path, or not websockets' asyncio connection as we know it) reaches
+        `events()` as before. Hooks the connection's ``process_event``.
+        """
+        ws = self._ws
+        if fn is None:
+            if ws is not None:
+                vars(ws).pop("process_event", None)
+            return True
+        try:
+            if not self._fast_receive:
+                return False
+            messages, original = ws.recv_messages, ws.process_event
+            for name in ("get_in_progress", "frames", "closed"):
+                getattr(messages, name)
+        except AttributeError:
+            return False
+        left, text = self._left, Opcode.TEXT
+
+        def process_event(event) -> None:
+            if (getattr(event, "opcode", None) is text and event.fin and messages.get_in_progress
+                    and not messages.closed and not len(messages.frames)):
+                try:
+                    events = _audio_only(json.loads(event.data))
+                except ValueError:  # not JSON: the reader reports it
+                    events = None
+                if events is not None:
+                    try:
+                        result = fn(events)
+                    except Exception as exc:
+                        result = exc
+                    if result is None:
+                        return
+                    left.append(result)
+                    event = Frame(text, _LEFT_MARKER)
+            original(event)
+
+        ws.process_event = process_event
+        return True
 
     def send_audio_now(self, pcm: bytes) -> bool:
         """`send_audio` without a coroutine, for the usual case (the frame can go straight
@@ -247,6 +314,9 @@ class LiveSession:
                 rcvd = exc.rcvd
                 code, reason = (rcvd.code, rcvd.reason) if rcvd else (1006, "Abnormal closure.")
                 genai_errors.APIError.raise_error(code, reason, None)
+            if raw == _LEFT_MARKER and self._left:
+                yield [Leftover(self._left.popleft())]
+                continue
             try:
                 response = json.loads(raw) if raw else {}
             except ValueError:

@@ -626,3 +626,64 @@ def test_a_live_session_reads_through_the_fast_path(client, emulator):
             return LiveSession(session)._fast_receive
 
     assert asyncio.run(run())
+
+
+def test_model_audio_taken_as_it_is_read_keeps_its_place_in_the_stream(our_client, emulator):
+    """`LiveSession.deliver_audio_with`: audio-only frames go to the handler right in the
+    read callback; what it leaves (or raises) comes out of events() where that frame was,
+    and every other frame follows in order: the agent's audio, put back together from
+    both paths, is the greeting exactly."""
+    from telephony import events as ev
+    from telephony.live import Leftover, LiveSession
+    from telephony.testing.emulator import Say
+
+    greeting = Say(text="Hello there", seconds=1.5, freq=523.25)
+    emulator.script = Script(greeting=[greeting], pace=0)
+
+    async def run() -> tuple[list[tuple], bool]:
+        log: list[tuple] = []
+        async with live(our_client) as session:
+            ours = LiveSession(session)
+
+            def take(events):
+                log.append(("direct", b"".join(e.pcm for e in events)))
+                if sum(kind == "direct" for kind, _ in log) == 2:
+                    return "the second left this"
+                if sum(kind == "direct" for kind, _ in log) == 3:
+                    raise RuntimeError("the third failed")
+                return None
+
+            assert ours.deliver_audio_with(take)
+            await session.send_realtime_input(text="hello")
+            async for event in ours.events():
+                if isinstance(event, Leftover):
+                    log.append(("left", event.value))
+                elif isinstance(event, ev.ModelAudio):
+                    log.append(("reader", event.pcm))
+                elif isinstance(event, ev.TurnComplete):
+                    break
+            ours.deliver_audio_with(None)
+            unhooked = "process_event" not in vars(session._ws)
+        return log, unhooked
+
+    log, unhooked = asyncio.run(run())
+    kinds = [kind for kind, _ in log]
+    assert unhooked
+    assert kinds.count("direct") >= 3
+    second, third = [i for i, k in enumerate(kinds) if k == "direct"][1:3]
+    assert log[second + 1] == ("left", "the second left this")  # nothing overtook it
+    assert log[third + 1][0] == "left" and isinstance(log[third + 1][1], RuntimeError)
+    audio = b"".join(pcm for kind, pcm in log if kind in ("direct", "reader"))
+    assert audio == greeting.pcm()
+
+
+def test_model_audio_is_not_offered_without_the_fast_receive_path(client, emulator):
+    from telephony.live import LiveSession
+
+    async def run() -> bool:
+        async with live(client) as session:
+            ours = LiveSession(session)
+            ours._fast_receive = False
+            return ours.deliver_audio_with(lambda events: None)
+
+    assert asyncio.run(run()) is False

@@ -242,25 +242,28 @@ def test_plain_uvicorn_offers_no_direct_path():
 
 
 def test_caller_audio_goes_from_the_read_callback_to_live(server, emulator):
-    """The bridge handles Twilio's frames on the direct path; every one reaches Live."""
+    """The bridge handles Twilio's frames on the direct path, and the agent's audio on
+    Live's (`deliver_audio_with`); every caller frame reaches Live."""
     emulator.script = Script(greeting=[Say(seconds=0.2, freq=440.0)], replies=[])
     bridges = server.app.state.active_calls
     before = len(emulator.sessions)
 
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, int]:
         stream = await RawStream.open(server)
         await stream.write(client_frame(CONNECTED.encode()) + client_frame(start_msg().encode()))
         await stream.frames(lambda f: any(b'"media"' in p for _, p, _ in f))  # Live is ready: the greeting plays
         for k in range(50):
             await stream.write(client_frame(media_msg(payload=base64.b64encode(bytes([k]) * 160).decode(), ts=20 * (k + 1)).encode()))
         taken = max(b.frames_direct for b in list(bridges))
+        agent = max(b.live_direct for b in list(bridges))
         await stream.write(client_frame(json.dumps({"event": "stop", "streamSid": SID, "stop": {}}).encode()))
         await stream.frames(lambda f: any(op == 0x8 for op, _, _ in f))
         stream.close()
-        return taken
+        return taken, agent
 
-    taken = asyncio.run(scenario())
+    taken, agent = asyncio.run(scenario())
     assert taken >= 45, f"only {taken} of 50 frames took the direct path"
+    assert agent >= 1, "no agent audio took Live's direct path"
     session = emulator.sessions[before]
     held = 64  # the most the inbound resampler may still hold, in bytes at 16 kHz
     for _ in range(100):
