@@ -398,10 +398,8 @@ class CallBridge:
         if self._ws_closed:
             return
         try:
-            last = len(messages) - 1
-            for i, text in enumerate(messages):
-                # "more": let the frames of one action leave in one write (ws_protocol.py).
-                await self.ws.send({"type": "websocket.send", "text": text, "more": i < last})
+            for text in messages:
+                await self.ws.send_text(text)
         except Exception as exc:  # the caller's socket went away mid-send
             self._ws_closed = True
             log.info("Twilio socket closed while sending (%s)", type(exc).__name__)

@@ -558,6 +558,8 @@ def test_the_bridge_fast_audio_path_sends_exactly_what_the_sdk_would(our_client,
             fallback: list[str] = []
             ours._send_raw = fallback.append  # websockets' send: must not be needed
             await ours.send_audio(pcm)
+            assert not written  # it waits for the end of the loop's pass
+            await asyncio.sleep(0)
             assert not fallback
             return sdk, b"".join(written)
 
