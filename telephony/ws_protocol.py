@@ -70,6 +70,10 @@ else:
             self._out: list[bytes] = []  # frames sent but not yet written
             self._flush_handle = None
             self._receiver = None  # the direct path's fn, if the app gave one
+            # Where websockets' parser stands in the frames given to it (`_follow`): bytes
+            # of the current frame still to come, or the start of a header; `_lost` when
+            # that cannot be known (frames right behind the HTTP request).
+            self._left, self._head, self._lost = 0, b"", False
 
         def handle_connect(self, event) -> None:
             super().handle_connect(event)
@@ -92,12 +96,46 @@ else:
                 if used == len(data):
                     return
                 data = data[used:]
+            shook = self.handshake_complete
             super().data_received(data)
+            if shook:
+                self._follow(data)
+            elif self.handshake_complete and not data.endswith(b"\r\n\r\n"):
+                self._lost = True  # frames came with the request: where they end is unknown
+
+        def _follow(self, data: bytes) -> None:
+            """Track the frame boundaries in bytes given to websockets' parser.
+
+            Its buffer alone does not tell: once a header is read, the buffer is empty
+            until the rest of the frame arrives, and that rest must not be read here as
+            a frame of its own (a client could even shape it to look like one).
+            """
+            at = 0
+            if self._left:
+                at = min(self._left, len(data))
+                self._left -= at
+                if self._left:
+                    return
+            buf = self._head + data[at:] if self._head else data[at:]
+            at, size = 0, len(buf)
+            while size - at >= 2:
+                n, head = buf[at + 1] & 0x7F, 2 + 4 * (buf[at + 1] >> 7)
+                head += 2 if n == 126 else 8 if n == 127 else 0
+                if size - at < head:
+                    break
+                if n >= 126:
+                    n = int.from_bytes(buf[at + 2 : at + (4 if n == 126 else 10)], "big")
+                if size - at < head + n:
+                    self._left, self._head = head + n - (size - at), b""
+                    return
+                at += head + n
+            self._head = bytes(buf[at:])
 
         def _at_frame_boundary(self) -> bool:
             """Nothing half-read anywhere, and nothing negotiated that changes frames."""
             conn = self.conn
             return (self.handshake_complete and not self.close_sent and conn.state is OPEN
+                    and not self._left and not self._head and not self._lost
                     and conn.current_size is None and not conn.reader.buffer and not conn.extensions
                     and conn.parser_exc is None and not self.frames)
 

@@ -21,9 +21,9 @@ from test_server import SID, media_msg, start_msg
 CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 
 
-def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True, mask: bytes | None = None) -> bytes:
     """A masked client frame (RFC 6455 §5.2)."""
-    mask = os.urandom(4)
+    mask = mask or os.urandom(4)
     n = len(payload)
     head = bytes((0x80 * fin | opcode,))
     head += bytes((0x80 | n,)) if n < 126 else bytes((0x80 | 126,)) + n.to_bytes(2, "big")
@@ -106,6 +106,34 @@ def test_frames_cut_every_way_still_make_the_call(server, emulator):
     frames = asyncio.run(scenario())
     assert (0xA, b"are you there") in [(op, p) for op, p, _ in frames]  # the pong
     assert any(op == 0x1 and json.loads(p)["event"] == "media" for op, p, _ in frames)
+
+
+def test_a_frame_cut_right_after_its_header_is_not_mistaken_for_a_new_one(server, emulator):
+    """Cut after the header, a frame's remaining bytes reach the server on their own while
+    websockets' buffer is empty. This mask makes them look like a whole frame ("e");
+    they must still be read as the rest of `start`: the call starts, no bad frame."""
+    emulator.script = Script(greeting=[Say(seconds=0.3, freq=440.0)], replies=[])
+    start = client_frame(start_msg().encode(), mask=b"\x81\x81\x00\x00")
+    assert start[1] == 0x80 | 126  # a 2-byte length: the header is 4 bytes
+
+    async def scenario() -> tuple[list[tuple[int, bytes, int]], int]:
+        stream = await RawStream.open(server)
+        await stream.write(client_frame(CONNECTED.encode()))
+        await stream.write(start[:4])
+        await stream.write(start[4:])
+        frames = await stream.frames(lambda f: any(b'"media"' in p for _, p, _ in f) or any(op == 0x8 for op, _, _ in f))
+        for cut in range(1, 10):  # every cut inside a media frame's 8-byte header, and one past it
+            media = client_frame(media_msg(ts=20 * cut).encode(), mask=b"\x81\x81\x00\x00")
+            await stream.write(media[:cut])
+            await stream.write(media[cut:])
+        await asyncio.sleep(0.1)
+        bad = max(b.call.bad_frames for b in list(server.app.state.active_calls))
+        stream.close()
+        return frames, bad
+
+    frames, bad = asyncio.run(scenario())
+    assert any(op == 0x1 and json.loads(p)["event"] == "media" for op, p, _ in frames)
+    assert bad == 0
 
 
 def test_each_chunk_of_agent_audio_leaves_in_one_write(server, emulator):
