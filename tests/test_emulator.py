@@ -689,3 +689,50 @@ def test_model_audio_is_not_offered_without_the_fast_receive_path(client, emulat
             return ours.deliver_audio_with(lambda events: None)
 
     assert asyncio.run(run()) is False
+
+
+def test_audio_waiting_for_the_end_of_the_pass_goes_out_before_a_later_text(our_client, emulator):
+    """Caller frames leave together at the end of the loop's pass (`_FrameWriter`); a
+    text sent meanwhile must not overtake them on the wire."""
+    from telephony.live import LiveSession
+
+    pcm = bytes(640)
+
+    async def run() -> list[bytes]:
+        async with live(our_client) as session:
+            transport = session._ws.transport
+            written: list[bytes] = []
+            transport_write = transport.write
+
+            def watch(data):
+                written.append(bytes(data))
+                transport_write(data)
+
+            transport.write = watch
+            ours = LiveSession(session)
+            assert ours.send_audio_now(pcm) and ours.send_audio_now(pcm)
+            assert not written  # waiting for the end of the pass
+            await ours.send_text("after the audio")
+            return [payload for _, payload in _unmask_frames(b"".join(written))]
+
+    payloads = asyncio.run(run())
+    kinds = ["audio" if b'"audio"' in p else "text" if b'"text"' in p else "other" for p in payloads]
+    assert kinds[:3] == ["audio", "audio", "text"]
+
+
+def test_audio_waiting_when_the_session_closes_is_sent_before_the_close(our_client, emulator):
+    from types import SimpleNamespace
+
+    from telephony.live import open_session
+
+    settings = SimpleNamespace(live_connect_timeout_s=5, gemini_model=MODEL)
+
+    async def run() -> None:
+        config = types.LiveConnectConfig(response_modalities=["AUDIO"])
+        async with open_session(our_client, settings, config) as session:
+            for _ in range(3):
+                assert session.send_audio_now(bytes(640))
+
+    asyncio.run(run())
+    emulator.wait_for(lambda: emulator.sessions and emulator.sessions[0].closed)
+    assert len(emulator.sessions[0].audio_in) == 3 * 640
