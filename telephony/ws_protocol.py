@@ -11,11 +11,11 @@ three things on the common path only:
   here; anything else (control frames, fragments, a frame split across reads, bad
   UTF-8, an oversized frame) goes to websockets' parser, from a frame boundary, so
   its checks and close codes apply as before.
-- **Writing**: text messages wait for the end of the event loop's pass (``call_soon``)
-  and leave in one write() per connection: the frames the bridge sends together (two
-  20 ms media frames and their mark) in one write instead of three, and the calls'
-  writes back to back, which on loopback costs the writer less than half as much as
-  writes spread over the pass (live.py's `_FrameWriter` says why). Any other message
+- **Writing**: text messages wait for the loop's `WriteBatch` (write_batch.py: the end
+  of the event loop's pass, or 1 ms) and leave in one write() per connection: the
+  frames the bridge sends together (two 20 ms media frames and their mark) in one
+  write instead of three, and the calls' writes back to back, which on loopback costs
+  the writer less than half as much as writes spread over time. Any other message
   (close, bytes, uvicorn's own) writes what waits first, so order is kept.
 
 It also offers the app a **direct path**, as an ASGI extension in the connection's
@@ -39,6 +39,8 @@ uvicorn or websockets is not the one it was written for.
 from __future__ import annotations
 
 import logging
+
+from .write_batch import batch_for
 
 log = logging.getLogger("telephony.ws")
 
@@ -68,7 +70,8 @@ else:
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self._out: list[bytes] = []  # frames sent but not yet written
-            self._flush_handle = None
+            self._waiting = False  # our flush is in the loop's WriteBatch
+            self._batch = batch_for(self.loop)
             self._receiver = None  # the direct path's fn, if the app gave one
             # Where websockets' parser stands in the frames given to it (`_follow`): bytes
             # of the current frame still to come, or the start of a header; `_lost` when
@@ -207,24 +210,24 @@ else:
                 return False
             for text in texts:
                 self._frame(text)
-            if self._flush_handle is None:
-                self._flush_handle = self.loop.call_soon(self._flush)
+            if not self._waiting:
+                self._waiting = True
+                self._batch.add(self._flush)
             return True
 
         async def send(self, message) -> None:
             text = message.get("text") if message["type"] == "websocket.send" else None
             if text is not None and message.get("bytes") is None and self._can_write_now():
                 self._frame(text)
-                if self._flush_handle is None:
-                    self._flush_handle = self.loop.call_soon(self._flush)
+                if not self._waiting:
+                    self._waiting = True
+                    self._batch.add(self._flush)
                 return
             self._flush()
             await super().send(message)
 
         def _flush(self) -> None:
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush_handle = None
+            self._waiting = False
             if self._out:
                 out, self._out = self._out, []
                 if not self.transport.is_closing():

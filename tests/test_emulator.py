@@ -640,7 +640,7 @@ def test_model_audio_taken_as_it_is_read_keeps_its_place_in_the_stream(our_clien
     from telephony.testing.emulator import Say
 
     greeting = Say(text="Hello there", seconds=1.5, freq=523.25)
-    emulator.script = Script(greeting=[greeting], pace=0)
+    emulator.script = Script(greeting=[greeting], pace=5)  # chunks 8 ms apart: the reader keeps up
 
     async def run() -> tuple[list[tuple], bool]:
         log: list[tuple] = []
