@@ -284,8 +284,8 @@ def _to_int16(samples: np.ndarray) -> np.ndarray:
 # within 0.002 dB; what changes is a dispersion of a few tenths of a millisecond
 # towards the band edge, the same kind of phase every analogue filter on a phone line
 # already has, and far below what the ear resolves in speech. Cost: no zero taps to
-# skip (the half-band / third-band structure is gone), so every polyphase branch is a
-# full correlation: 1-2 microseconds more per frame.
+# skip (the half-band / third-band structure is gone), so every polyphase branch is
+# full length: 1-2 microseconds more per frame.
 # --------------------------------------------------------------------------------------
 
 #: Top of the telephone passband (ITU-T G.712: 300-3400 Hz).
@@ -349,18 +349,34 @@ def _minimum_phase(prototype: np.ndarray) -> np.ndarray:
     return taps[: (len(prototype) + 1) // 2]
 
 
+#: The FIR taps are whole multiples of 2^-_TAP_BITS (see "How the FIRs stream cheaply").
+_TAP_BITS = 30
+
+
+def _dyadic(taps: np.ndarray) -> np.ndarray:
+    """`taps` rounded to whole multiples of 2^-30, summing to exactly 1.
+
+    The rounding moves each tap by at most 2^-31 (5e-10); what it leaves of the sum
+    (a few 2^-30) goes onto the largest tap, where it matters least.
+    """
+    scale = float(1 << _TAP_BITS)
+    q = np.round(taps * scale)
+    q[np.argmax(np.abs(q))] += scale - q.sum()  # integers below 2^53: exact
+    return q / scale
+
+
 def _upsampler_taps() -> np.ndarray:
     """52 minimum-phase taps at 16 kHz for 2x, each polyphase branch at unity DC gain.
 
     The filter runs over the zero-stuffed input, so its gain is 2, one per branch.
     Making each branch sum to exactly 1 (a change of ~1e-4) puts an exact zero at
     8 kHz, so a constant input comes out constant (mismatched branches would leave a
-    faint 8 kHz ripple).
+    faint 8 kHz ripple). `_dyadic` keeps each branch's sum exactly 1.
     """
     taps = _minimum_phase(_design_lowpass(LIVE_INPUT_RATE, 2, _PROTOTYPE_REJECTION_DB))
     taps = taps[: len(taps) // 2 * 2].copy()
-    taps[0::2] /= taps[0::2].sum()
-    taps[1::2] /= taps[1::2].sum()
+    taps[0::2] = _dyadic(taps[0::2] / taps[0::2].sum())
+    taps[1::2] = _dyadic(taps[1::2] / taps[1::2].sum())
     return taps
 
 
@@ -368,24 +384,38 @@ def _decimator_taps() -> np.ndarray:
     """78 minimum-phase taps at 24 kHz for 3x (three branches of 26), gain 1 at DC."""
     taps = _minimum_phase(_design_lowpass(LIVE_OUTPUT_RATE, 3, _PROTOTYPE_REJECTION_DB))
     taps = taps[: len(taps) // 3 * 3]
-    return taps / taps.sum()
+    return _dyadic(taps / taps.sum())
 
 
 # How the FIRs stream cheaply. A 20 ms frame is only 160-480 samples, so the cost is
-# per call, not arithmetic: numpy's (~0.2-0.4 µs each) and BLAS's (one dot per output
-# and branch, ~10 ns each). The implementation keeps the numpy calls per frame few
-# without changing a single output bit:
+# per call, not arithmetic: numpy's (~0.2-0.4 µs each) and BLAS's (~10 ns per dot
+# product asked for, however short). The implementation keeps both few per frame, and
+# no output bit depends on how the sums are computed:
 #
+# - Dyadic taps: every tap is a whole multiple of 2^-30 (`_dyadic`: a change of a few
+#   1e-9 at most, and each upsampler branch and the whole decimator still sum to
+#   exactly 1). The input is integer-valued (int16, or decoded mu-law), so every
+#   product and every partial sum is a whole number of 2^-30 units, fewer than
+#   2.75 x 2^15 x 2^30 < 2^47 of them (2.75: the largest sum of |taps| per output):
+#   float64 holds each one exactly and no addition ever rounds. So the result cannot
+#   depend on the order of summation: BLAS's kernels (blocking, FMA, vector width,
+#   whatever the machine), np.convolve (the tests' reference) and any chunking give
+#   the same bits.
+# - One matrix product per chunk. The outputs are computed in blocks (16 input
+#   instants = 32 outputs up, 16 outputs down); a block's inputs are one contiguous
+#   window of the buffer, and its outputs are that window times a constant
+#   `_matrix` (window x outputs, the taps shifted along its columns, zeros elsewhere).
+#   The windows are the rows of one strided view (overlapping; np.dot copies them
+#   for BLAS), so a whole chunk is one np.dot: one gemm instead of a dot per output
+#   and branch. The last block's window reaches up to `_overhang` samples past the
+#   chunk into the buffer; those outputs are discarded, and the causal taps meet the
+#   samples there only with zeros. So the buffer must hold finite values there:
+#   zeros from allocation, then past chunks (process() clears them after non-int16
+#   input, which might be inf or NaN, as 0 x NaN is NaN).
 # - The input history and the chunk live in one preallocated float64 buffer (history
 #   first), so there is no concatenate; the views each chunk length needs (the chunk's
-#   slot, the correlation windows, the interleaved output) are built once per length
-#   and cached. After filtering, the last `_history_len` samples move to the front.
-# - The arithmetic is the same np.correlate over the same float64 values as the plain
-#   formulation (one BLAS dot per output and branch), so every sum rounds as before.
-#   A matrix product or float32 would round differently in the last bit, which
-#   rounding to int16 can expose; the dot's summation order is BLAS's, so nothing
-#   else reproduces it on every machine. np.correlate is called without its
-#   __array_function__ wrapper (`_correlate`), which costs ~0.4 µs a call.
+#   slot, the windows, the output) are built once per length and cached. After
+#   filtering, the last `_history_len` samples move to the front.
 # - Rounding: np.rint, then one lookup in a saturating table indexed by the rounded
 #   value (negative indices count from the end) instead of minimum + maximum + astype.
 #   From int16 input the output cannot leave +-_FIR_BOUND (32768 x the largest sum of
@@ -404,21 +434,23 @@ def _saturating_index_table(bound: int) -> np.ndarray:
     return np.clip(v, -32768, 32767).astype(np.int16)
 
 
-def _unwrapped_correlate():
-    """np.correlate's implementation, called directly if this numpy has it where
-    numpy 2 keeps it (np.correlate only adds the dispatch), else np.correlate."""
-    try:
-        from numpy._core.multiarray import correlate2
+def _block_matrix(branches: tuple[np.ndarray, ...], block: int, newest: int, step: int) -> np.ndarray:
+    """The (window x outputs) matrix of one block: a window of inputs times it is the
+    block's outputs.
 
-        data, kernel = np.arange(5.0), np.array([0.5, -2.0])
-        if np.array_equal(correlate2(data, kernel, "valid"), np.correlate(data, kernel, "valid")):
-            return correlate2
-    except (ImportError, TypeError, ValueError):  # pragma: no cover - other numpy versions
-        pass
-    return np.correlate  # pragma: no cover
+    Output j of instant b (b < block) is sum_k branches[j][k] x[newest + step b - k],
+    positions in the window; it is column len(branches) b + j, which holds the
+    branch reversed, ending at row newest + step b, and zeros elsewhere.
+    """
+    window = newest + step * (block - 1) + 1
+    matrix = np.zeros((window, block * len(branches)))
+    for b in range(block):
+        end = newest + step * b + 1
+        for j, taps in enumerate(branches):
+            matrix[end - len(taps) : end, len(branches) * b + j] = taps[::-1]
+    matrix.setflags(write=False)
+    return matrix
 
-
-_correlate = _unwrapped_correlate()
 
 #: Chunk length a FIR's buffer first holds (Live sends 960 samples); it grows for longer ones.
 _FIR_CAPACITY = 1024
@@ -437,6 +469,8 @@ class _StreamingFir:
     ring_out: int
     _flush_zeros: int
     _history_len: int
+    #: Buffer past the chunk that the last block's window may read (see above).
+    _overhang: int
     __slots__ = ()
 
     def __init__(self) -> None:
@@ -453,6 +487,8 @@ class _StreamingFir:
                 return _SATURATE[np.rint(out, out).astype(_INTP)]
             except IndexError:  # history from wider input (process() takes any dtype)
                 pass
+        else:  # might not be finite: keep it out of later blocks' overhang
+            self._buffer[self._history_len :] = 0.0
         return _to_int16(out)
 
     def flush(self) -> np.ndarray:
@@ -473,10 +509,10 @@ class _StreamingFir:
     def _make_room(self, n: int) -> None:
         """Before planning an n-sample chunk: grow the buffer if it cannot hold one
         (keeping the history), and keep the cache of views bounded."""
-        h = self._history_len
-        if h + n > len(self._buffer):
+        h, spare = self._history_len, self._overhang
+        if h + n + spare > len(self._buffer):
             history = self._buffer[:h].copy()
-            self._allocate(max(n, 2 * (len(self._buffer) - h)))
+            self._allocate(max(n, 2 * (len(self._buffer) - h - spare)))
             self._buffer[:h] = history
         if len(self._plans) >= _FIR_PLANS:
             self._plans.clear()
@@ -491,46 +527,58 @@ class FirUpsampler2x(_StreamingFir):
     Causal and prompt: every chunk of n samples comes back as 2n samples at once; the
     band arrives 0.13-0.4 ms late inside the signal (0.14 ms at 1 kHz). Polyphase:
     the zeros stuffed between input samples are never multiplied; even and odd output
-    samples come from two 26-tap branches over the input, so a 20 ms frame costs two
-    160 x 26 correlations.
+    samples come from two 26-tap branches over the input. Computed in blocks of 16
+    input instants, 32 outputs from a 41-sample window: a 20 ms frame is one
+    (10 x 41) @ (41 x 32) matrix product.
     """
 
     in_rate = TWILIO_RATE
     out_rate = LIVE_INPUT_RATE
-    #: The filter at 16 kHz over the zero-stuffed input (gain 2, read-only).
+    #: The filter at 16 kHz over the zero-stuffed input (gain 2; whole multiples of
+    #: 2^-30, each branch summing to exactly 1; read-only).
     taps: np.ndarray = _upsampler_taps()
     taps.setflags(write=False)
 
-    # Output 2m + j = sum_k taps[2k + j] x[m - k]: branch j is taps[j::2], reversed
-    # because np.correlate slides the kernel as given.
-    _even = taps[0::2][::-1].copy()
-    _odd = taps[1::2][::-1].copy()
-    _history_len = len(_even) - 1  # 25 input samples
+    _history_len = len(taps) // 2 - 1  # 25 input samples
     #: Samples flush() returns: the response to the last input, to its end (3.1 ms).
     ring_out = 2 * _history_len
 
-    # _buffer: the history, then room for a chunk (float64); _output: the float output,
-    # interleaved; _plans: chunk length -> views into both.
+    # Output 2m + j = sum_k taps[2k + j] x[m - k]: branch j is taps[j::2]. A block of
+    # input instants m = block a + b (b < block) reads x[block a - 25 ..], a window
+    # that starts at buf[block a] and holds x[m] at position 25 + b; its outputs come
+    # out interleaved (2b, 2b + 1), so the rows of blocks read on as the output.
+    # (16: the fastest block here, and 160 samples make whole blocks.)
+    _block = 16
+    _matrix = _block_matrix((taps[0::2], taps[1::2]), _block, newest=_history_len, step=1)
+    _window = len(_matrix)  # 41
+    _overhang = _window - 1 - _history_len  # the last window starts inside the chunk
+
+    # _buffer: the history, room for a chunk, the overhang (float64); _output: the
+    # float output, a row per block; _plans: chunk length -> views into both.
     __slots__ = ("_buffer", "_output", "_plans", "_fed")
 
     _flush_zeros = _history_len
 
     def reset(self) -> None:
-        self._buffer[: self._history_len] = 0.0  # the rest is overwritten before use
+        # The rest is overwritten before use, or only read into discarded outputs.
+        self._buffer[: self._history_len] = 0.0
         self._fed = False
 
     def _allocate(self, capacity: int) -> None:
-        self._buffer = np.zeros(self._history_len + capacity, dtype=np.float64)
-        self._output = np.empty(2 * capacity, dtype=np.float64)
+        self._buffer = np.zeros(self._history_len + capacity + self._overhang, dtype=np.float64)
+        self._output = np.empty((-(-capacity // self._block), 2 * self._block), dtype=np.float64)
         self._plans = {}
 
     def _plan(self, n: int) -> tuple:
-        """The views an n-sample chunk needs: (slot, window, history, its next
-        contents, output, even and odd outputs)."""
+        """The views an n-sample chunk needs: (slot, windows, their output rows, the
+        output, history, its next contents)."""
         h = self._history_len
         self._make_room(n)
-        buf, out = self._buffer, self._output[: 2 * n]
-        plan = (buf[h : h + n], buf[: h + n], buf[:h], buf[n : n + h], out, out[0::2], out[1::2])
+        buf = self._buffer
+        blocks = -(-n // self._block)
+        windows = np.lib.stride_tricks.sliding_window_view(buf, self._window)[:: self._block][:blocks]
+        rows = self._output[:blocks]
+        plan = (buf[h : h + n], windows, rows, rows.reshape(-1)[: 2 * n], buf[:h], buf[n : n + h])
         self._plans[n] = plan
         return plan
 
@@ -538,10 +586,9 @@ class FirUpsampler2x(_StreamingFir):
         """Causal filter output for this chunk (float, 2 samples per input sample; a
         view of `_output`, valid until the next call)."""
         n = len(pcm)
-        slot, window, history, tail, out, even, odd = self._plans.get(n) or self._plan(n)
+        slot, windows, rows, out, history, tail = self._plans.get(n) or self._plan(n)
         slot[...] = pcm  # float64 whatever the input dtype
-        even[...] = _correlate(window, self._even, "valid")
-        odd[...] = _correlate(window, self._odd, "valid")
+        np.dot(windows, self._matrix, out=rows)
         history[...] = tail
         return out
 
@@ -551,12 +598,11 @@ class FirUpsampler2x(_StreamingFir):
         `_filter` written out again: on this path a Python call is worth saving.
         """
         n = len(ulaw)
-        slot, window, history, tail, out, even, odd = self._plans.get(n) or self._plan(n)
+        slot, windows, rows, out, history, tail = self._plans.get(n) or self._plan(n)
         # mode="clip" (codes are always in range): take() buffers `out` in "raise" mode.
         _ULAW_TO_FLOAT.take(np.frombuffer(ulaw, _UINT8), out=slot, mode="clip")
         self._fed = True
-        even[...] = _correlate(window, self._even, "valid")
-        odd[...] = _correlate(window, self._odd, "valid")
+        np.dot(windows, self._matrix, out=rows)
         history[...] = tail
         try:
             return _SATURATE_LE[np.rint(out, out).astype(_INTP)].tobytes()
@@ -572,79 +618,79 @@ class FirDecimator3x(_StreamingFir):
 
     Causal and prompt: 480 samples in, 160 out, at once; the band arrives 0.16-0.44 ms
     late inside the signal (0.17 ms at 1 kHz). Only every 3rd output of the filter is
-    computed, as three 26-tap polyphase branches over every 3rd input sample. Which
-    input sample is "every 3rd" carries over between chunks whose length is not a
-    multiple of 3, so the output count after N input samples is ceil(N / 3).
+    computed, in blocks of 16 outputs from a 123-sample window: 480 samples in are one
+    (10 x 123) @ (123 x 16) matrix product. Which input sample is "every 3rd"
+    carries over between chunks whose length is not a multiple of 3, so the output
+    count after N input samples is ceil(N / 3).
     """
 
     in_rate = LIVE_OUTPUT_RATE
     out_rate = TWILIO_RATE
-    #: The lowpass at 24 kHz (read-only).
+    #: The lowpass at 24 kHz (whole multiples of 2^-30 summing to exactly 1; read-only).
     taps: np.ndarray = _decimator_taps()
     taps.setflags(write=False)
 
-    # Output at input index g: sum_k taps[k] x[g - k], split by r = k mod 3; branch r
-    # correlates every 3rd input sample ending at g - r with taps[r::3] reversed.
-    _branch0 = taps[0::3][::-1].copy()
-    _branch1 = taps[1::3][::-1].copy()
-    _branch2 = taps[2::3][::-1].copy()
-    _branch_len = len(_branch0)  # 26
     _history_len = len(taps) - 1  # 77 input samples
     #: Samples flush() returns: the response to the last input, to its end (3.25 ms).
-    ring_out = _branch_len
+    ring_out = len(taps) // 3
 
-    # _buffer: the history, then room for a chunk (float64); _plans: (chunk length,
-    # phase) -> views into it. (Dealing the input out into three contiguous rows would
-    # spare np.correlate its copies of every 3rd sample, but the transposing writes
-    # cost as much.)
-    __slots__ = ("_buffer", "_plans", "_phase", "_fed")
+    # Output at input index g: sum_k taps[k] x[g - k]. A block's outputs sit 3 input
+    # samples apart, at g = g0 + 3b (b < block); its window starts at g0 - 77 and
+    # holds x[g] at position 77 + 3b. Blocks start 3 x block samples apart.
+    # (16: the fastest block here, and 480 samples make whole blocks.)
+    _block = 16
+    _matrix = _block_matrix((taps,), _block, newest=_history_len, step=3)
+    _window = len(_matrix)  # 123
+    _overhang = _window - 1 - _history_len  # the last window starts inside the chunk
+
+    # _buffer: the history, room for a chunk, the overhang (float64); _output: the
+    # float output, a row per block; _plans: (chunk length, phase) -> views into both.
+    __slots__ = ("_buffer", "_output", "_plans", "_phase", "_fed")
 
     _flush_zeros = 3 * ring_out  # holds ring_out output instants whatever the phase
 
     def reset(self) -> None:
-        self._buffer[: self._history_len] = 0.0  # the rest is overwritten before use
+        # The rest is overwritten before use, or only read into discarded outputs.
+        self._buffer[: self._history_len] = 0.0
         self._phase = 0  # index in the next chunk of the next output instant
         self._fed = False
 
     def _allocate(self, capacity: int) -> None:
-        self._buffer = np.zeros(self._history_len + capacity, dtype=np.float64)
+        self._buffer = np.zeros(self._history_len + capacity + self._overhang, dtype=np.float64)
+        self._output = np.empty((-(-capacity // (3 * self._block)), self._block), dtype=np.float64)
         self._plans = {}
 
     def _plan(self, n: int, phase: int) -> tuple:
         """The views an n-sample chunk whose first output instant is sample `phase`
-        needs: (slot, history, its next contents, and the inputs of branches 0, 1 and
-        2, None when the chunk has no output instant)."""
+        needs: (slot, history, its next contents, windows, their output rows, the
+        output; the last three None when the chunk has no output instant)."""
         h = self._history_len
         self._make_room(n)
         buf = self._buffer
         count = (n - phase + 2) // 3
-        # The chunk's first output instant is buf[phase + history_len]; branch r's
-        # oldest sample sits 3 * (branch_len - 1) + r before it, at phase + 2 - r.
-        span = count + self._branch_len - 1
-        plan = self._plans[3 * n + phase] = (
-            buf[h : h + n],
-            buf[:h],
-            buf[n : n + h],
-            buf[phase + 2 :: 3][:span] if count > 0 else None,
-            buf[phase + 1 :: 3][:span],
-            buf[phase::3][:span],
-        )
+        windows = rows = out = None
+        if count > 0:
+            # The first output instant is buf[h + phase]: its window starts at phase.
+            blocks = -(-count // self._block)
+            step = 3 * self._block
+            windows = np.lib.stride_tricks.sliding_window_view(buf[phase:], self._window)[::step][:blocks]
+            rows = self._output[:blocks]
+            out = rows.reshape(-1)[:count]
+        plan = self._plans[3 * n + phase] = (buf[h : h + n], buf[:h], buf[n : n + h], windows, rows, out)
         return plan
 
     def _filter(self, pcm: np.ndarray) -> np.ndarray:
-        """Causal filter output at every 3rd input instant within this chunk (float,
-        a new array)."""
+        """Causal filter output at every 3rd input instant within this chunk (float;
+        a view of `_output`, valid until the next call)."""
         n = len(pcm)
         phase = self._phase
         self._phase = (phase - n) % 3
-        slot, history, tail, x0, x1, x2 = self._plans.get(3 * n + phase) or self._plan(n, phase)
+        slot, history, tail, windows, rows, out = self._plans.get(3 * n + phase) or self._plan(n, phase)
         slot[...] = pcm  # float64 whatever the input dtype
-        if x0 is None:
+        if out is None:
             history[...] = tail
             return _EMPTY_FLOAT64
-        out = _correlate(x0, self._branch0, "valid")
-        out += _correlate(x1, self._branch1, "valid")
-        out += _correlate(x2, self._branch2, "valid")
+        np.dot(windows, self._matrix, out=rows)
         history[...] = tail
         return out
 
@@ -657,14 +703,12 @@ class FirDecimator3x(_StreamingFir):
         n = len(pcm)
         phase = self._phase
         self._phase = (phase - n) % 3
-        slot, history, tail, x0, x1, x2 = self._plans.get(3 * n + phase) or self._plan(n, phase)
+        slot, history, tail, windows, rows, out = self._plans.get(3 * n + phase) or self._plan(n, phase)
         slot[...] = pcm
-        if x0 is None:
+        if out is None:
             history[...] = tail
             return b""
-        out = _correlate(x0, self._branch0, "valid")
-        out += _correlate(x1, self._branch1, "valid")
-        out += _correlate(x2, self._branch2, "valid")
+        np.dot(windows, self._matrix, out=rows)
         history[...] = tail
         try:
             return _LINEAR_TO_ULAW_SATURATED[np.rint(out, out).astype(_INTP)].tobytes()
@@ -676,8 +720,8 @@ class FirDecimator3x(_StreamingFir):
 
 
 #: |output| bound of both FIRs for int16 input: 32768 x the largest sum of |taps| that
-#: makes one output (2.75, the decimator's), plus a margin for float rounding.
-_TAPS_PER_OUTPUT = (FirUpsampler2x._even, FirUpsampler2x._odd, FirDecimator3x.taps)
+#: makes one output (2.75, the decimator's), plus a margin.
+_TAPS_PER_OUTPUT = (FirUpsampler2x.taps[0::2], FirUpsampler2x.taps[1::2], FirDecimator3x.taps)
 _FIR_BOUND = 2 + int(32768 * max(np.abs(taps).sum() for taps in _TAPS_PER_OUTPUT))
 #: Rounded FIR output -> saturated int16 (see "How the FIRs stream cheaply").
 _SATURATE: np.ndarray = _saturating_index_table(_FIR_BOUND)

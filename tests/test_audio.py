@@ -168,6 +168,8 @@ DIRECTIONS = {"inbound": (8000, 16000), "outbound": (24000, 8000)}
 FIR_CLASSES = {"inbound": FirUpsampler2x, "outbound": FirDecimator3x}
 
 ODD_SIZES = [1, 7, 161, 479, 1001, 2, 333]
+#: Not whole blocks (16), not multiples of 3, and past the 1024 samples a buffer first holds.
+FULL_SCALE_SIZES = [1, 15, 16, 17, 2, 47, 160, 161, 479, 480, 481, 1024, 1025, 3000, 5, 4801]
 
 
 def make_resampler(kind: str, direction: str) -> Resampler:
@@ -326,6 +328,18 @@ class TestFirDesign:
         assert taps[0::2].sum() == pytest.approx(1, abs=1e-12)
         assert taps[1::2].sum() == pytest.approx(1, abs=1e-12)
         assert abs(frequency_response(FirUpsampler2x, np.array([8000.0]))[0]) <= 1e-12
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_the_taps_are_whole_multiples_of_2_to_the_minus_30_and_each_branch_sums_to_exactly_1(self, direction):
+        # What makes every output sum exact from integer input, in any order (see
+        # "How the FIRs stream cheaply" in telephony/audio.py).
+        cls = FIR_CLASSES[direction]
+        units = cls.taps * 2.0**30
+        assert cls.taps.dtype == np.float64 and np.array_equal(units, np.round(units))
+        branches = {"inbound": [units[0::2], units[1::2]], "outbound": [units]}[direction]
+        for branch in branches:
+            assert sum(int(u) for u in branch) == 2**30
+        assert np.abs(units).max() < 2**30
 
     @pytest.mark.parametrize("direction", DIRECTIONS)
     def test_each_polyphase_branch_has_unity_gain_at_dc_so_a_constant_stays_constant(self, direction):
@@ -498,6 +512,43 @@ class TestFirStreaming:
         exact = fir_one_shot_float(np.concatenate([loud, quiet]), direction)[len(first) : len(first) + len(out)]
         assert (exact > 32767.5).any()
         assert np.all(out[exact > 32767.5] == 32767) and np.all(out[exact < -32768.5] == -32768)
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_the_block_products_are_exactly_the_convolution_with_the_taps_even_at_full_scale(self, direction):
+        # Full-scale noise makes the largest sums: the worst case for exactness. The
+        # float output before rounding, chunk by chunk (private `_filter`), against
+        # one np.convolve with the same taps: equal, not just close.
+        in_rate, _ = DIRECTIONS[direction]
+        signal = np.random.default_rng(7).integers(-32768, 32768, 20000).astype(np.int16)
+        resampler = make_resampler("fir", direction)
+        streamed = np.concatenate([resampler._filter(part).copy() for part in chunks(signal, FULL_SCALE_SIZES)])
+        body = fir_output_length(direction, len(signal)) - FIR_CLASSES[direction].ring_out
+        assert len(streamed) == body
+        assert np.array_equal(streamed, fir_one_shot_float(signal, direction)[:body])
+
+    @pytest.mark.parametrize("sizes", [None, FULL_SCALE_SIZES, [1024, 1, 1024, 2, 1024, 2049, 4097]])
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_full_scale_output_is_bit_identical_however_the_input_is_chunked(self, direction, sizes):
+        # Chunks that are not whole blocks or multiples of 3, at every decimation
+        # phase, and long ones that make the buffer grow.
+        in_rate, _ = DIRECTIONS[direction]
+        signal = np.random.default_rng(8).integers(-32768, 32768, 20000).astype(np.int16)
+        streamed = stream_through(make_resampler("fir", direction), signal, sizes or in_rate // 50)
+        assert np.array_equal(streamed, fir_one_shot(signal, direction))
+
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    def test_an_infinite_sample_is_forgotten_once_it_has_left_the_history(self, direction):
+        # Samples left past a shorter chunk are read into discarded outputs, with zero
+        # coefficients; an inf there would make every output of its block NaN.
+        in_rate, _ = DIRECTIONS[direction]
+        spoiled = np.zeros(1000)
+        spoiled[1:900] = np.inf
+        resampler, clean = make_resampler("fir", direction), make_resampler("fir", direction)
+        with np.errstate(invalid="ignore"):
+            resampler.process(spoiled)
+        clean.process(np.zeros(1000))
+        after, sizes = tone(in_rate, 0.2), [1, 7, 100, 161]
+        assert np.array_equal(stream_through(resampler, after, sizes), stream_through(clean, after, sizes))
 
 
 class TestResamplers:
