@@ -299,3 +299,61 @@ def test_caller_audio_goes_from_the_read_callback_to_live(server, emulator):
             break
         time.sleep(0.02)
     assert 50 * 640 - held <= len(session.audio_in) <= 50 * 640
+
+
+def test_agent_audio_the_direct_path_could_not_send_leaves_through_the_live_reader_in_order():
+    """Twilio's side cannot take a write at once (flow control): the agent's audio taken in
+    Live's read callback hands its send to the Live reader (`Leftover`), and the audio
+    read after it queues behind it, so the caller hears both chunks in order."""
+    from telephony import events as ev
+    from telephony import twilio_protocol as tw
+    from telephony.bridge import CallBridge
+    from telephony.live import Leftover
+    from telephony.settings import Settings
+    from telephony.testing.emulator import tone_pcm
+    from telephony.tools import ToolRegistry
+    from telephony.ws_protocol import DIRECT
+
+    class TwilioSocket:  # the app's WebSocket as the bridge sees it, offering the direct path
+        def __init__(self):
+            self.writable, self.sent = False, []
+            self.scope = {"extensions": {DIRECT: {"receive_with": lambda fn: None, "send_now": self.send_now}}}
+
+        def send_now(self, texts):
+            if self.writable:
+                self.sent.extend(texts)
+            return self.writable
+
+        async def send_text(self, text):  # waits for flow control, then sends
+            self.sent.append(text)
+
+    class LiveReader:  # what LiveSession.events() yields
+        def __init__(self, items):
+            self.items = items
+
+        async def events(self):
+            for item in self.items:
+                yield item
+
+    async def scenario() -> tuple[list[dict], list[dict]]:
+        twilio = TwilioSocket()
+        bridge = CallBridge(twilio, settings=Settings.from_env({"GEMINI_API_KEY": "k"}), client=None,
+                            registry=ToolRegistry())
+        bridge.call.handle(tw.parse(start_msg()))
+        bridge.call.handle(ev.LiveReady())
+        first, second = tone_pcm(440.0, 0.04), tone_pcm(660.0, 0.04)
+        left = bridge._live_now([ev.ModelAudio(first)])
+        assert left is not None and not twilio.sent  # nothing could go out at once
+        await bridge._pump_live(LiveReader([Leftover(left), ev.ModelAudio(second)]))
+        sent = [json.loads(t) for t in twilio.sent]
+        with_error = []
+        try:
+            await bridge._pump_live(LiveReader([Leftover(RuntimeError("a bug in the handler"))]))
+        except RuntimeError as exc:
+            with_error.append(str(exc))
+        return sent, with_error
+
+    sent, with_error = asyncio.run(scenario())
+    assert [m["event"] for m in sent] == ["media", "media", "mark", "media", "media", "mark"]
+    assert sent[2]["mark"]["name"] < sent[5]["mark"]["name"]
+    assert with_error == ["a bug in the handler"]  # raised in the reader: the call ends as on any bug
