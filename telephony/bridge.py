@@ -270,7 +270,7 @@ class CallBridge:
         for i, event in enumerate(events):
             if self._end is not None:
                 return [], events[i:]
-            if self.recorder is not None:
+            if self.recorder is not None and type(event) is not ev.ModelAudio:  # audio is not recorded
                 self._record_live(event)
             actions = self.call.handle(event)
             left = self._perform_now(actions) if actions else None

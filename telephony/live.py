@@ -248,8 +248,8 @@ class LiveSession:
         def process_event(event) -> None:
             if (getattr(event, "opcode", None) is text and event.fin and messages.get_in_progress
                     and not messages.closed and not len(messages.frames)):
-                try:
-                    events = _audio_only(json.loads(event.data))
+                try:  # decoded here: json.loads(bytes) first guesses the encoding
+                    events = _audio_only(json.loads(event.data.decode()))
                 except ValueError:  # not JSON: the reader reports it
                     events = None
                 if events is not None:

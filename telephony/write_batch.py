@@ -23,7 +23,9 @@ log = logging.getLogger("telephony.writes")
 #: The longest a write waits for the others.
 MAX_WAIT_S = 0.001
 
-_batches: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch]" = weakref.WeakKeyDictionary()
+#: id(loop) -> its batch, while some writer holds it (the batch holds its loop, so a
+#: dictionary keyed by the loop itself would keep every loop alive).
+_batches: "weakref.WeakValueDictionary[int, WriteBatch]" = weakref.WeakValueDictionary()
 
 
 class WriteBatch:
@@ -64,8 +66,8 @@ class WriteBatch:
 
 
 def batch_for(loop: asyncio.AbstractEventLoop) -> WriteBatch:
-    """The loop's `WriteBatch` (one per loop, gone with it)."""
-    batch = _batches.get(loop)
-    if batch is None:
-        batch = _batches[loop] = WriteBatch(loop)
+    """The loop's `WriteBatch`: one per loop, kept by the writers that use it."""
+    batch = _batches.get(id(loop))
+    if batch is None or batch._loop is not loop:
+        batch = _batches[id(loop)] = WriteBatch(loop)
     return batch
