@@ -223,7 +223,8 @@ class CallBridge:
                     "resumed" if handle else "open", self.call.call_sid, self.settings.gemini_model,
                 )
                 await self._perform(self.call.handle(ev.LiveReady()))
-                session.deliver_audio_with(self._live_now)
+                if self._send_now is not None:  # else every chunk would wait for the reader anyway
+                    session.deliver_audio_with(self._live_now)
                 pump = asyncio.create_task(self._pump_live(session), name="live-reader")
                 switch = asyncio.create_task(self._switch.wait(), name="live-switch")
                 try:

@@ -223,3 +223,32 @@ def test_a_policy_close_mid_call_is_not_retried_and_ends_the_call(phone, server,
     assert len(emulator.sessions) == before + 1  # no reconnection loop
     assert call.close_code == 1000
     assert server.app.state.recent_calls[-1]["end_reason"].startswith("Live session closed (code=1008")
+
+
+def test_under_plain_uvicorn_the_same_call_goes_the_same_way(emulator, tmp_path, monkeypatch):
+    """The Procfile runs plain uvicorn: no direct paths, every frame through the reader
+    tasks. The order call must still greet, answer from the tool, clear on the barge-in
+    and end as the caller hangs up."""
+    import asyncio
+
+    from telephony.app import create_app
+    from telephony.settings import Settings
+    from telephony.testing.server import ServerThread
+    from telephony.testing.simulator import CallSimulator
+
+    for name, value in emulator.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "PUBLIC_URL", "REQUIRE_TWILIO_SIGNATURE",
+                 "STREAM_TOKEN_SECRET", "GOOGLE_GENAI_USE_VERTEXAI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ORDERS_DB_PATH", str(tmp_path / "orders.db"))
+    monkeypatch.setenv("CALLS_DB_PATH", str(tmp_path / "calls.db"))
+    emulator.script = order_script()
+    with ServerThread(create_app(Settings.from_env()), ws="auto") as srv:
+        call = asyncio.run(CallSimulator(srv.ws_url, FIXTURES / "order_call.jsonl").run())
+        summary = srv.app.state.recent_calls[-1]
+    heard = heard_utterances(call)
+    assert dominant_hz(ulaw_decode(heard[0][2]), 8000) == pytest.approx(GREETING_HZ, abs=8)
+    assert len(call.clears) == 1 and sorted(call.marks_received) == sorted(call.marks_echoed)
+    assert summary["end_reason"] == "caller hung up" and summary["interruptions"] == 1
+    assert [t["outcome"] for t in summary["tool_calls"]] == ["ok"]
