@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import struct
+from collections import deque
 from typing import AsyncIterator, Iterable
 
 from google import genai
@@ -33,8 +34,6 @@ try:  # what the SDK's own receive() uses to turn a frame into a LiveServerMessa
     _FROM_MLDEV = _live_converters._LiveServerMessage_from_mldev
 except (ImportError, AttributeError):  # another SDK layout: use receive() as it is
     _FROM_MLDEV = None
-
-from collections import deque
 
 from websockets.frames import Frame, Opcode, apply_mask
 from websockets.protocol import OPEN
@@ -250,7 +249,7 @@ class LiveSession:
                     and not messages.closed and not len(messages.frames)):
                 try:  # decoded here: json.loads(bytes) first guesses the encoding
                     events = _audio_only(json.loads(event.data.decode()))
-                except ValueError:  # not JSON: the reader reports it
+                except Exception:  # not JSON, too deep...: the reader meets it as before
                     events = None
                 if events is not None:
                     try:
