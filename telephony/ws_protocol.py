@@ -217,11 +217,7 @@ else:
 
         async def send(self, message) -> None:
             text = message.get("text") if message["type"] == "websocket.send" else None
-            if text is not None and message.get("bytes") is None and self._can_write_now():
-                self._frame(text)
-                if not self._waiting:
-                    self._waiting = True
-                    self._batch.add(self._flush)
+            if text is not None and message.get("bytes") is None and self.send_now((text,)):
                 return
             self._flush()
             await super().send(message)
