@@ -246,7 +246,8 @@ class LiveSession:
 
         def process_event(event) -> None:
             if (getattr(event, "opcode", None) is text and event.fin and messages.get_in_progress
-                    and not messages.closed and not len(messages.frames)):
+                    and not messages.closed and not len(messages.frames)
+                    and b'"inlineData"' in event.data):  # else not audio: parsed once, by the reader
                 try:  # decoded here: json.loads(bytes) first guesses the encoding
                     events = _audio_only(json.loads(event.data.decode()))
                 except Exception:  # not JSON, too deep...: the reader meets it as before
