@@ -6,9 +6,10 @@ naming the variable.
 
 Every way in is checked by `security.Gatekeeper` before it costs anything:
 the webhook's Twilio signature (403 otherwise) and the caller's limits
-(a spoken refusal otherwise); the stream's upgrade signature and its
-single-use token (close 1008 otherwise) before a `CallBridge` exists, so no
-Live session is ever opened for a stream that fails.
+(a spoken refusal otherwise); the stream's upgrade signature (HTTP 403
+before the WebSocket is accepted) and its single-use token (close 1008)
+before a `CallBridge` exists, so no Live session is ever opened for a
+stream that fails.
 """
 
 from __future__ import annotations
@@ -178,6 +179,17 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         state = websocket.app.state
         s: Settings = state.settings
         gate: Gatekeeper = state.gate
+        try:
+            gate.check_stream_signature(
+                stream_urls(s.public_host, websocket.headers.get("host"), websocket.url.path),
+                websocket.headers.get(SIGNATURE_HEADER),
+            )
+        except Rejected as exc:
+            # Closing before accept() answers the upgrade with HTTP 403: nothing an
+            # unauthenticated client sends is ever read as a WebSocket frame.
+            log.warning("refused a media stream upgrade (HTTP 403): %s", exc)
+            await websocket.close(code=1008)
+            return
         await websocket.accept()
         busy = _busy(state)
         if busy is not None:
@@ -187,10 +199,6 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             return
         identity: CallerIdentity | None = None
         try:
-            gate.check_stream_signature(
-                stream_urls(s.public_host, websocket.headers.get("host"), websocket.url.path),
-                websocket.headers.get(SIGNATURE_HEADER),
-            )
             pending, start = await _read_until_start(websocket)
             if start is not None:
                 identity = gate.admit_stream(start.call_sid, start.account_sid, start.custom_parameters)

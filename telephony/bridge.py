@@ -3,14 +3,10 @@
 `CallBridge.run()` owns everything a call starts: the Twilio reader, the Live
 session and its reader, and every tool run live in one TaskGroup, so ending
 the call (hang-up, failure, server shutdown) cancels all of it. Readers parse
-frames, feed `Call.handle()` and perform the returned actions; `handle()`
-never awaits, so transitions cannot interleave.
-
-Under `telephony serve` most Twilio frames skip the reader task: the WebSocket
-protocol offers each one to `_receive_now` as it is read (ws_protocol.py's
-direct path), which handles it there when the reader is idle and every action
-can be done without waiting, and otherwise hands the rest to the reader, in order.
-The Live session does the same for model audio (`_live_now`, `deliver_audio_with`).
+frames, feed `Call.handle()` and await the returned actions in order;
+`handle()` never awaits, so transitions cannot interleave. One route per
+direction: Twilio reader -> `Call.handle` -> actions, and Live's `receive()`
+-> `Call.handle` -> actions.
 """
 
 from __future__ import annotations
@@ -35,10 +31,6 @@ from .settings import Settings
 from .tools import CallContext, ToolRegistry
 from .twilio_rest import is_already_ended
 from .twiml import apology_twiml, dial_twiml
-from .ws_protocol import DIRECT
-
-#: Key of the ASGI receive message carrying what `_receive_now` left for the reader.
-_LEFT = "telephony.left"
 
 log = logging.getLogger("telephony.bridge")
 
@@ -114,20 +106,11 @@ class CallBridge:
         self._loop = asyncio.get_running_loop()
         self._recorded_start = False
         self._new_turn = False
-        direct = (getattr(websocket, "scope", None) or {}).get("extensions", {}).get(DIRECT)
-        self._direct = direct  # ws_protocol.py's direct path, if the server offers it
-        self._send_now = direct["send_now"] if direct else None
-        self._reader_idle = False  # the reader waits in receive(), all it read handled
-        self.frames_direct = 0  # Twilio frames handled in the read callback (`_receive_now`)
-        self.live_direct = 0  # Live frames handled in its read callback (`_live_now`)
-
     async def run(self) -> dict[str, object]:
         """Run the call to its end; return its summary. Never raises for call-level problems."""
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                if self._direct is not None:
-                    self._direct["receive_with"](self._receive_now)
                 tg.create_task(self._read_twilio(), name="twilio-reader")
         except* _CallEnded as group:
             _forget_frames(group)
@@ -138,8 +121,6 @@ class CallBridge:
             if self._end is None:
                 self._end = ev.EndCall("internal error", apologize=True, close_code=1011)
         finally:
-            if self._direct is not None:
-                self._direct["receive_with"](None)
             await self._finish()
             # Drop what ties this call to its finished tasks and their exceptions (which
             # point back here): a cycle would keep the call's native buffers (resamplers,
@@ -153,17 +134,8 @@ class CallBridge:
 
     async def _read_twilio(self) -> None:
         while True:
-            self._reader_idle = True
             message = await self.ws.receive()
-            self._reader_idle = False
-            left = message.get(_LEFT)
-            if left is not None:  # what `_receive_now` could not finish
-                if isinstance(left, BaseException):
-                    raise left
-                await self._perform(left)
-                continue
-            kind = message["type"]
-            if kind == "websocket.disconnect":
+            if message["type"] == "websocket.disconnect":
                 self._ws_closed = True
                 await self._perform(self.call.handle(ev.TwilioDisconnected(message.get("code"))))
                 raise _CallEnded
@@ -171,25 +143,6 @@ class CallBridge:
             actions = self._twilio_frame(text if text is not None else (message.get("bytes") or b""))
             if actions:
                 await self._perform(actions)
-
-    def _receive_now(self, text: str) -> bool | dict:
-        """One Twilio frame, straight from the protocol's read callback (ws_protocol.py).
-
-        Taken only while the reader waits with nothing pending, so frames keep their
-        order; True when done here. Actions that must wait (a send under flow control,
-        the end of the call) go to the reader as an ASGI message, as does a failure.
-        """
-        if not self._reader_idle or self._end is not None:
-            return False
-        try:
-            actions = self._twilio_frame(text)
-            left = self._perform_now(actions) if actions else None
-        except Exception as exc:
-            left = exc
-        if left is None:
-            self.frames_direct += 1
-            return True
-        return {"type": "websocket.receive", _LEFT: left}
 
     def _twilio_frame(self, frame: str | bytes) -> list[ev.Action]:
         try:
@@ -223,8 +176,6 @@ class CallBridge:
                     "resumed" if handle else "open", self.call.call_sid, self.settings.gemini_model,
                 )
                 await self._perform(self.call.handle(ev.LiveReady()))
-                if self._send_now is not None:  # else every chunk would wait for the reader anyway
-                    session.deliver_audio_with(self._live_now)
                 pump = asyncio.create_task(self._pump_live(session), name="live-reader")
                 switch = asyncio.create_task(self._switch.wait(), name="live-switch")
                 try:
@@ -233,7 +184,6 @@ class CallBridge:
                     for task in (pump, switch):
                         task.cancel()
                     await asyncio.gather(pump, switch, return_exceptions=True)
-                    session.deliver_audio_with(None)
                     self.live = None
                 if pump.done() and not pump.cancelled() and pump.exception() is not None:
                     raise pump.exception()
@@ -247,38 +197,11 @@ class CallBridge:
 
     async def _pump_live(self, session: live_mod.LiveSession) -> None:
         async for event in session.events():
-            if type(event) is live_mod.Leftover:  # what `_live_now` could not finish
-                if isinstance(event.value, BaseException):
-                    raise event.value
-                actions, rest = event.value
-                await self._perform(actions)
-                for later in rest:
-                    await self._live_event(later)
-            else:
-                await self._live_event(event)
-
-    async def _live_event(self, event: object) -> None:
-        if self.recorder is not None:
-            self._record_live(event)
-        actions = self.call.handle(event)
-        if actions:
-            await self._perform(actions)
-
-    def _live_now(self, events: list[object]) -> tuple[list[ev.Action], list[object]] | None:
-        """Model audio straight from the Live connection's read callback (`deliver_audio_with`):
-        None when done; else the actions that must wait and the events not yet handled,
-        which the pump takes next, in order."""
-        for i, event in enumerate(events):
-            if self._end is not None:
-                return [], events[i:]
             if self.recorder is not None and type(event) is not ev.ModelAudio:  # audio is not recorded
                 self._record_live(event)
             actions = self.call.handle(event)
-            left = self._perform_now(actions) if actions else None
-            if left:
-                return left, events[i + 1 :]
-        self.live_direct += 1
-        return None
+            if actions:
+                await self._perform(actions)
 
     async def _timer(self, name: str, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -313,22 +236,14 @@ class CallBridge:
     # ----------------------------------------------------------- actions
 
     async def _perform(self, actions: list[ev.Action]) -> None:
-        left = self._perform_now(actions)
-        while left:
-            await self._perform_waiting(left[0])
-            left = self._perform_now(left[1:])
-
-    def _perform_now(self, actions: list[ev.Action]) -> list[ev.Action] | None:
-        """Perform actions in order up to the first that must wait; return it and the rest."""
-        for i, action in enumerate(actions):
+        """Each action in order, awaited: what the core asked for happens in that order."""
+        for action in actions:
             kind = type(action)
             if kind is ev.SendAudioToLive:
-                live = self.live
-                if live is not None and not live.send_audio_now(action.pcm):
-                    return actions[i:]
+                if self.live is not None:
+                    await self._to_live(self.live.send_audio(action.pcm))
             elif kind is ev.SendToTwilio:
-                if not self._send_twilio_now(action.messages):
-                    return actions[i:]
+                await self._send_twilio(action.messages)
             elif kind is ev.RunTool:
                 assert self._tg is not None
                 self._tools[action.call_id] = self._tg.create_task(self._run_tool(action), name=f"tool-{action.name}")
@@ -348,6 +263,12 @@ class CallBridge:
                 task = self._timers.pop(action.name, None)
                 if task is not None:
                     task.cancel()
+            elif kind is ev.SendTextToLive:
+                if self.live is not None:
+                    await self._to_live(self.live.send_text(action.text))
+            elif kind is ev.SendToolResponse:
+                if self.live is not None:
+                    await self._to_live(self.live.send_tool_response(action.call_id, action.name, action.response))
             elif kind is ev.ResumeLive:
                 log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
                 if self.recorder is not None and self.call.call_sid:
@@ -357,43 +278,11 @@ class CallBridge:
             elif kind is ev.ConnectLive:
                 assert self._tg is not None
                 self._tg.create_task(self._run_live(), name="live")
+            elif kind is ev.EndCall:
+                self._end = action
+                raise _CallEnded
             else:
-                return actions[i:]
-        return None
-
-    async def _perform_waiting(self, action: ev.Action) -> None:
-        """An action `_perform_now` stopped at."""
-        kind = type(action)
-        if kind is ev.SendAudioToLive:
-            if self.live is not None:
-                await self._to_live(self.live.send_audio(action.pcm))
-        elif kind is ev.SendToTwilio:
-            await self._send_twilio(action.messages)
-        elif kind is ev.SendTextToLive:
-            if self.live is not None:
-                await self._to_live(self.live.send_text(action.text))
-        elif kind is ev.SendToolResponse:
-            if self.live is not None:
-                await self._to_live(self.live.send_tool_response(action.call_id, action.name, action.response))
-        elif kind is ev.EndCall:
-            self._end = action
-            raise _CallEnded
-        else:
-            raise TypeError(f"unknown action {action!r}")
-
-    def _send_twilio_now(self, messages: tuple[str, ...]) -> bool:
-        """Send without waiting if the protocol allows it (always, unless flow control says
-        wait); False: nothing sent, await `_send_twilio`."""
-        if self._ws_closed:
-            return True
-        if self._send_now is None:
-            return False
-        try:
-            return self._send_now(messages)
-        except Exception as exc:  # the caller's socket went away mid-send
-            self._ws_closed = True
-            log.info("Twilio socket closed while sending (%s)", type(exc).__name__)
-            return True
+                raise TypeError(f"unknown action {action!r}")
 
     async def _send_twilio(self, messages: tuple[str, ...]) -> None:
         if self._ws_closed:

@@ -8,6 +8,10 @@ import sys
 
 from .errors import SettingsError
 
+#: uvicorn's own WebSocket stack, chosen by its public names. Media frames are
+#: ~300-byte JSON texts: per-message deflate would cost more CPU than it saves.
+UVICORN_OPTIONS = {"ws": "websockets-sansio", "ws_per_message_deflate": False}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="telephony", description="Gemini Live phone agent for Twilio.")
@@ -78,12 +82,8 @@ def _serve(host: str, port: int) -> int:
     except (SettingsError, RecordsError) as exc:
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         return 2
-    from .ws_protocol import uvicorn_ws
-
     configure_logging(settings.log_level)
-    # Media frames are ~300-byte JSON texts: per-message deflate would cost more CPU than it saves.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
-                ws=uvicorn_ws(), ws_per_message_deflate=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), **UVICORN_OPTIONS)
     return 0
 
 

@@ -515,224 +515,23 @@ class TestScript:
 
 
 
-def _unmask_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """(first header byte, unmasked payload) of each client frame in `data` (RFC 6455 §5.2)."""
-    out = []
-    while data:
-        head, n = data[0], data[1] & 0x7F
-        assert data[1] & 0x80, "client frames are masked"
-        at = 2
-        if n == 126:
-            n, at = int.from_bytes(data[2:4], "big"), 4
-        elif n == 127:
-            n, at = int.from_bytes(data[2:10], "big"), 10
-        mask, payload = data[at : at + 4], data[at + 4 : at + 4 + n]
-        out.append((head, bytes(b ^ mask[k % 4] for k, b in enumerate(payload))))
-        data = data[at + 4 + n :]
-    return out
-
-
-def test_the_bridge_fast_audio_path_sends_exactly_what_the_sdk_would(our_client, emulator):
-    """telephony.live.LiveSession.send_audio skips the SDK's per-frame model building
-    and websockets' send machinery; Live must not be able to tell: the same frame on
-    the wire (unmasked), the same audio."""
-    from telephony.live import INPUT_MIME, LiveSession
-
-    pcm = bytes(range(256)) * 2 + b"\xfb\xff"  # needs the URL-safe base64 alphabet
-
-    async def run() -> list[bytes]:
-        async with live(our_client) as session:
-            transport = session._ws.transport
-            written: list[bytes] = []
-            transport_write = transport.write
-
-            def watch(data):  # observe the bytes leaving; everything still goes out
-                written.append(bytes(data))
-                transport_write(data)
-
-            transport.write = watch
-            ours = LiveSession(session)
-            await session.send_realtime_input(audio=types.Blob(data=pcm, mime_type=INPUT_MIME))
-            sdk = b"".join(written)
-            written.clear()
-            fallback: list[str] = []
-            ours._send_raw = fallback.append  # websockets' send: must not be needed
-            await ours.send_audio(pcm)
-            assert not written  # it waits for the end of the loop's pass
-            await asyncio.sleep(0)
-            assert not fallback
-            return sdk, b"".join(written)
-
-    sdk_bytes, our_bytes = asyncio.run(run())
-    assert _unmask_frames(our_bytes) == _unmask_frames(sdk_bytes)
-    assert _unmask_frames(sdk_bytes)[0][0] == 0x81  # one final text frame
-    emulator.wait_for(lambda: len(emulator.sessions[0].audio_in) == 2 * len(pcm))
-    assert bytes(emulator.sessions[0].audio_in) == pcm + pcm
-
-
-def test_the_direct_frame_path_leaves_anything_unusual_to_websockets(client, our_client, emulator):
-    """Flow control paused, or an extension (deflate) negotiated: the frame goes through
-    websockets' own send, which waits or compresses."""
-    from telephony.live import LiveSession
-
-    async def run() -> tuple[bool, bool, bool]:
-        async with live(our_client) as session:
-            ours = LiveSession(session)
-            session._ws.paused = True
-            while_paused = ours._write_frame(b"{}")
-            session._ws.paused = False
-            once_resumed = ours._write_frame(b'{"realtime_input": {"audio_stream_end": true}}')
-        async with live(client) as session:  # the SDK's default client negotiates deflate
-            with_deflate = LiveSession(session)._write_frame(b"{}")
-        return while_paused, once_resumed, with_deflate
-
-    assert asyncio.run(run()) == (False, True, False)
-
-
-def _audio(*datas: str, mime: str = "audio/pcm;rate=24000") -> dict:
-    return {"serverContent": {"modelTurn": {"parts": [{"inlineData": {"mimeType": mime, "data": d}} for d in datas]}}}
-
-
-@pytest.mark.parametrize("frame, fast", [
-    (_audio("AAEC+/8="), True),
-    (_audio("AAEC-_8="), True),  # the URL-safe alphabet
-    (_audio("AAE=", "AgM="), True),
-    (_audio("AAE", mime="audio/pcm"), False),  # unpadded: left to the SDK
-    (_audio("AAE=", mime="image/png"), False),
-    ({"serverContent": {"modelTurn": {"parts": [{"text": "thinking"}]}}}, False),
-    ({"serverContent": {**_audio("AAE=")["serverContent"], "turnComplete": True}}, False),
-    ({"serverContent": {"outputTranscription": {"text": "Hello"}}}, False),
-    ({"serverContent": {"interrupted": True}}, False),
-    ({"usageMetadata": {"promptTokenCount": 3, "responseTokenCount": 4, "totalTokenCount": 7}}, False),
-    ({"goAway": {"timeLeft": "5s"}}, False),
-])
-def test_the_fast_receive_path_gives_the_events_the_sdk_would(frame, fast):
-    """LiveSession reads plain-audio frames without the SDK's pydantic models; such a
-    frame must come out as the very events the SDK's own parsing gives."""
-    from google.genai import _live_converters
-    from telephony import live as live_mod
-
-    via_sdk = live_mod.translate(types.LiveServerMessage._from_response(
-        response=_live_converters._LiveServerMessage_from_mldev(json.loads(json.dumps(frame))), kwargs={}))
-    ours = live_mod._audio_only(frame)
-    assert (ours is not None) == fast
-    if fast:
-        assert ours == via_sdk and ours
-
-
-def test_a_live_session_reads_through_the_fast_path(client, emulator):
-    from telephony.live import LiveSession
-
-    async def run() -> bool:
-        async with live(client) as session:
-            return LiveSession(session)._fast_receive
-
-    assert asyncio.run(run())
-
-
-def test_model_audio_taken_as_it_is_read_keeps_its_place_in_the_stream(our_client, emulator):
-    """`LiveSession.deliver_audio_with`: audio-only frames go to the handler right in the
-    read callback; what it leaves (or raises) comes out of events() where that frame was,
-    and every other frame follows in order: the agent's audio, put back together from
-    both paths, is the greeting exactly."""
-    from telephony import events as ev
-    from telephony.live import Leftover, LiveSession
-    from telephony.testing.emulator import Say
-
-    greeting = Say(text="Hello there", seconds=1.5, freq=523.25)
-    emulator.script = Script(greeting=[greeting], pace=5)  # chunks 8 ms apart: the reader keeps up
-
-    async def run() -> tuple[list[tuple], bool]:
-        log: list[tuple] = []
-        async with live(our_client) as session:
-            ours = LiveSession(session)
-
-            def take(events):
-                log.append(("direct", b"".join(e.pcm for e in events)))
-                if sum(kind == "direct" for kind, _ in log) == 2:
-                    return "the second left this"
-                if sum(kind == "direct" for kind, _ in log) == 3:
-                    raise RuntimeError("the third failed")
-                return None
-
-            assert ours.deliver_audio_with(take)
-            await session.send_realtime_input(text="hello")
-            async for event in ours.events():
-                if isinstance(event, Leftover):
-                    log.append(("left", event.value))
-                elif isinstance(event, ev.ModelAudio):
-                    log.append(("reader", event.pcm))
-                elif isinstance(event, ev.TurnComplete):
-                    break
-            ours.deliver_audio_with(None)
-            unhooked = "process_event" not in vars(session._ws)
-        return log, unhooked
-
-    log, unhooked = asyncio.run(run())
-    kinds = [kind for kind, _ in log]
-    assert unhooked
-    assert kinds.count("direct") >= 3
-    second, third = [i for i, k in enumerate(kinds) if k == "direct"][1:3]
-    assert log[second + 1] == ("left", "the second left this")  # nothing overtook it
-    assert log[third + 1][0] == "left" and isinstance(log[third + 1][1], RuntimeError)
-    audio = b"".join(pcm for kind, pcm in log if kind in ("direct", "reader"))
-    assert audio == greeting.pcm()
-
-
-def test_model_audio_is_not_offered_without_the_fast_receive_path(client, emulator):
-    from telephony.live import LiveSession
-
-    async def run() -> bool:
-        async with live(client) as session:
-            ours = LiveSession(session)
-            ours._fast_receive = False
-            return ours.deliver_audio_with(lambda events: None)
-
-    assert asyncio.run(run()) is False
-
-
-def test_audio_waiting_for_the_end_of_the_pass_goes_out_before_a_later_text(our_client, emulator):
-    """Caller frames leave together at the end of the loop's pass (`_FrameWriter`); a
-    text sent meanwhile must not overtake them on the wire."""
-    from telephony.live import LiveSession
-
-    pcm = bytes(640)
-
-    async def run() -> list[bytes]:
-        async with live(our_client) as session:
-            transport = session._ws.transport
-            written: list[bytes] = []
-            transport_write = transport.write
-
-            def watch(data):
-                written.append(bytes(data))
-                transport_write(data)
-
-            transport.write = watch
-            ours = LiveSession(session)
-            assert ours.send_audio_now(pcm) and ours.send_audio_now(pcm)
-            assert not written  # waiting for the end of the pass
-            await ours.send_text("after the audio")
-            return [payload for _, payload in _unmask_frames(b"".join(written))]
-
-    payloads = asyncio.run(run())
-    kinds = ["audio" if b'"audio"' in p else "text" if b'"text"' in p else "other" for p in payloads]
-    assert kinds[:3] == ["audio", "audio", "text"]
-
-
-def test_audio_waiting_when_the_session_closes_is_sent_before_the_close(our_client, emulator):
+def test_caller_audio_sent_through_the_session_reaches_live_exactly_and_before_the_close(our_client, emulator):
+    """telephony.live.LiveSession speaks through the SDK's public API only: every caller
+    frame arrives, byte for byte (the URL-safe base64 alphabet included), in order, and
+    frames sent just before the session closes are not lost."""
     from types import SimpleNamespace
 
     from telephony.live import open_session
 
     settings = SimpleNamespace(live_connect_timeout_s=5, gemini_model=MODEL)
+    frames = [bytes(range(256)) * 2 + b"\xfb\xff", bytes(640), bytes(range(200, 256)) * 10]
 
     async def run() -> None:
         config = types.LiveConnectConfig(response_modalities=["AUDIO"])
         async with open_session(our_client, settings, config) as session:
-            for _ in range(3):
-                assert session.send_audio_now(bytes(640))
+            for pcm in frames:
+                await session.send_audio(pcm)
 
     asyncio.run(run())
     emulator.wait_for(lambda: emulator.sessions and emulator.sessions[0].closed)
-    assert len(emulator.sessions[0].audio_in) == 3 * 640
+    assert bytes(emulator.sessions[0].audio_in) == b"".join(frames)

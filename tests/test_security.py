@@ -320,7 +320,8 @@ def test_without_public_url_the_request_url_is_verified_also_in_its_https_form(t
 
 
 class TestMediaStreams:
-    """Each refused stream is closed with 1008 before a Live session exists."""
+    """A forged upgrade is refused with HTTP 403 before it is accepted; a stream whose
+    token fails is closed with 1008. Either way, before a Live session exists."""
 
     @pytest.mark.parametrize("signature, reason", [
         (None, "stream_unsigned"),
@@ -328,12 +329,12 @@ class TestMediaStreams:
         (sign("ws://127.0.0.1/media-stream"), "stream_bad_signature"),   # not the public URL
         (sign(f"{PUBLIC}/incoming-call"), "stream_bad_signature"),       # a signature for another URL
     ])
-    def test_a_badly_signed_upgrade_is_closed_with_1008(self, secure, emulator, signature, reason):
+    def test_a_badly_signed_upgrade_is_refused_with_403_before_it_is_accepted(self, secure, emulator, signature, reason):
         call_sid = sid("CA")
         parameters = answered_call(secure, call_sid, fresh_number())
         with nothing_spent(secure, emulator, reason):
             call = play(secure, recording(call_sid, parameters), signature=signature)
-        assert call.close_code == 1008 and not call.agent_audio
+        assert call.http_status == 403 and call.close_code is None and not call.agent_audio
 
     def test_a_stream_without_a_token_is_closed_with_1008(self, secure, emulator):
         call_sid = sid("CA")

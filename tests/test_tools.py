@@ -193,25 +193,27 @@ class TestDeclarations:
             "required": ["order_id"],
         }
 
-    def test_declarations_reach_the_setup_frame_the_sdk_sends(self):
-        """The same conversion `client.aio.live.connect()` runs before it sends `setup`."""
+    def test_declarations_reach_the_setup_frame_the_sdk_sends(self, emulator, monkeypatch):
+        """What `client.aio.live.connect()` puts on the wire, as the emulator received it."""
         from google import genai
-        from google.genai import _common, _live_converters, live
 
-        if not all(hasattr(m, n) for m, n in ((live, "_t_live_connect_config"),
-                                               (_live_converters, "_LiveConnectParameters_to_mldev"))):
-            pytest.skip("this google-genai version converts the Live setup differently")
-        client = genai.Client(api_key="k")
+        for name, value in emulator.env().items():
+            monkeypatch.setenv(name, value)
+        for name in ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE", "GOOGLE_API_KEY"):
+            monkeypatch.delenv(name, raising=False)
+        client = genai.Client(api_key="k", http_options=types.HttpOptions(api_version="v1beta"))
         config = types.LiveConnectConfig(
             response_modalities=[types.Modality.AUDIO],
             tools=[types.Tool(function_declarations=small_registry().declarations())],
         )
-        config = run(live._t_live_connect_config(client._api_client, config))
-        frame = _common.convert_to_dict(_live_converters._LiveConnectParameters_to_mldev(
-            api_client=client._api_client,
-            from_object=types.LiveConnectParameters(model="models/m", config=config).model_dump(exclude_none=True),
-        ))
-        wire = json.loads(json.dumps(_common.encode_unserializable_types(frame)))
+        before = len(emulator.sessions)
+
+        async def connect() -> None:
+            async with client.aio.live.connect(model="gemini-3.8-live", config=config):
+                pass
+
+        run(connect())
+        wire = {"setup": emulator.sessions[before].setup}
         (tool,) = wire["setup"]["tools"]
         describe = {d["name"]: d for d in tool["functionDeclarations"]}["describe"]
         assert describe["parameters"]["properties"]["size"] == {

@@ -14,7 +14,7 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from ..ws_protocol import uvicorn_ws
+from ..cli import UVICORN_OPTIONS
 
 
 class ServerThread:
@@ -25,8 +25,8 @@ class ServerThread:
                 port = sock.getsockname()[1]
         self.app = app
         self.host, self.port = host, port
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", ws=ws or uvicorn_ws(),
-                                    ws_per_message_deflate=False)
+        options = {**UVICORN_OPTIONS, **({"ws": ws} if ws else {})}
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", **options)
         self.server = uvicorn.Server(self.config)
         self._thread = threading.Thread(target=self._run, name="telephony-server", daemon=True)
         self.error: BaseException | None = None

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from telephony.testing.recordings import FRAME_BYTES, SAMPLE_RATE, read_recording
 
@@ -133,6 +133,12 @@ class SimulatedCall:
     def close_code(self) -> int | None:
         closed = self.of_kind("closed")
         return closed[-1].detail.get("code") if closed else None
+
+    @property
+    def http_status(self) -> int | None:
+        """The HTTP status the server refused the upgrade with (None: it was accepted)."""
+        refused = self.of_kind("refused")
+        return refused[-1].detail.get("status") if refused else None
 
     @property
     def close_reason(self) -> str | None:
@@ -245,13 +251,16 @@ class CallSimulator:
     async def run(self) -> SimulatedCall:
         """Connect, play the whole call, return what happened. Never leaves tasks behind."""
         run = _Run(self)
-        async with connect(
-            self.url,
-            additional_headers=self.headers,
-            user_agent_header=TWILIO_USER_AGENT,
-            max_size=self.max_size,
-        ) as ws:
-            await run.play(ws)
+        try:
+            async with connect(
+                self.url,
+                additional_headers=self.headers,
+                user_agent_header=TWILIO_USER_AGENT,
+                max_size=self.max_size,
+            ) as ws:
+                await run.play(ws)
+        except InvalidStatus as exc:  # refused at the handshake, as Twilio would see it
+            run.record("refused", status=exc.response.status_code)
         return run.result()
 
 
