@@ -258,14 +258,17 @@ class InProcessState(SharedState):
 
     async def heartbeat(self, instance_id: str, *, draining: bool, active_calls: int, ttl_s: float) -> None:
         now = self._clock()
+        self._forget_silent_instances(now)
         info = InstanceInfo(instance_id, draining, active_calls, seen_at=now)
         self._instances[instance_id] = (info, now + ttl_s)
 
     async def instances(self) -> list[InstanceInfo]:
-        now = self._clock()
+        self._forget_silent_instances(self._clock())
+        return [info for _, (info, _) in sorted(self._instances.items())]
+
+    def _forget_silent_instances(self, now: float) -> None:
         for instance_id in [i for i, (_, until) in self._instances.items() if until <= now]:
             del self._instances[instance_id]
-        return [info for _, (info, _) in sorted(self._instances.items())]
 
     async def forget_instance(self, instance_id: str) -> None:
         self._instances.pop(instance_id, None)
