@@ -9,10 +9,12 @@
 - `ServerThread`: the real app under uvicorn on a loopback port.
 - `TwilioStandIn`: a loopback stand-in for Twilio's REST API (`TWILIO_API_BASE_URL`) that
   checks and records every request the app makes, and plays Twilio's answer webhooks.
+- `RedisServer`: a throwaway `redis-server` on a loopback port (stop and start it again).
 """
 
 from .emulator import CallTool, EmulatedSession, Fail, LiveEmulator, Reply, Say, Script
 from .recordings import Dtmf, Silence, Speech, Tone, build_messages, read_recording, write_recording
+from .redis_server import RedisServer
 from .server import ServerThread
 from .simulator import CallSimulator, SimEvent, SimulatedCall
 from .twilio_standin import RestRequest, TwilioStandIn, WebhookAnswer
@@ -25,6 +27,7 @@ __all__ = [
     "Fail",
     "LiveEmulator",
     "Reply",
+    "RedisServer",
     "RestRequest",
     "Say",
     "Script",
