@@ -62,15 +62,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_env(emulator_env: Mapping[str, str], orders_db: str, **overrides: str) -> dict[str, str]:
-    """The server's environment: ours minus `SCRUB`, the emulator's, LOG_LEVEL=WARNING, then `overrides`."""
+def server_env(emulator_env: Mapping[str, str], orders_db: str, *, tree: str | Path = ROOT,
+               **overrides: str) -> dict[str, str]:
+    """The server's environment: ours minus `SCRUB`, the emulator's, LOG_LEVEL=WARNING, then `overrides`.
+
+    `tree` is the checkout whose `telephony` the server runs (another commit's worktree,
+    to measure two versions side by side in one run)."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUB}
     env.update(emulator_env)
     env.update({
         "ORDERS_DB_PATH": orders_db,
         "CALLS_DB_PATH": str(Path(orders_db).with_name("calls.db")),
         "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        "PYTHONPATH": str(tree) + os.pathsep + env.get("PYTHONPATH", ""),
     })
     env.update(overrides)
     return env
@@ -115,7 +119,7 @@ def start_server(env: Mapping[str, str], log_path: str, timeout: float = 30) -> 
     log = open(log_path, "w+b")
     proc = subprocess.Popen(
         [sys.executable, "-m", "telephony.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=env.get("PYTHONPATH", str(ROOT)).split(os.pathsep)[0] or ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     server = ServerProcess(proc, port, log)
     deadline = time.monotonic() + timeout

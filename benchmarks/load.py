@@ -94,6 +94,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from _harness import (  # first: it also puts the repository on sys.path
+    ROOT,
     FRAME, FRAME_S, LIVE_IN_RATE, LIVE_OUT_RATE, SILENCE_PAYLOAD, TWILIO_RATE, TwilioSide, cpu_seconds,
     machine_cpu_seconds, match_indices, model_frame, onsets_in, pct, rss_kb, runqueue_wait_seconds, server_env,
     start_server, tone,
@@ -568,7 +569,7 @@ def run_step(n: int, duration: float, opts: dict, log) -> Step:
                 procs[name] = (proc, here)
             env = expect(procs["emulator"], 60, "the emulator did not start")[1]
             server = start_server(server_env(
-                env, os.path.join(tmp, "orders.db"), RESAMPLER=opts["resampler"], MAX_CONCURRENT_CALLS="100000",
+                env, os.path.join(tmp, "orders.db"), tree=opts["server_tree"], RESAMPLER=opts["resampler"], MAX_CONCURRENT_CALLS="100000",
                 MODEL_WATCHDOG_SECONDS="0", DRAIN_TIMEOUT_SECONDS="1",
             ), os.path.join(tmp, "server.log"))
             if server.refused is not None:
@@ -826,10 +827,11 @@ TABLE_HEAD = (f"{'calls':>6} {'in p50':>7} {'in p99':>7} {'out p50':>7} {'out p9
               f"{'KB/call':>7} {'':>5}")
 
 
-def find_max(opts: dict, duration: float, steps: list[int], budget_s: float, log) -> int:
+def find_max(opts: dict, duration: float, steps: list[int], budget_s: float, log,
+             results: list[Step] | None = None) -> int:
     """Run steps up to the first failure, then halve the gap to it while time allows; return the best N."""
     began = time.monotonic()
-    results: list[Step] = []
+    results = [] if results is None else results
     best, first_fail = 0, None
 
     def run(n: int) -> Step:
@@ -910,6 +912,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="callers do not offer permessage-deflate (by default they offer it, as the websockets "
                              "client does; the server declines it, and a caller fails its call if it is accepted)")
     parser.add_argument("--seed", type=int, default=20240611)
+    parser.add_argument("--compare", metavar="TREE", default=None,
+                        help="another checkout (e.g. `git worktree add /tmp/old <commit>`): --find-max runs on both, "
+                             "alternating tree by tree, and prints them side by side")
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (10.0 if args.find_max else 20.0)
     turn_chunks = round(args.turn_seconds / CHUNK_S)
@@ -921,7 +926,8 @@ def main(argv: list[str] | None = None) -> int:
                      "turn-every >= turn-seconds + 0.5")
     opts = {"seed": args.seed, "resampler": args.resampler, "ramp": args.ramp, "caller_procs": args.caller_procs,
             "turn_every": args.turn_every, "turn_chunks": turn_chunks,
-            "compression": None if args.no_deflate else "deflate", "server_cpus": set(), "generator_cpus": set()}
+            "compression": None if args.no_deflate else "deflate", "server_cpus": set(), "generator_cpus": set(),
+            "server_tree": str(ROOT)}
     cpus = sorted(os.sched_getaffinity(0))
     if not args.no_pin and len(cpus) >= 2:
         opts["server_cpus"], opts["generator_cpus"] = {cpus[0]}, set(cpus[1:])
@@ -937,6 +943,20 @@ def main(argv: list[str] | None = None) -> int:
                  f"({args.caller_procs} process(es))")
     log(f"load: one `telephony serve` process (RESAMPLER={args.resampler}) on loopback; {placement}; "
         f"the agent speaks {turn_chunks * CHUNK_S:g} s every {args.turn_every:g} s on every call")
+    if args.find_max and args.compare:
+        rows = []
+        for label, tree in (("this tree", str(ROOT)), (f"--compare {args.compare}", args.compare)):
+            log(f"\n=== {label} ===")
+            results: list[Step] = []
+            best = find_max({**opts, "server_tree": tree}, duration, steps, budget_s=330, log=log, results=results)
+            rows.append((label, best, results))
+        log("side by side: most calls passing, and server CPU ms per call-second at each step both ran")
+        common = sorted(set.intersection(*({s.calls for s in r} for _, _, r in rows)))
+        log(f"{'':34}{'max calls':>10}" + "".join(f"{f'ms/c-s @{n}':>13}" for n in common))
+        for label, best, results in rows:
+            by_n = {s.calls: s for s in results}
+            log(f"{label:34}{best:>10}" + "".join(f"{by_n[n].server_ms_per_call_s:>13.2f}" for n in common))
+        return 0
     if args.find_max:
         best = find_max(opts, duration, steps, budget_s=330, log=log)
         log(f"maximum concurrent calls with p99 relay latency <= {TARGET_P99_MS:g} ms both ways and zero frames lost: "

@@ -19,9 +19,12 @@ import contextlib
 import gc
 import hmac
 import logging
+import os
+import secrets
 import signal
+import socket
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -41,6 +44,7 @@ from .security import (
     install_log_redaction, stream_urls, webhook_urls,
 )
 from .settings import Settings
+from .shared_state import SharedStateUnavailable, open_shared_state
 from .tools import ToolRegistry
 from .twilio_rest import (
     OutboundRefs, OutboundUnavailable, close_rest_client, describe_error, make_rest_client, parse_outbound_request,
@@ -56,8 +60,11 @@ MAX_WEBHOOK_BYTES = 64 * 1024
 #: started after this many messages or seconds is not a Twilio stream.
 MAX_MESSAGES_BEFORE_START = 50
 START_TIMEOUT_S = 10.0
-#: How many ended streams we remember for Twilio's /stream-ended request.
-MAX_ENDED_STREAMS = 10_000
+#: How long an ended stream's answer waits for Twilio's /stream-ended (asked right after the close).
+AFTER_STREAM_TTL_S = 600.0
+#: Each instance reports itself alive this often, for this long (the drain asks who else is up).
+HEARTBEAT_S = 5.0
+HEARTBEAT_TTL_S = 15.0
 #: After the drain time, how long ended-politely calls get to finish tearing down.
 STOP_GRACE_S = 10.0
 
@@ -101,12 +108,21 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         app.state.registry = reg
         app.state.client = make_client(s)
         app.state.rest = make_rest_client(s)  # None without REST credentials (twilio_rest.py)
-        app.state.outbound_refs = OutboundRefs(s)  # what each outbound call is for (POST /outbound-call)
+        # What every process must agree on (shared_state.py): this process's memory, or Redis.
+        shared = app.state.shared = open_shared_state(s.redis_url)
+        app.state.instance_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        app.state.outbound_refs = OutboundRefs(s, state=shared)  # what each outbound call is for (POST /outbound-call)
         app.state.active_calls = set()
         app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
-        app.state.gate = Gatekeeper(s)
+        app.state.gate = Gatekeeper(s, shared)
         app.state.draining = False
-        app.state.ended_streams = OrderedDict()  # CallSid -> "hangup" | "apology"
+        if s.redis_url:
+            try:
+                await shared.ping()
+                log.info("shared state: Redis answers; calls are shared with every instance using it")
+            except SharedStateUnavailable as exc:
+                log.error("%s: new calls are refused until it answers", exc)
+        heartbeat = asyncio.create_task(_heartbeat(app), name="instance-heartbeat")
         _drain_on_sigterm(app)
         log.info("phone agent %s ready: model=%s voice=%s tools=%s", __version__, s.gemini_model, s.gemini_voice, reg.names())
         if not s.public_url:
@@ -130,6 +146,12 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         yield
         if app.state.active_calls:  # stopped without a drain (e.g. a second signal)
             await drain(app, timeout_s=0)
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SharedStateUnavailable):
+            await heartbeat
+            await shared.forget_instance(app.state.instance_id)
+        with contextlib.suppress(Exception):
+            await shared.aclose()
         await asyncio.to_thread(app.state.recorder.close)  # after the calls: their last records are written
         await close_rest_client(app.state.rest)  # after the calls: their hang-ups went through it
 
@@ -138,9 +160,15 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         state = request.app.state
+        try:
+            await state.shared.ping()
+            shared = "ok"
+        except SharedStateUnavailable:
+            shared = "unavailable"
         return JSONResponse(
             {
                 "status": "draining" if state.draining else "ok",
+                "shared_state": shared,
                 "active_calls": len(state.active_calls),
                 "tasks": len(asyncio.all_tasks()),
                 "rejected": dict(sorted(state.gate.rejected.items())),
@@ -159,12 +187,16 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         form = dict(pairs)
         call_sid = form.get("CallSid", "")
         caller, called = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
-        busy = _busy(request.app.state)
+        busy = await _busy_for_webhook(request.app.state)
         if busy is not None:
             gate.rejected[busy] += 1
             log.warning("call %s turned away: %s", call_sid or "(no CallSid)", busy.replace("_", " "))
             return Response(content=busy_twiml(), media_type="text/xml")
-        why = gate.admit_call(call_sid, caller)
+        try:
+            why = await gate.admit_call(call_sid, caller)
+        except Rejected as exc:
+            log.warning("call %s turned away (busy message): %s", call_sid or "(no CallSid)", exc.detail)
+            return Response(content=busy_twiml(), media_type="text/xml")
         if why is not None:
             log.warning("call %s from %s turned away: %s", call_sid or "(no CallSid)", gate.show(caller), why)
             return Response(content=over_limit_twiml(), media_type="text/xml")
@@ -201,12 +233,13 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         try:
             pending, start = await _read_until_start(websocket)
             if start is not None:
-                identity = gate.admit_stream(start.call_sid, start.account_sid, start.custom_parameters)
+                identity = await gate.admit_stream(start.call_sid, start.account_sid, start.custom_parameters)
             elif gate.verifying:
                 raise gate.no_start()
         except Rejected as exc:
-            log.warning("rejected media stream (closed with 1008, no Live session): %s", exc)
-            await _close(websocket, 1008)
+            code = 1013 if exc.reason == "shared_state_unavailable" else 1008
+            log.warning("rejected media stream (closed with %d, no Live session): %s", code, exc)
+            await _close(websocket, code)
             return
         if identity is not None and not identity.verified:
             log.info("call %s: caller %s is NOT verified (development mode, no TWILIO_AUTH_TOKEN)",
@@ -220,12 +253,12 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             state.recent_calls.append(await bridge.run())
         finally:
             state.active_calls.discard(bridge)
-            gate.stream_ended(identity.call_sid if identity else None)
+            await gate.stream_ended(identity.call_sid if identity else None)
             if bridge.call.call_sid:
-                ended = state.ended_streams
-                ended[bridge.call.call_sid] = bridge.after_stream
-                while len(ended) > MAX_ENDED_STREAMS:
-                    ended.popitem(last=False)
+                try:
+                    await state.shared.put_after_stream(bridge.call.call_sid, bridge.after_stream, AFTER_STREAM_TTL_S)
+                except SharedStateUnavailable as exc:
+                    log.warning("call %s: /stream-ended will answer the apology: %s", bridge.call.call_sid, exc)
 
     @app.post("/stream-ended")
     async def stream_ended(request: Request) -> Response:
@@ -234,7 +267,11 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         if isinstance(pairs, Response):
             return pairs
         call_sid = dict(pairs).get("CallSid", "")
-        after = request.app.state.ended_streams.pop(call_sid, "apology")
+        try:
+            after = await request.app.state.shared.pop_after_stream(call_sid) or "apology"
+        except SharedStateUnavailable as exc:
+            log.warning("call %s: /stream-ended answers the apology: %s", call_sid, exc)
+            after = "apology"
         if after.startswith("transfer:"):
             twiml = dial_twiml(after.removeprefix("transfer:"))
         else:
@@ -337,7 +374,11 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         call_sid = form.get("CallSid", "")
         ours, callee = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
         try:
-            outbound = state.outbound_refs.open(request.query_params.get("ref"), callee=callee)
+            outbound = await state.outbound_refs.open(request.query_params.get("ref"), callee=callee)
+        except SharedStateUnavailable as exc:
+            gate.rejected["shared_state_unavailable"] += 1
+            log.warning("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
+            return Response(content=apology_twiml(), media_type="text/xml")
         except Rejected as exc:
             gate.rejected[exc.reason] += 1
             log.warning("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
@@ -414,7 +455,7 @@ def check_storage(settings: Settings) -> None:
 
 
 def _busy(state: Any) -> str | None:
-    """Why no new call can be taken now, or None."""
+    """Why this instance takes no new stream now, or None."""
     if state.draining:
         return "draining"
     if len(state.active_calls) >= state.settings.max_concurrent_calls:
@@ -422,11 +463,46 @@ def _busy(state: Any) -> str | None:
     return None
 
 
+async def _busy_for_webhook(state: Any) -> str | None:
+    """Why no new call can be connected now, or None.
+
+    A webhook only hands out a stream URL, which the load balancer may send to any
+    instance: while this one drains, the call is still connected if another instance
+    reported itself up and not draining (`_heartbeat`)."""
+    busy = _busy(state)
+    if busy != "draining":
+        return busy
+    try:
+        others = [i for i in await state.shared.instances() if i.instance_id != state.instance_id and not i.draining]
+    except SharedStateUnavailable:
+        return busy
+    return None if others else busy
+
+
+async def _heartbeat(app: FastAPI) -> None:
+    """Tell the shared state this instance is up (and whether it drains), every few seconds."""
+    state = app.state
+    warned = False
+    while True:
+        try:
+            await state.shared.heartbeat(state.instance_id, draining=state.draining,
+                                         active_calls=len(state.active_calls), ttl_s=HEARTBEAT_TTL_S)
+            warned = False
+        except SharedStateUnavailable as exc:
+            if not warned:  # once per outage, not every few seconds
+                log.warning("%s", exc)
+                warned = True
+        await asyncio.sleep(HEARTBEAT_S)
+
+
 async def drain(app: FastAPI, timeout_s: float) -> None:
     """Stop taking calls, let active ones finish for up to `timeout_s`, then end the
     rest politely (the caller hears an apology) and wait for their summaries."""
     state = app.state
     state.draining = True
+    with contextlib.suppress(SharedStateUnavailable):  # let the other instances know at once
+        await state.shared.heartbeat(state.instance_id, draining=True, active_calls=len(state.active_calls),
+                                     ttl_s=HEARTBEAT_TTL_S)
     calls = state.active_calls
     log.info("draining: %d active call(s); waiting up to %.0f s for them to finish", len(calls), timeout_s)
     deadline = time.monotonic() + timeout_s
@@ -488,12 +564,15 @@ async def _twilio_form(request: Request, *, once: bool = True) -> list[tuple[str
         return Response(status_code=413)
     pairs = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
     try:
-        state.gate.check_webhook(
+        await state.gate.check_webhook(
             urls=webhook_urls(state.settings.public_url, str(request.url)), form=pairs,
             signature=request.headers.get(SIGNATURE_HEADER),
             signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER), once=once,
         )
     except Rejected as exc:
+        if exc.reason == "shared_state_unavailable":  # cannot tell a replay: refuse politely
+            log.warning("turned away %s (busy message): %s", request.url.path, exc.detail)
+            return Response(content=busy_twiml(), media_type="text/xml")
         log.warning("rejected %s (403): %s", request.url.path, exc)
         return Response(status_code=403, content="Forbidden", media_type="text/plain")
     return pairs

@@ -23,8 +23,10 @@ Without TWILIO_AUTH_TOKEN nothing can be verified (local development,
 simulated calls): streams are accepted and the caller identity is taken,
 unverified, from the stream's own `From` parameter.
 
-All memory here is per process: run one server process per deployment (or put
-a shared store behind `ExpiringSet` and `CallerLimits`).
+What the checks remember (answered CallSids, used tokens, caller limits)
+lives in a `shared_state.SharedState`: this process's memory by default, Redis
+with REDIS_URL, so any number of processes and machines agree. When it cannot
+be reached the gate fails closed: the call is refused, never admitted unchecked.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import math
 import re
 import secrets
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -47,10 +49,10 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from .errors import SettingsError, TelephonyError, ToolError
 from .settings import Settings
+from .shared_state import InProcessState, SharedState, SharedStateUnavailable
 
 __all__ = [
-    "CallerIdentity", "Rejected", "DestinationNotAllowed", "Gatekeeper", "StreamTokens", "CallerLimits",
-    "ExpiringSet", "TOKEN_PARAMETER", "mask_phone", "webhook_urls", "stream_urls", "stream_token_secret",
+    "CallerIdentity", "Rejected", "DestinationNotAllowed", "Gatekeeper", "StreamTokens", "TOKEN_PARAMETER", "mask_phone", "webhook_urls", "stream_urls", "stream_token_secret",
     "check_deployment", "destination_allowed", "check_destination", "install_log_redaction", "LogRedactor", "REDACTOR",
 ]
 
@@ -67,12 +69,6 @@ MAX_IDENTITY_CHARS = 128
 #: How long a CallSid whose webhook was answered is remembered. Twilio's
 #: signatures carry no timestamp, so this window bounds replay protection.
 WEBHOOK_MEMORY_S = 24 * 3600.0
-#: Entries any one memory keeps before dropping its oldest (a memory bound).
-MAX_REMEMBERED = 200_000
-#: The window of MAX_CALLS_PER_CALLER_PER_HOUR.
-HOUR_S = 3600.0
-#: Key under which callers without a usable From share their limits.
-UNKNOWN_CALLER = "(unknown)"
 
 _TOKEN_RE = re.compile(r"v1\.(\d{1,12})\.([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{43})")
 _SECRET_LABEL = b"telephony stream token v1"
@@ -194,6 +190,7 @@ def install_log_redaction(settings: Settings) -> LogRedactor:
     REDACTOR.add_secret(settings.twilio_auth_token)
     REDACTOR.add_secret(settings.stream_token_secret)
     REDACTOR.add_secret(settings.calls_api_token)
+    REDACTOR.add_secret(settings.redis_url)  # may carry a password
     REDACTOR.mask_phones = settings.mask_phone_numbers
     names = [n for n in list(logging.root.manager.loggerDict)
              if any(n == p or n.startswith(p + ".") for p in _REDACTED_LOGGERS)]
@@ -202,41 +199,6 @@ def install_log_redaction(settings: Settings) -> LogRedactor:
         if REDACTOR not in logger.filters:
             logger.addFilter(REDACTOR)
     return REDACTOR
-
-
-# --------------------------------------------------------------------------- memory
-
-
-class ExpiringSet:
-    """Keys remembered until their own deadline; oldest dropped beyond `max_items`."""
-
-    def __init__(self, clock: Clock = time.time, max_items: int = MAX_REMEMBERED):
-        self._clock = clock
-        self._max = max_items
-        self._items: OrderedDict[str, float] = OrderedDict()
-
-    def add(self, key: str, until: float) -> None:
-        self._prune()
-        self._items[key] = until
-        self._items.move_to_end(key)
-        while len(self._items) > self._max:
-            self._items.popitem(last=False)
-
-    def __contains__(self, key: object) -> bool:
-        until = self._items.get(key)  # type: ignore[arg-type]
-        return until is not None and until > self._clock()
-
-    def __len__(self) -> int:
-        self._prune()
-        return len(self._items)
-
-    def _prune(self) -> None:
-        now = self._clock()
-        while self._items:
-            key, until = next(iter(self._items.items()))
-            if until > now:
-                break
-            del self._items[key]
 
 
 # --------------------------------------------------------------------------- stream tokens
@@ -266,25 +228,26 @@ class StreamTokens:
     500-character parameter limit); any change to them breaks the MAC.
     """
 
-    def __init__(self, secret: bytes, ttl_s: float = 60.0, clock: Clock = time.time):
+    def __init__(self, secret: bytes, ttl_s: float = 60.0, clock: Clock = time.time, state: SharedState | None = None):
         if len(secret) < 16:
             raise ValueError("a stream token secret needs at least 16 bytes")
         self._secret = secret
         self.ttl_s = ttl_s
         self._clock = clock
-        self._used = ExpiringSet(clock)
+        self._state = state if state is not None else InProcessState(clock)
 
     def mint(self, call_sid: str, caller: str | None, called: str | None) -> str:
         expires = math.ceil(self._clock() + self.ttl_s)
         nonce = _b64(secrets.token_bytes(12))
         return f"v1.{expires}.{nonce}.{self._mac(call_sid, caller, called, expires, nonce)}"
 
-    def verify(
+    async def verify(
         self, token: str | None, call_sid: str, caller: str | None, called: str | None,
         *, claimed_call_sid: str | None = None,
     ) -> None:
         """Raise `Rejected` unless `token` was minted for exactly this call and is
-        fresh and unused; then mark it used. `claimed_call_sid` (the stream's own
+        fresh and unused; then mark it used (in the shared state, so a token is
+        used once across every process). `claimed_call_sid` (the stream's own
         CallSid parameter) only sharpens the reason given for a mismatch."""
         if not token:
             raise Rejected("stream_missing_token", "the start message carries no stream token")
@@ -300,90 +263,12 @@ class StreamTokens:
             raise Rejected("stream_bad_token", "the stream token's signature does not match this call")
         if self._clock() >= expires:
             raise Rejected("stream_expired_token", f"the stream token expired {self._clock() - expires:.0f} s ago")
-        if nonce in self._used:
+        if not await self._state.take_once("stream_token", nonce, expires + 1 - self._clock()):
             raise Rejected("stream_replayed_token", "the stream token was already used")
-        self._used.add(nonce, expires + 1)
 
     def _mac(self, call_sid: str, caller: str | None, called: str | None, expires: int, nonce: str) -> str:
         message = json.dumps(["v1", call_sid, caller or "", called or "", expires, nonce], separators=(",", ":"))
         return _b64(hmac.new(self._secret, message.encode("utf-8"), hashlib.sha256).digest())
-
-
-# --------------------------------------------------------------------------- abuse limits
-
-
-class CallerLimits:
-    """Per-caller limits on simultaneous calls and calls per hour.
-
-    A call holds a slot from its webhook until its stream ends; if no stream
-    comes (the caller hung up during the TwiML), the slot lapses after
-    `lease_s` (the stream token lifetime). A streaming call's slot lapses after
-    `max_stream_s` at the latest, so a lost end cannot lock a caller out.
-    """
-
-    def __init__(self, max_active: int, max_per_hour: int, *, lease_s: float, max_stream_s: float,
-                 clock: Clock = time.time):
-        self.max_active = max_active
-        self.max_per_hour = max_per_hour
-        self.lease_s = lease_s
-        self.max_stream_s = max_stream_s
-        self._clock = clock
-        self._active: dict[str, dict[str, float]] = {}  # caller -> {call_sid: lapses at}
-        self._recent: dict[str, deque[float]] = {}      # caller -> admission times, oldest first
-        self._owner: dict[str, str] = {}                # call_sid -> caller
-        self._admissions = 0
-
-    def admit(self, caller: str | None, call_sid: str) -> str | None:
-        """Take a slot for `call_sid`; return None, or why the caller is over a limit."""
-        now = self._clock()
-        key = caller or UNKNOWN_CALLER
-        self._admissions += 1
-        if self._admissions % 256 == 0:
-            for other in list(self._active.keys() | self._recent.keys()):
-                self._prune(other, now)
-        self._prune(key, now)
-        active = self._active.get(key, {})
-        recent = self._recent.get(key, deque())
-        if len(active) >= self.max_active:
-            return f"{len(active)} calls already in progress (limit {self.max_active})"
-        if len(recent) >= self.max_per_hour:
-            return f"{len(recent)} calls in the last hour (limit {self.max_per_hour})"
-        self._active.setdefault(key, {})[call_sid] = now + self.lease_s
-        self._recent.setdefault(key, deque()).append(now)
-        self._owner[call_sid] = key
-        return None
-
-    def streaming(self, call_sid: str) -> None:
-        """The call's stream was admitted: hold its slot until `ended()`."""
-        key = self._owner.get(call_sid)
-        if key is not None and call_sid in self._active.get(key, {}):
-            self._active[key][call_sid] = self._clock() + self.max_stream_s
-
-    def ended(self, call_sid: str) -> None:
-        key = self._owner.pop(call_sid, None)
-        if key is not None:
-            self._active.get(key, {}).pop(call_sid, None)
-            self._prune(key, self._clock())
-
-    def active(self, caller: str | None) -> int:
-        key = caller or UNKNOWN_CALLER
-        self._prune(key, self._clock())
-        return len(self._active.get(key, {}))
-
-    def _prune(self, key: str, now: float) -> None:
-        slots = self._active.get(key)
-        if slots is not None:
-            for sid in [s for s, until in slots.items() if until <= now]:
-                del slots[sid]
-                self._owner.pop(sid, None)
-            if not slots:
-                del self._active[key]
-        times = self._recent.get(key)
-        if times is not None:
-            while times and times[0] <= now - HOUR_S:
-                times.popleft()
-            if not times:
-                del self._recent[key]
 
 
 # --------------------------------------------------------------------------- URLs
@@ -433,23 +318,22 @@ class _Params(dict):
 class Gatekeeper:
     """Every admission decision of one server, and the count of every refusal.
 
-    Sans-I/O: the app passes in URLs, headers, form fields and start
-    parameters; a refusal raises `Rejected` (already counted in `rejected`).
+    Sans-I/O apart from the shared state: the app passes in URLs, headers, form
+    fields and start parameters; a refusal raises `Rejected` (already counted in
+    `rejected`). A shared state that cannot be reached is a refusal too
+    (`shared_state_unavailable`): fail closed.
     """
 
-    def __init__(self, settings: Settings, clock: Clock = time.time):
+    def __init__(self, settings: Settings, state: SharedState | None = None, clock: Clock = time.time):
         self.settings = settings
         self.verifying = settings.verifies_twilio
         self._clock = clock
+        self.state = state if state is not None else InProcessState(clock)
         self._validator = RequestValidator(settings.twilio_auth_token) if self.verifying else None
-        self.tokens = StreamTokens(stream_token_secret(settings), settings.stream_token_ttl_s, clock)
+        self.tokens = StreamTokens(stream_token_secret(settings), settings.stream_token_ttl_s, clock, self.state)
         max_call_s = float(getattr(settings, "max_call_s", 0) or 0) or 4 * 3600.0
-        self.limits = CallerLimits(
-            settings.max_calls_per_caller, settings.max_calls_per_caller_per_hour,
-            lease_s=settings.stream_token_ttl_s + 5, max_stream_s=max_call_s + 60, clock=clock,
-        )
-        self._answered = ExpiringSet(clock)   # CallSids whose webhook was answered
-        self._streamed = ExpiringSet(clock)   # CallSids that already had a stream
+        self.lease_s = settings.stream_token_ttl_s + 5  # a webhook's slot lapses if no stream comes
+        self.max_stream_s = max_call_s + 60  # a streaming call's slot lapses even if its end is lost
         self.rejected: Counter[str] = Counter()
 
     def show(self, number: str | None) -> str:
@@ -462,9 +346,12 @@ class Gatekeeper:
         self.rejected[reason] += 1
         return Rejected(reason, detail)
 
+    def _unavailable(self, exc: SharedStateUnavailable) -> Rejected:
+        return self._reject("shared_state_unavailable", str(exc))
+
     # ------------------------------------------------------------ webhooks
 
-    def check_webhook(
+    async def check_webhook(
         self, *, urls: Sequence[str], form: Sequence[tuple[str, str]], signature: str | None,
         signature_settings: str | None = None, once: bool = True,
     ) -> None:
@@ -487,13 +374,23 @@ class Gatekeeper:
             raise self._reject("webhook_no_call", "a signed request without a CallSid")
         if not once:
             return  # e.g. /stream-ended: answering it twice gives nothing away
-        if call_sid in self._answered:
+        try:
+            first = await self.state.take_once("answered", call_sid, WEBHOOK_MEMORY_S)
+        except SharedStateUnavailable as exc:
+            raise self._unavailable(exc) from None
+        if not first:
             raise self._reject("webhook_replayed", f"call {call_sid} was already answered")
-        self._answered.add(call_sid, self._clock() + WEBHOOK_MEMORY_S)
 
-    def admit_call(self, call_sid: str, caller: str | None) -> str | None:
-        """Apply the per-caller limits; return None, or why the caller is turned away (counted)."""
-        why = self.limits.admit(caller, call_sid or f"anon-{secrets.token_hex(8)}")
+    async def admit_call(self, call_sid: str, caller: str | None) -> str | None:
+        """Apply the per-caller limits; return None, or why the caller is turned away (counted).
+        Raises `Rejected` when the limits cannot be checked."""
+        try:
+            why = await self.state.admit_caller(
+                caller, call_sid or f"anon-{secrets.token_hex(8)}", max_active=self.settings.max_calls_per_caller,
+                max_per_hour=self.settings.max_calls_per_caller_per_hour, lease_s=self.lease_s,
+            )
+        except SharedStateUnavailable as exc:
+            raise self._unavailable(exc) from None
         if why is not None:
             self.rejected["caller_over_limit"] += 1
         return why
@@ -516,7 +413,7 @@ class Gatekeeper:
     def no_start(self) -> Rejected:
         return self._reject("stream_no_start", "the stream sent no start message")
 
-    def admit_stream(self, call_sid: str, account_sid: str, parameters: Mapping[str, str]) -> CallerIdentity:
+    async def admit_stream(self, call_sid: str, account_sid: str, parameters: Mapping[str, str]) -> CallerIdentity:
         """Decide on a stream's `start`; return who is calling, or raise `Rejected`.
 
         Verified mode: the token must be this call's, fresh and unused, and the
@@ -525,28 +422,36 @@ class Gatekeeper:
         """
         caller = parameters.get("From") or None
         called = parameters.get("To") or None
-        if not self.verifying:
-            self.limits.streaming(call_sid)
-            return CallerIdentity(call_sid, caller, called, verified=False)
-        if not call_sid:
-            raise self._reject("stream_bad_token", "the start message has no callSid")
-        account = self.settings.twilio_account_sid
-        if account and account_sid != account:
-            raise self._reject("stream_wrong_account", "the stream is for another Twilio account")
         try:
-            self.tokens.verify(parameters.get(TOKEN_PARAMETER), call_sid, caller, called,
-                               claimed_call_sid=parameters.get("CallSid"))
-        except Rejected as exc:
-            raise self._reject(exc.reason, exc.detail) from None
-        if call_sid in self._streamed:
-            raise self._reject("stream_duplicate", f"call {call_sid} already has a stream")
-        self._streamed.add(call_sid, self._clock() + WEBHOOK_MEMORY_S)
-        self.limits.streaming(call_sid)
+            if not self.verifying:
+                await self.state.caller_streaming(call_sid, self.max_stream_s)
+                return CallerIdentity(call_sid, caller, called, verified=False)
+            if not call_sid:
+                raise self._reject("stream_bad_token", "the start message has no callSid")
+            account = self.settings.twilio_account_sid
+            if account and account_sid != account:
+                raise self._reject("stream_wrong_account", "the stream is for another Twilio account")
+            try:
+                await self.tokens.verify(parameters.get(TOKEN_PARAMETER), call_sid, caller, called,
+                                         claimed_call_sid=parameters.get("CallSid"))
+            except Rejected as exc:
+                raise self._reject(exc.reason, exc.detail) from None
+            if not await self.state.take_once("streamed", call_sid, WEBHOOK_MEMORY_S):
+                raise self._reject("stream_duplicate", f"call {call_sid} already has a stream")
+            await self.state.caller_streaming(call_sid, self.max_stream_s)
+        except SharedStateUnavailable as exc:
+            raise self._unavailable(exc) from None
         return CallerIdentity(call_sid, caller, called, verified=True)
 
-    def stream_ended(self, call_sid: str | None) -> None:
-        if call_sid:
-            self.limits.ended(call_sid)
+    async def stream_ended(self, call_sid: str | None) -> None:
+        """Free the caller's slot. If the shared state is away, the slot lapses by
+        itself (`max_stream_s`): logged, never raised, the call is over anyway."""
+        if not call_sid:
+            return
+        try:
+            await self.state.caller_ended(call_sid)
+        except SharedStateUnavailable as exc:
+            log.warning("call %s: its caller slot will lapse by itself: %s", call_sid, exc)
 
 
 # --------------------------------------------------------------------------- deployment and allow-lists

@@ -86,6 +86,8 @@ class Settings:
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
     resampler: str = "fir"
+    # Running more than one process (shared_state.py): unset = this process's memory.
+    redis_url: str | None = field(default=None, repr=False)
 
     @property
     def public_host(self) -> str | None:
@@ -217,6 +219,12 @@ class Settings:
                 raise SettingsError(f"RESAMPLER={resampler!r} must be one of {', '.join(RESAMPLERS)}")
             values["resampler"] = resampler.lower()
 
+        redis_url = get("REDIS_URL")
+        if redis_url is not None:
+            if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+                raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix:// (value not shown)")
+            values["redis_url"] = redis_url
+
         level = get("LOG_LEVEL")
         if level is not None:
             if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -230,7 +238,7 @@ class Settings:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("gemini_api_key", "twilio_auth_token", "stream_token_secret", "calls_api_token"):
+            if f.name in ("gemini_api_key", "twilio_auth_token", "stream_token_secret", "calls_api_token", "redis_url"):
                 value = "set" if value else "unset"
             elif f.name == "agent_instructions":
                 value = f"{len(value)} chars"

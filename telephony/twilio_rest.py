@@ -40,9 +40,10 @@ from twilio.rest import Client
 
 from .errors import SettingsError, TelephonyError
 from .security import (
-    ExpiringSet, Rejected, check_destination, destination_allowed, mask_phone, stream_token_secret,
+    Rejected, check_destination, destination_allowed, mask_phone, stream_token_secret,
 )
 from .settings import Settings
+from .shared_state import InProcessState, SharedState
 
 __all__ = [
     "TWILIO_API", "ALREADY_ENDED", "REST_TIMEOUT_S", "make_rest_client", "close_rest_client", "is_already_ended",
@@ -211,14 +212,15 @@ class OutboundRefs:
     covers the URL; the ref adds an expiry, single use and the callee it was made for.
     """
 
-    def __init__(self, settings: Settings, ttl_s: float = OUTBOUND_REF_TTL_S, clock: Callable[[], float] = time.time):
+    def __init__(self, settings: Settings, ttl_s: float = OUTBOUND_REF_TTL_S, clock: Callable[[], float] = time.time,
+                 state: SharedState | None = None):
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         key = hmac.new(stream_token_secret(settings), _REF_LABEL, hashlib.sha256).digest()
         self._aead = AESGCM(key)
         self.ttl_s = ttl_s
         self._clock = clock
-        self._used = ExpiringSet(clock)
+        self._state = state if state is not None else InProcessState(clock)
 
     def seal(self, to: str, purpose: str) -> str:
         nonce = secrets.token_bytes(12)
@@ -226,8 +228,9 @@ class OutboundRefs:
         plain = json.dumps([to, purpose, expires], separators=(",", ":")).encode("utf-8")
         return _REF_PREFIX + _b64(nonce + self._aead.encrypt(nonce, plain, _REF_LABEL))
 
-    def open(self, ref: str | None, callee: str | None = None) -> OutboundCall:
-        """The call `ref` was sealed for; `Rejected` if it is not ours, stale, used, or for another callee."""
+    async def open(self, ref: str | None, callee: str | None = None) -> OutboundCall:
+        """The call `ref` was sealed for; `Rejected` if it is not ours, stale, used, or for another callee.
+        Used once across every process (the shared state); `SharedStateUnavailable` if that cannot be checked."""
         from cryptography.exceptions import InvalidTag
 
         if not ref or not ref.startswith(_REF_PREFIX) or len(ref) > 4096:
@@ -240,12 +243,10 @@ class OutboundRefs:
             raise Rejected("outbound_bad_ref", "the answer URL's ref was not made by this deployment") from None
         if self._clock() >= expires:
             raise Rejected("outbound_expired_ref", f"the outbound call's ref expired {self._clock() - expires:.0f} s ago")
-        nonce = _b64(raw[:12])
-        if nonce in self._used:
-            raise Rejected("outbound_replayed_ref", "the outbound call's ref was already used")
         if callee and not destination_allowed(callee, [to]):
             raise Rejected("outbound_wrong_callee", "the answered call is not the one the ref was made for")
-        self._used.add(nonce, expires + 1)
+        if not await self._state.take_once("outbound_ref", _b64(raw[:12]), expires + 1 - self._clock()):
+            raise Rejected("outbound_replayed_ref", "the outbound call's ref was already used")
         return OutboundCall(to, purpose, int(expires))
 
 

@@ -102,7 +102,7 @@ def test_drain_stops_new_calls_and_ends_the_rest_politely_with_their_summaries(s
 
 def test_stream_ended_answers_hangup_after_a_goodbye_and_an_apology_after_a_failure(server):
     state = server.app.state
-    state.ended_streams["CA" + "7" * 32] = "hangup"
+    asyncio.run_coroutine_threadsafe(state.shared.put_after_stream("CA" + "7" * 32, "hangup", 600), server.loop).result(5)
     r = httpx.post(f"{server.http_url}/stream-ended", data={"CallSid": "CA" + "7" * 32})
     assert r.text.endswith("<Response><Hangup /></Response>")
     unknown = httpx.post(f"{server.http_url}/stream-ended", data={"CallSid": "CA" + "8" * 32})

@@ -29,10 +29,11 @@ from twilio.request_validator import RequestValidator
 from telephony.app import create_app
 from telephony.errors import SettingsError
 from telephony.security import (
-    REDACTOR, CallerLimits, DestinationNotAllowed, Gatekeeper, LogRedactor, Rejected, StreamTokens,
+    REDACTOR, DestinationNotAllowed, Gatekeeper, LogRedactor, Rejected, StreamTokens,
     check_destination, destination_allowed, mask_phone, stream_token_secret, stream_urls, webhook_urls,
 )
 from telephony.settings import Settings
+from telephony.shared_state import InProcessState
 from telephony.testing.emulator import CallTool, Say, Script
 from telephony.testing.recordings import read_recording
 from telephony.testing.server import ServerThread
@@ -450,16 +451,16 @@ class TestStreamTokens:
 
     def test_a_fresh_token_is_accepted_once(self):
         token = self.tokens.mint(*self.call)
-        self.tokens.verify(token, *self.call)
+        run(self.tokens.verify(token, *self.call))
         with pytest.raises(Rejected) as info:
-            self.tokens.verify(token, *self.call)
+            run(self.tokens.verify(token, *self.call))
         assert info.value.reason == "stream_replayed_token"
 
     def test_a_token_expires_after_its_lifetime(self):
         token = self.tokens.mint(*self.call)
         self.clock.now += 61
         with pytest.raises(Rejected, match="stream_expired_token"):
-            self.tokens.verify(token, *self.call)
+            run(self.tokens.verify(token, *self.call))
 
     @pytest.mark.parametrize("change, reason", [
         ({"call_sid": sid("CA", 2)}, "stream_wrong_call"),
@@ -470,18 +471,18 @@ class TestStreamTokens:
         token = self.tokens.mint(*self.call)
         args = dict(zip(("call_sid", "caller", "called"), self.call)) | change
         with pytest.raises(Rejected) as info:
-            self.tokens.verify(token, args["call_sid"], args["caller"], args["called"], claimed_call_sid=self.call[0])
+            run(self.tokens.verify(token, args["call_sid"], args["caller"], args["called"], claimed_call_sid=self.call[0]))
         assert info.value.reason == reason
 
     @pytest.mark.parametrize("token", [None, "", "v1", "v1.1.2.3", "v2." + "a" * 70, "x" * 5000])
     def test_missing_and_malformed_tokens_are_refused(self, token):
         with pytest.raises(Rejected, match="stream_missing_token|stream_bad_token"):
-            self.tokens.verify(token, *self.call)
+            run(self.tokens.verify(token, *self.call))
 
     def test_another_servers_secret_makes_a_token_worthless(self):
         other = StreamTokens(b"x" * 32, clock=self.clock).mint(*self.call)
         with pytest.raises(Rejected, match="stream_bad_token"):
-            self.tokens.verify(other, *self.call)
+            run(self.tokens.verify(other, *self.call))
 
     def test_the_secret_is_derived_from_the_auth_token_not_equal_to_it(self, tmp_path):
         s = settings_for(tmp_path, TWILIO_AUTH_TOKEN=AUTH_TOKEN)
@@ -517,21 +518,42 @@ class TestGatekeeper:
         form = webhook_form(sid("CA", 7), MARIA)
         url = f"{PUBLIC}/incoming-call"
         with pytest.raises(Rejected, match="webhook_wrong_account"):
-            gate.check_webhook(urls=[url], form=list(form.items()), signature=sign(url, form))
+            run(gate.check_webhook(urls=[url], form=list(form.items()), signature=sign(url, form)))
 
     def test_development_mode_admits_streams_unverified_with_the_claimed_caller(self, tmp_path):
         gate = Gatekeeper(settings_for(tmp_path), clock=self.clock)
-        gate.check_webhook(urls=["http://x/incoming-call"], form=[], signature=None)
+        run(gate.check_webhook(urls=["http://x/incoming-call"], form=[], signature=None))
         gate.check_stream_signature(["wss://x/media-stream"], None)
-        identity = gate.admit_stream(sid("CA", 8), ACCOUNT, {"From": MARIA})
+        identity = run(gate.admit_stream(sid("CA", 8), ACCOUNT, {"From": MARIA}))
         assert identity.caller == MARIA and identity.verified is False
 
     def test_a_verified_stream_carries_the_signed_caller(self, tmp_path):
         gate = self.gate(tmp_path)
         call_sid = sid("CA", 9)
         token = gate.mint_token(call_sid, MARIA, "+15559870000")
-        identity = gate.admit_stream(call_sid, ACCOUNT, {"From": MARIA, "To": "+15559870000", "token": token})
+        identity = run(gate.admit_stream(call_sid, ACCOUNT, {"From": MARIA, "To": "+15559870000", "token": token}))
         assert (identity.caller, identity.verified) == (MARIA, True)
+
+
+class CallerLimits:
+    """The per-caller limits as the gate applies them, through the in-process shared state."""
+
+    def __init__(self, max_active: int, max_per_hour: int, *, lease_s: float, max_stream_s: float, clock):
+        self.state = InProcessState(clock)
+        self.limits = {"max_active": max_active, "max_per_hour": max_per_hour, "lease_s": lease_s}
+        self.max_stream_s = max_stream_s
+
+    def admit(self, caller: str, call_sid: str) -> str | None:
+        return run(self.state.admit_caller(caller, call_sid, **self.limits))
+
+    def streaming(self, call_sid: str) -> None:
+        run(self.state.caller_streaming(call_sid, self.max_stream_s))
+
+    def ended(self, call_sid: str) -> None:
+        run(self.state.caller_ended(call_sid))
+
+    def active(self, caller: str) -> int:
+        return run(self.state.active_calls_of(caller))
 
 
 class TestCallerLimits:

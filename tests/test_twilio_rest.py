@@ -393,31 +393,31 @@ class TestOutboundRefs:
 
     def test_a_ref_opens_once_with_its_purpose(self):
         ref = self.refs.seal(CALLEE, "Say hello")
-        opened = self.refs.open(ref, callee=CALLEE)
+        opened = run(self.refs.open(ref, callee=CALLEE))
         assert (opened.to, opened.purpose) == (CALLEE, "Say hello")
         with pytest.raises(Rejected) as caught:
-            self.refs.open(ref, callee=CALLEE)
+            run(self.refs.open(ref, callee=CALLEE))
         assert caught.value.reason == "outbound_replayed_ref"
 
     def test_a_ref_expires(self):
         ref = self.refs.seal(CALLEE, "")
         self.clock.now += 601
         with pytest.raises(Rejected) as caught:
-            self.refs.open(ref)
+            run(self.refs.open(ref))
         assert caught.value.reason == "outbound_expired_ref"
 
     def test_another_deployments_ref_is_worthless(self):
         other = OutboundRefs(Settings.from_env({"GEMINI_API_KEY": "k" * 16, "TWILIO_AUTH_TOKEN": "cd" * 16}))
         with pytest.raises(Rejected) as caught:
-            self.refs.open(other.seal(CALLEE, "x"))
+            run(self.refs.open(other.seal(CALLEE, "x")))
         assert caught.value.reason == "outbound_bad_ref"
 
     def test_the_callee_must_be_the_one_called(self):
         ref = self.refs.seal(CALLEE, "")
         with pytest.raises(Rejected) as caught:
-            self.refs.open(ref, callee=OTHER)
+            run(self.refs.open(ref, callee=OTHER))
         assert caught.value.reason == "outbound_wrong_callee"
-        assert self.refs.open(ref, callee="+1 (555) 123-4567").to == CALLEE  # the same number, written otherwise
+        assert run(self.refs.open(ref, callee="+1 (555) 123-4567")).to == CALLEE  # the same number, written otherwise
 
     def test_parsing_accepts_a_minimal_body(self):
         assert parse_outbound_request(b'{"to": " +15551234567 "}') == OutboundRequest(CALLEE, "", False)
