@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the server Twilio connects to")
     serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+                       help="server processes on this port (more than 1 needs REDIS_URL; default WEB_CONCURRENCY or 1)")
 
     simulate = sub.add_parser("simulate", help="run a whole call offline from a recorded Twilio stream")
     simulate.add_argument("recording", help="a .jsonl recording of Twilio messages, e.g. tests/fixtures/order_call.jsonl")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return twilio_command(args)
     if args.command == "serve":
-        return _serve(args.host, args.port)
+        return _serve(args.host, args.port, args.workers)
     if args.command == "calls":
         from .records import calls_command
 
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     return simulate_main(args.recording, args.out, args.speed)
 
 
-def _serve(host: str, port: int) -> int:
+def _serve(host: str, port: int, workers: int = 1) -> int:
     import uvicorn
 
     from .app import configure_logging, create_app
@@ -79,12 +81,29 @@ def _serve(host: str, port: int) -> int:
         settings = Settings.from_env()
         check_deployment(settings)
         check_storage(settings)
+        check_workers(workers, settings)
     except (SettingsError, RecordsError) as exc:
         print(f"telephony: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), **UVICORN_OPTIONS)
+    options = {"host": host, "port": port, "log_level": settings.log_level.lower(), **UVICORN_OPTIONS}
+    if workers > 1:  # each worker process builds the app from the environment
+        uvicorn.run("telephony.app:app", workers=workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
     return 0
+
+
+def check_workers(workers: int, settings) -> None:
+    """Several processes must share what calls agree on (shared_state.py); without Redis
+    each would keep its own replay memory, caller limits and /stream-ended answers."""
+    if workers < 1:
+        raise SettingsError(f"--workers {workers}: at least 1")
+    if workers > 1 and not settings.redis_url:
+        raise SettingsError(
+            f"--workers {workers} needs REDIS_URL: without a shared store each process would keep its own "
+            "replay memory, caller limits and /stream-ended answers (see \"Running more than one instance\")"
+        )
 
 
 if __name__ == "__main__":

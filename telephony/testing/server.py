@@ -79,3 +79,66 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerProcess:
+    """`telephony serve` as a real process on a free loopback port, its output in a file.
+
+    For what a thread cannot show: several instances side by side, `--workers`,
+    signals. `env` is the whole environment of the process.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: str, *, workers: int = 1, host: str = "127.0.0.1"):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            self.port = sock.getsockname()[1]
+        self.host = host
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        command = [sys.executable, "-m", "telephony.cli", "serve", "--host", host, "--port", str(self.port)]
+        if workers != 1:
+            command += ["--workers", str(workers)]
+        self.proc = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[2],
+                                     stdout=self._log, stderr=subprocess.STDOUT, text=True)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/media-stream"
+
+    def output(self) -> str:
+        self._log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_healthy(self, timeout: float = 30.0) -> "ServerProcess":
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start (exit {self.proc.poll()}):\n{self.output()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()

@@ -1,0 +1,165 @@
+"""Two server instances behind a load balancer with no session affinity, sharing Redis.
+
+Each test is what a caller or Twilio would meet when a call's webhook, its stream
+and Twilio's /stream-ended land on different instances: the instances must
+behave as one server. Both are real `telephony serve` processes reaching the
+Live emulator; Redis is a real redis-server, stopped and started by the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import time
+
+import httpx
+import pytest
+
+from telephony.testing.emulator import CallTool, Reply, Say, Script
+from telephony.testing.recordings import read_recording
+from telephony.testing.redis_server import RedisServer
+from telephony.testing.server import ServerProcess
+from telephony.testing.simulator import CallSimulator, SimulatedCall
+from telephony.testing.twilio_signing import readdress, sign, stream_parameters, webhook_form
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+AUTH_TOKEN = "0123456789abcdef0123456789abcdef"
+PUBLIC = "https://agent.example.test"
+STREAM_URL = "wss://agent.example.test/media-stream"
+ACCOUNT = "AC" + "4" * 32
+OUR_NUMBER = "+15559870000"
+
+_serial = itertools.count(0x1A57A000)
+_numbers = itertools.count(5550100)
+
+
+def new_call_sid() -> str:
+    return f"CA{next(_serial):032x}"
+
+
+def new_caller() -> str:
+    return f"+1444{next(_numbers):07d}"
+
+
+@pytest.fixture(scope="module")
+def redis():
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def instances(emulator, redis, tmp_path_factory):
+    """Instances "a" and "b": the same deployment (auth token, public URL, Redis)."""
+    folder = tmp_path_factory.mktemp("instances")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("PUBLIC_URL", "TWILIO_ACCOUNT_SID", "REQUIRE_TWILIO_SIGNATURE", "CALLS_API_TOKEN",
+                         "STREAM_TOKEN_SECRET", "DATABASE_URL")}
+    base.update(emulator.env())
+    base.update({"GEMINI_API_KEY": "test-api-key-123", "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "PUBLIC_URL": PUBLIC,
+                 "REDIS_URL": redis.url, "STREAM_TOKEN_TTL_SECONDS": "300", "LOG_LEVEL": "INFO",
+                 "LIVE_CONNECT_TIMEOUT_SECONDS": "3", "ORDERS_DB_PATH": str(folder / "orders.db")})
+    servers = {}
+    try:
+        for name in ("a", "b"):
+            env = {**base, "CALLS_DB_PATH": str(folder / f"calls-{name}.db")}
+            servers[name] = ServerProcess(env, str(folder / f"{name}.log"))
+        for server in servers.values():
+            server.wait_healthy()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def answer(server: ServerProcess, call_sid: str, caller: str) -> httpx.Response:
+    """Twilio's voice webhook for a new call, signed, at this instance."""
+    form = webhook_form(call_sid, caller, OUR_NUMBER, ACCOUNT)
+    headers = {"X-Twilio-Signature": sign(f"{PUBLIC}/incoming-call", form, AUTH_TOKEN)}
+    return httpx.post(f"{server.http_url}/incoming-call", data=form, headers=headers, timeout=10)
+
+
+def stream(server: ServerProcess, call_sid: str, parameters: dict[str, str], recording: str = "greeting_only.jsonl",
+           speed: float = 4.0) -> SimulatedCall:
+    """Twilio's media stream for the call, at this instance."""
+    messages = readdress(read_recording(os.path.join(FIXTURES, recording)), call_sid, ACCOUNT, parameters)
+    headers = {"X-Twilio-Signature": sign(STREAM_URL, None, AUTH_TOKEN)}
+    return asyncio.run(CallSimulator(server.ws_url, messages, headers=headers, speed=speed, linger=5).run())
+
+
+def rejected(server: ServerProcess) -> dict[str, int]:
+    return httpx.get(f"{server.http_url}/healthz", timeout=5).json()["rejected"]
+
+
+def test_a_stream_token_used_at_one_instance_cannot_be_replayed_at_the_other(instances, emulator):
+    a, b = instances["a"], instances["b"]
+    emulator.script = Script(greeting=[Say(seconds=0.3)], replies=[])
+    call_sid = new_call_sid()
+    parameters = stream_parameters(answer(a, call_sid, new_caller()).text)
+    first = stream(b, call_sid, parameters)  # the load balancer sent the stream elsewhere: fine
+    assert first.agent_audio, "the call's own stream plays"
+    before = rejected(a).get("stream_replayed_token", 0)
+    replay = stream(a, call_sid, parameters)
+    assert replay.close_code == 1008 and not replay.agent_audio
+    assert rejected(a)["stream_replayed_token"] == before + 1
+
+
+def test_a_caller_with_a_call_on_each_instance_does_not_get_a_third(instances):
+    a, b = instances["a"], instances["b"]
+    caller = new_caller()
+    assert "<Stream" in answer(a, new_call_sid(), caller).text
+    assert "<Stream" in answer(b, new_call_sid(), caller).text
+    third = answer(a, new_call_sid(), caller)
+    assert "<Stream" not in third.text and "<Say" in third.text  # the over-limit message
+    assert "<Stream" in answer(b, new_call_sid(), new_caller()).text  # other callers are not affected
+
+
+def test_a_webhook_replayed_at_the_other_instance_is_refused(instances):
+    a, b = instances["a"], instances["b"]
+    call_sid, caller = new_call_sid(), new_caller()
+    assert answer(a, call_sid, caller).status_code == 200
+    assert answer(b, call_sid, caller).status_code == 403
+
+
+def test_after_the_agent_ends_the_call_at_one_instance_stream_ended_at_the_other_hangs_up(instances, emulator):
+    a, b = instances["a"], instances["b"]
+    emulator.script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[
+        CallTool("end_call", {"reason": "caller is done"}), Say(text="Goodbye!", seconds=0.6)])])
+    call_sid = new_call_sid()
+    parameters = stream_parameters(answer(b, call_sid, new_caller()).text)
+    call = stream(a, call_sid, parameters, recording="order_call.jsonl")
+    assert call.close_code == 1000 and call.of_kind("closed")[-1].detail["by"] == "server"
+    form = {"CallSid": call_sid, "AccountSid": ACCOUNT}
+    headers = {"X-Twilio-Signature": sign(f"{PUBLIC}/stream-ended", form, AUTH_TOKEN)}
+    r = httpx.post(f"{b.http_url}/stream-ended", data=form, headers=headers, timeout=10)
+    assert r.text.endswith("<Response><Hangup /></Response>")
+
+
+def test_redis_stopping_mid_call_lets_the_call_go_on_refuses_new_calls_and_service_returns_with_it(
+        instances, emulator, redis):
+    a, b = instances["a"], instances["b"]
+    emulator.script = Script(greeting=[Say(seconds=5.0)], replies=[])
+    call_sid = new_call_sid()
+    parameters = stream_parameters(answer(a, call_sid, new_caller()).text)
+    result: dict[str, SimulatedCall] = {}
+    talking = threading.Thread(target=lambda: result.setdefault("call", stream(a, call_sid, parameters, speed=1.0)))
+    talking.start()
+    try:
+        time.sleep(1.0)  # the greeting is playing
+        redis.stop()
+        refused = answer(b, new_call_sid(), new_caller())
+        assert "<Stream" not in refused.text and "<Say" in refused.text  # the busy message, no stream token
+        assert httpx.get(f"{b.http_url}/healthz", timeout=5).json()["shared_state"] == "unavailable"
+    finally:
+        talking.join(timeout=30)
+        redis.start()
+    call = result["call"]
+    assert len(call.agent_audio) >= 4.5 * 8000, "the call in progress heard its whole greeting"
+    assert call.protocol_errors == []
+    lines = [ln for ln in b.output().splitlines() if "turned away" in ln and "shared state unavailable" in ln]
+    assert len(lines) == 1, b.output()[-3000:]
+    deadline = time.monotonic() + 10
+    while "<Stream" not in (back := answer(b, new_call_sid(), new_caller())).text and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "<Stream" in back.text, "new calls are taken again once Redis answers"
