@@ -360,6 +360,10 @@ def table(results: list[Figures], samples: int) -> str:
             f"  onsets that waited for the next caller frame: {waited_in}/{len(r.inbound)}; "
             f"for the next model chunk: {waited_out}/{len(r.outbound)}"
         )
+        if r.barge:
+            rest = r.barge[1:] or [float("nan")]
+            lines.append(f"  the call's first barge-in: {r.barge[0]:.1f} ms; the others: p50 {pct(rest, 50):.1f}, "
+                         f"max {max(rest):.1f} ms")
         short = [k for k in ("inbound", "outbound", "barge") if len(getattr(r, k)) < samples]
         if short:
             lines.append(f"  WARNING: fewer than {samples} samples for {', '.join(short)}")

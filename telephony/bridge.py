@@ -197,11 +197,14 @@ class CallBridge:
 
     async def _pump_live(self, session: live_mod.LiveSession) -> None:
         async for event in session.events():
-            if self.recorder is not None and type(event) is not ev.ModelAudio:  # audio is not recorded
-                self._record_live(event)
+            kind = type(event)
+            if self.recorder is not None and kind is not ev.ModelAudio and kind is not ev.ModelInterrupted:
+                self._record_live(event)  # audio is not recorded
             actions = self.call.handle(event)
             if actions:
                 await self._perform(actions)
+            if kind is ev.ModelInterrupted and self.recorder is not None:
+                self._record_live(event)  # after the clear has gone out: a barge-in waits for nothing
 
     async def _timer(self, name: str, seconds: float) -> None:
         await asyncio.sleep(seconds)
