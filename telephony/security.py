@@ -41,7 +41,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
@@ -194,6 +194,10 @@ def install_log_redaction(settings: Settings) -> LogRedactor:
     REDACTOR.add_secret(settings.twilio_auth_token)
     REDACTOR.add_secret(settings.stream_token_secret)
     REDACTOR.add_secret(settings.calls_api_token)
+    if settings.database_url:  # the password, whole or alone, percent-encoded or not
+        password = urlsplit(settings.database_url).password
+        for secret in (settings.database_url, password, password and unquote(password)):
+            REDACTOR.add_secret(secret)
     REDACTOR.mask_phones = settings.mask_phone_numbers
     names = [n for n in list(logging.root.manager.loggerDict)
              if any(n == p or n.startswith(p + ".") for p in _REDACTED_LOGGERS)]
