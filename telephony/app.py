@@ -38,7 +38,7 @@ from . import twilio_protocol as tw
 from .bridge import CallBridge
 from .errors import MalformedMessage, SettingsError
 from .live import make_client
-from .records import CallRecorder, RecordsError, get_call, list_calls
+from .records import CallRecorder, RecordsError, get_call, list_calls, open_records
 from .security import (
     MAX_IDENTITY_CHARS, TOKEN_PARAMETER, CallerIdentity, DestinationNotAllowed, Gatekeeper, Rejected, check_deployment,
     install_log_redaction, stream_urls, webhook_urls,
@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         reg.default_timeout = s.tool_timeout_s
         try:
             prepare_orders_db(s)
-            app.state.recorder = CallRecorder(s.calls_db_path, s)  # call records (records.py)
+            app.state.recorder = CallRecorder(open_records(s), s)  # call records (records.py)
         except (SettingsError, RecordsError) as exc:
             log.error("configuration error: %s", exc)
             raise
@@ -307,7 +307,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         raw = request.query_params.get("limit", "20")
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             return JSONResponse({"detail": "limit must be a whole number from 1 to 1000"}, status_code=400)
-        calls = await asyncio.to_thread(list_calls, request.app.state.settings.calls_db_path, int(raw))
+        calls = await asyncio.to_thread(list_calls, request.app.state.recorder.store, int(raw))
         return JSONResponse({"calls": calls})
 
     @app.get("/calls/{call_sid}")
@@ -316,7 +316,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         refused = _calls_api_refusal(request)
         if refused is not None:
             return refused
-        record = await asyncio.to_thread(get_call, request.app.state.settings.calls_db_path, call_sid)
+        record = await asyncio.to_thread(get_call, request.app.state.recorder.store, call_sid)
         if record is None:
             return JSONResponse({"detail": f"no call {call_sid}"}, status_code=404)
         return JSONResponse(record)
@@ -449,9 +449,13 @@ def prepare_orders_db(settings: Settings) -> None:
 
 
 def check_storage(settings: Settings) -> None:
-    """Both databases open and migrate (for `telephony serve` to fail in one line, before uvicorn)."""
+    """Both databases open and migrate (for `telephony serve` to fail in one line, before uvicorn).
+
+    PostgreSQL (DATABASE_URL) is not connected to here: being unreachable does not
+    stop the server (records.py), and the app's start-up migrates it.
+    """
     prepare_orders_db(settings)
-    CallRecorder(settings.calls_db_path, settings, start=False).close()
+    open_records(settings).check()
 
 
 def _busy(state: Any) -> str | None:

@@ -28,14 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--out", help="write the audio the caller heard to this WAV file")
     simulate.add_argument("--speed", type=float, default=1.0, help="play faster than real time (e.g. 2)")
 
-    # Call records (records.py): reads CALLS_DB_PATH only, so no GEMINI_API_KEY is needed.
+    # Call records (records.py): reads DATABASE_URL or CALLS_DB_PATH only, so no GEMINI_API_KEY is needed.
     calls = sub.add_parser("calls", help="list recent call records; `calls show CALLSID` prints one call")
     calls.add_argument("--limit", type=int, default=20, help="how many calls to list (default 20)")
     calls_sub = calls.add_subparsers(dest="calls_command")
     show = calls_sub.add_parser("show", help="print a call's transcript and timeline")
     show.add_argument("call_sid")
     for p in (calls, show):  # accepted before or after `show`
-        p.add_argument("--db", default=argparse.SUPPRESS, help="the records database (default: CALLS_DB_PATH, else data/calls.db)")
+        p.add_argument("--db", default=argparse.SUPPRESS, help="the records database, a SQLite path or a postgresql:// URL "
+                       "(default: DATABASE_URL, else CALLS_DB_PATH, else data/calls.db)")
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON, as GET /calls returns it")
 
     # Outbound calls and number setup (twilio_rest.py): Twilio's REST API, no GEMINI_API_KEY needed.

@@ -22,6 +22,14 @@ what was said, which may include anything the caller chose to say.
 Schema changes are migrations: `MIGRATIONS[n]` takes a database from version n
 to n + 1 (`PRAGMA user_version`), each in its own transaction, so a later
 version can add columns to a file an older one wrote.
+
+Where records live is a `RecordsStore`, chosen by `open_records`: this SQLite
+file by default, or PostgreSQL when DATABASE_URL is set (records_postgres.py),
+for deployments with several servers or no persistent disk. Both run the same
+migrations and the same statements: they are written in SQL both accept, with
+`?` placeholders, in SQLite's spelling of the column types, which the
+PostgreSQL store translates. `list_calls` and `get_call` take a store, a path
+or a URL, so the CLI and the API read either the same way.
 """
 
 from __future__ import annotations
@@ -36,14 +44,17 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .errors import TelephonyError
 from .security import mask_phone
+from .settings import is_postgres_url
 
 __all__ = [
-    "CallRecorder", "RecordsError", "PriceTable", "estimate_cost", "migrate", "list_calls", "get_call",
-    "MIGRATIONS", "SCHEMA_VERSION", "format_call_list", "format_call",
+    "CallRecorder", "RecordsError", "RecordsUnavailable", "RecordsStore", "SqliteRecords", "open_records",
+    "PriceTable", "estimate_cost", "migrate", "list_calls", "get_call", "MIGRATIONS", "SCHEMA_VERSION",
+    "format_call_list", "format_call",
 ]
 
 log = logging.getLogger("telephony.records")
@@ -60,6 +71,9 @@ BUSY_TIMEOUT_S = 5.0
 MAX_OPEN_CALLS = 10_000
 #: Text longer than this (one transcript piece, one JSON value) is cut.
 MAX_TEXT_CHARS = 100_000
+#: While the database is unreachable, the writer retries after this long, doubling up to RETRY_MAX_S.
+RETRY_MIN_S = 0.25
+RETRY_MAX_S = 10.0
 
 ROLES = ("caller", "agent")
 DIRECTIONS = ("inbound", "outbound")
@@ -147,6 +161,16 @@ class RecordsError(TelephonyError):
     """The call records database cannot be opened, or was written by a newer version."""
 
 
+class RecordsUnavailable(TelephonyError):
+    """The records database cannot be reached for now (PostgreSQL down, restarting, cut
+    off): nothing was written, and the same records can be written once it is back."""
+
+
+class RecordRejected(Exception):
+    """The database refused one of a batch's records (a constraint, a value it cannot
+    hold); the batch was rolled back, and its other records can be written without it."""
+
+
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGRATIONS) -> int:
     """Bring the database to `len(migrations)`; return the version it was at.
 
@@ -203,6 +227,110 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
     except (OSError, sqlite3.Error) as exc:
         raise RecordsError(f"CALLS_DB_PATH={str(path)!r}: cannot open the call records database: {exc}") from None
     return conn
+
+
+# ----------------------------------------------------------------------------- where records live
+
+
+class RecordsStore:
+    """A records database, as the recorder and the readers see it.
+
+    The writer thread calls `connect` and `write`; `list_calls` and `get_call`
+    read through `reading`. Statements use `?` placeholders and name their
+    result columns, so one text serves every store.
+    """
+
+    #: The order of `list_calls`: newest first, then a tie-break the store can offer.
+    recent_first = "c.started_at DESC"
+
+    def check(self) -> None:
+        """Raise RecordsError if the server should not start with this store."""
+
+    def prepare(self) -> None:
+        """Create and migrate now. RecordsError: start-up should stop; RecordsUnavailable:
+        it cannot be reached now (the recorder queues and retries)."""
+
+    def connect(self) -> Any:
+        """The writer's own connection, migrated. May raise RecordsUnavailable."""
+        raise NotImplementedError
+
+    def write(self, conn: Any, batch: Sequence[tuple], apply: Callable[[Any, tuple], None]) -> None:
+        """`apply` every record of the batch in one transaction, all or nothing.
+
+        Raises RecordsUnavailable (keep the batch, retry later), RecordRejected
+        (one record is bad: write them one at a time) or anything else (the
+        batch is lost).
+        """
+        raise NotImplementedError
+
+    def reading(self) -> Any:
+        """A context manager giving a connection to read from, or None when nothing was ever recorded."""
+        raise NotImplementedError
+
+
+class SqliteRecords(RecordsStore):
+    """CALLS_DB_PATH: one file, in WAL mode so that readers run beside the writer."""
+
+    recent_first = "c.started_at DESC, c.rowid DESC"
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"SqliteRecords({str(self.path)!r})"
+
+    def check(self) -> None:
+        """A path that cannot hold the file stops start-up, naming CALLS_DB_PATH."""
+        self.prepare()
+
+    def prepare(self) -> None:
+        _open_for_writing(self.path).close()
+
+    def connect(self) -> sqlite3.Connection:
+        return _open_for_writing(self.path)
+
+    def write(self, conn: sqlite3.Connection, batch: Sequence[tuple], apply: Callable[[Any, tuple], None]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for record in batch:
+                apply(conn, record)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.OperationalError):
+                raise RecordRejected(str(exc)) from exc
+            raise  # full disk, I/O error, lock timeout: the batch is lost
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection | None]:
+        conn = _open_for_reading(self.path)
+        try:
+            yield conn
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def open_records(target: Any) -> RecordsStore:
+    """The store for `target`: Settings (DATABASE_URL if set, else CALLS_DB_PATH), a
+    postgresql:// URL, a SQLite path, or a store (returned as it is).
+
+    A PostgreSQL store is only built, never connected, here: a missing psycopg
+    raises RecordsError naming DATABASE_URL.
+    """
+    if isinstance(target, RecordsStore):
+        return target
+    if hasattr(target, "calls_db_path"):
+        target = getattr(target, "database_url", None) or target.calls_db_path
+    if isinstance(target, str) and is_postgres_url(target):
+        from .records_postgres import PostgresRecords
+
+        return PostgresRecords(target)
+    return SqliteRecords(target)
 
 
 # ----------------------------------------------------------------------------- cost
@@ -328,23 +456,35 @@ class CallRecorder:
     the writer thread applies the queue in batches. `flush()` waits for what
     was queued so far; `close()` flushes and stops the writer (the app calls
     it at shutdown). A bad value is logged and skipped, never raised.
+
+    `target` is anything `open_records` takes: a store, Settings, a SQLite path
+    or a postgresql:// URL. A database that cannot be reached (PostgreSQL
+    down, at start-up or mid-call) is one warning line: records wait in the
+    queue, the writer retries with backoff, and what is still queued is
+    written when it is back.
     """
 
-    def __init__(self, path: Path | str, settings: Any = None, *, max_queue: int = MAX_QUEUE, start: bool = True):
-        self.path = Path(path)
+    def __init__(self, target: Any, settings: Any = None, *, max_queue: int = MAX_QUEUE, start: bool = True):
+        self.store = open_records(target)
+        self.path: Path | None = getattr(self.store, "path", None)  # the SQLite file, if that is the store
         self.prices = PriceTable.from_settings(settings)
         self.max_queue = max(1, int(max_queue))
-        _open_for_writing(self.path).close()  # create and migrate now: a bad path stops start-up
+        self._outage_since: float | None = None  # monotonic time the database became unreachable
+        try:
+            self.store.prepare()  # create and migrate now: a bad path stops start-up
+        except RecordsUnavailable as exc:
+            self._outage(exc)
         self._queue: deque[tuple] = deque()
         self._cond = threading.Condition()
         self._submitted = 0  # records ever queued
         self._done = 0       # records written, failed or dropped
         self._urgent = False
         self._closing = False
+        self._abandoned = False  # close() gave up waiting: the writer stops retrying
         self._overflowing = False
         self.dropped = 0
         self._warned: set[str] = set()
-        self._open_turns: OrderedDict[str, tuple[int, str, int]] = OrderedDict()  # call -> (row id, role, seq)
+        self._open_turns: OrderedDict[str, tuple[str, int]] = OrderedDict()  # call -> (role, seq) of its last turn
         self._thread: threading.Thread | None = None
         if start:
             self.start()
@@ -448,6 +588,9 @@ class CallRecorder:
             if self._thread.is_alive():
                 log.warning("call records: the writer did not finish within %.0f s; %d record(s) may be lost",
                             timeout, len(self._queue))
+                with self._cond:
+                    self._abandoned = True
+                    self._cond.notify_all()
         if self.dropped:
             log.warning("call records: %d record(s) were dropped in all because the writer fell behind", self.dropped)
 
@@ -473,25 +616,40 @@ class CallRecorder:
             if self._closing:
                 self._warn_once("closed", "call records: a %s arrived after the recorder closed; not recorded", record[0])
                 return
-            if len(self._queue) >= self.max_queue:
-                self._queue.popleft()
-                self.dropped += 1
-                self._done += 1
-                if not self._overflowing:
-                    self._overflowing = True
-                    log.warning("call records: the writer is behind (%d records queued); dropping the oldest "
-                                "records until it catches up", len(self._queue))
             self._queue.append(record)
             self._submitted += 1
+            self._drop_overflow()
             self._cond.notify_all()
+
+    def _requeue(self, batch: list[tuple]) -> None:
+        """Put a batch the database could not take back in front, to be retried first."""
+        with self._cond:
+            self._queue.extendleft(reversed(batch))
+            self._drop_overflow()
+
+    def _drop_overflow(self) -> None:
+        """Beyond `max_queue`, drop the oldest records (one log line until the writer catches up)."""
+        excess = len(self._queue) - self.max_queue
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._queue.popleft()
+        self.dropped += excess
+        self._done += excess
+        if not self._overflowing:
+            self._overflowing = True
+            log.warning("call records: the writer is behind (%d records queued); dropping the oldest "
+                        "records until it catches up", len(self._queue))
 
     def _take_batch(self) -> list[tuple] | None:
         """The next batch, once it is due; None when closed and empty."""
         with self._cond:
             while not self._queue:
-                if self._closing:
+                if self._closing or self._abandoned:
                     return None
                 self._cond.wait()
+            if self._abandoned:
+                return None
             deadline = time.monotonic() + BATCH_WINDOW_S
             while not (self._closing or self._urgent) and len(self._queue) < MAX_BATCH:
                 left = deadline - time.monotonic()
@@ -501,13 +659,39 @@ class CallRecorder:
             batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
             if not self._queue:
                 self._urgent = False
-                self._overflowing = False
             return batch
+
+    def _finished(self, batch: list[tuple]) -> None:
+        """The batch is written, or lost for good."""
+        with self._cond:
+            self._done += len(batch)
+            if not self._queue:
+                self._overflowing = False
+            self._cond.notify_all()
+
+    def _outage(self, exc: Exception) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning("call records: %s is unreachable (%s); calls go on, their records wait in the queue "
+                        "(at most %d) and are written when it is back", self.store, exc, self.max_queue)
+
+    def _back(self) -> None:
+        if self._outage_since is not None:
+            log.info("call records: %s is reachable again after %.1f s; writing the queued records",
+                     self.store, time.monotonic() - self._outage_since)
+            self._outage_since = None
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before retrying; close() cuts the wait short once, for a last attempt."""
+        with self._cond:
+            closing = self._closing
+            self._cond.wait_for(lambda: self._abandoned or self._closing != closing, seconds)
 
     # ------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
+        conn: Any = None
+        delay = RETRY_MIN_S
         try:
             while True:
                 batch = self._take_batch()
@@ -515,46 +699,51 @@ class CallRecorder:
                     return
                 try:
                     if conn is None:
-                        conn = _open_for_writing(self.path)
+                        conn = self.store.connect()
                     self._write(conn, batch)
+                except RecordsUnavailable as exc:  # PostgreSQL is down: keep the batch and wait for it
+                    self._open_turns.clear()  # rows may not exist: look them up again
+                    conn = _close_quietly(conn)
+                    self._requeue(batch)
+                    self._outage(exc)
+                    self._pause(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
                 except Exception as exc:  # the file went away, the disk is full: lose this batch, not the server
                     log.error("call records: could not write %d record(s): %s", len(batch), exc)
-                    self._open_turns.clear()  # rows may not exist: look them up again
-                    if conn is not None:
-                        conn.close()
-                        conn = None
-                finally:
-                    with self._cond:
-                        self._done += len(batch)
-                        self._cond.notify_all()
+                    self._open_turns.clear()
+                    conn = _close_quietly(conn)
+                else:
+                    self._back()
+                    delay = RETRY_MIN_S
+                self._finished(batch)
         finally:
-            if conn is not None:
-                conn.close()
+            _close_quietly(conn)
             with self._cond:  # nobody waits for a writer that is gone
                 self._done = max(self._done, self._submitted)
                 self._cond.notify_all()
 
-    def _write(self, conn: sqlite3.Connection, batch: list[tuple]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+    def _write(self, conn: Any, batch: list[tuple]) -> None:
         try:
+            self.store.write(conn, batch, self._apply)
+        except RecordRejected:
+            self._open_turns.clear()  # the batch was rolled back
             for record in batch:
                 try:
-                    getattr(self, f"_apply_{record[0]}")(conn, *record[1:])
-                except sqlite3.Error as exc:
-                    if isinstance(exc, sqlite3.OperationalError):
-                        raise  # full disk, I/O error, lock timeout: the transaction is unusable
-                    self._warn_once(f"apply:{record[0]}:{type(exc).__name__}",
-                                    "call records: could not store a %s: %s", record[0], exc)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+                    self.store.write(conn, [record], self._apply)
+                except RecordRejected as exc:
+                    self._open_turns.clear()
+                    cause = type(exc.__cause__ or exc).__name__
+                    self._warn_once(f"apply:{record[0]}:{cause}", "call records: could not store a %s: %s", record[0], exc)
+
+    def _apply(self, conn: Any, record: tuple) -> None:
+        getattr(self, f"_apply_{record[0]}")(conn, *record[1:])
 
     @staticmethod
-    def _stub(conn: sqlite3.Connection, call_sid: str, at: float) -> None:
+    def _stub(conn: Any, call_sid: str, at: float) -> None:
         """A calls row for records that arrive before `call_started` (or without it)."""
-        conn.execute("INSERT OR IGNORE INTO calls (call_sid, started_at) VALUES (?, ?)", (call_sid, at))
+        conn.execute("INSERT INTO calls (call_sid, started_at) VALUES (?, ?) ON CONFLICT (call_sid) DO NOTHING",
+                     (call_sid, at))
 
     def _apply_call_started(self, conn, call_sid, stream_sid, direction, caller, called, at) -> None:
         conn.execute(
@@ -562,35 +751,37 @@ class CallRecorder:
             INSERT INTO calls (call_sid, stream_sid, direction, caller_masked, called_masked, started_at)
             VALUES (?, ?, ?, ?, ?, ?)
             ON CONFLICT (call_sid) DO UPDATE SET
-                stream_sid = coalesce(excluded.stream_sid, stream_sid),
+                stream_sid = coalesce(excluded.stream_sid, calls.stream_sid),
                 direction = excluded.direction,
-                caller_masked = coalesce(excluded.caller_masked, caller_masked),
-                called_masked = coalesce(excluded.called_masked, called_masked),
-                started_at = min(coalesce(started_at, excluded.started_at), excluded.started_at)
+                caller_masked = coalesce(excluded.caller_masked, calls.caller_masked),
+                called_masked = coalesce(excluded.called_masked, calls.called_masked),
+                started_at = CASE WHEN calls.started_at IS NULL OR excluded.started_at < calls.started_at
+                                  THEN excluded.started_at ELSE calls.started_at END
             """,
             (call_sid, stream_sid, direction, caller, called, at),
         )
         # The first words of a call start a turn of their own, even if the sid was seen before.
-        last = conn.execute("SELECT max(seq) FROM turns WHERE call_sid = ?", (call_sid,)).fetchone()[0]
-        self._open_turns[call_sid] = (0, "", last or 0)
+        last = conn.execute("SELECT max(seq) AS seq FROM turns WHERE call_sid = ?", (call_sid,)).fetchone()["seq"]
+        self._open_turns[call_sid] = ("", last or 0)
 
     def _apply_transcript(self, conn, call_sid, role, text, at, new_turn) -> None:
         current = self._open_turns.get(call_sid)
         if current is None:
-            row = conn.execute("SELECT id, role, seq FROM turns WHERE call_sid = ? ORDER BY seq DESC LIMIT 1",
+            row = conn.execute("SELECT role, seq FROM turns WHERE call_sid = ? ORDER BY seq DESC LIMIT 1",
                                (call_sid,)).fetchone()
-            current = (row["id"], row["role"], row["seq"]) if row else (0, "", 0)
-        row_id, last_role, seq = current
-        if row_id and last_role == role and not new_turn:
-            conn.execute("UPDATE turns SET text = text || ?, updated_at = ? WHERE id = ?", (text, at, row_id))
+            current = (row["role"], row["seq"]) if row else ("", 0)
+        last_role, seq = current
+        if seq and last_role == role and not new_turn:
+            conn.execute("UPDATE turns SET text = text || ?, updated_at = ? WHERE call_sid = ? AND seq = ?",
+                         (text, at, call_sid, seq))
         else:
             self._stub(conn, call_sid, at)
             seq += 1
-            row_id = conn.execute(
+            conn.execute(
                 "INSERT INTO turns (call_sid, seq, role, text, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (call_sid, seq, role, text, at, at),
-            ).lastrowid
-        self._open_turns[call_sid] = (row_id, role, seq)
+            )
+        self._open_turns[call_sid] = (role, seq)
         self._open_turns.move_to_end(call_sid)
         while len(self._open_turns) > MAX_OPEN_CALLS:
             self._open_turns.popitem(last=False)
@@ -612,7 +803,7 @@ class CallRecorder:
             conn.execute("UPDATE calls SET reconnects = reconnects + 1 WHERE call_sid = ?", (call_sid,))
 
     def _apply_usage(self, conn, call_sid, prompt, response, total, by_modality, cost) -> None:
-        conn.execute("INSERT OR IGNORE INTO calls (call_sid) VALUES (?)", (call_sid,))
+        conn.execute("INSERT INTO calls (call_sid) VALUES (?) ON CONFLICT (call_sid) DO NOTHING", (call_sid,))
         conn.execute(
             "UPDATE calls SET prompt_tokens = ?, response_tokens = ?, total_tokens = ?, tokens_by_modality = ?, "
             "estimated_cost_usd = ? WHERE call_sid = ?",
@@ -625,7 +816,8 @@ class CallRecorder:
             """
             UPDATE calls SET
                 ended_at = ?, end_reason = ?, summary = ?,
-                duration_s = coalesce(?, CASE WHEN started_at IS NULL THEN NULL ELSE round(? - started_at, 2) END),
+                duration_s = coalesce(?, CASE WHEN started_at IS NULL THEN NULL
+                                              ELSE round(CAST(? - started_at AS NUMERIC), 2) END),
                 interruptions = coalesce(?, interruptions),
                 reconnects = coalesce(?, reconnects)
             WHERE call_sid = ?
@@ -641,6 +833,16 @@ class CallRecorder:
             "INSERT INTO status_callbacks (call_sid, kind, status, payload, received_at) VALUES (?, ?, ?, ?, ?)",
             (call_sid, kind, status, payload, at),
         )
+
+
+def _close_quietly(conn: Any) -> None:
+    """Close a connection that may already be broken; always None, for `conn = _close_quietly(conn)`."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:
+            pass
+    return None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -676,7 +878,7 @@ def _loads(text: str | None) -> Any:
         return text
 
 
-def _call_dict(row: sqlite3.Row) -> dict[str, Any]:
+def _call_dict(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "call_sid": row["call_sid"],
         "stream_sid": row["stream_sid"],
@@ -697,35 +899,36 @@ def _call_dict(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def list_calls(path: Path | str, limit: int = 20) -> list[dict[str, Any]]:
-    """The most recent calls first, each with its number of transcript turns."""
-    conn = _open_for_reading(path)
-    if conn is None:
-        return []
+def list_calls(target: Any, limit: int = 20) -> list[dict[str, Any]]:
+    """The most recent calls first, each with its number of transcript turns.
+
+    `target`: what `open_records` takes (a store, Settings, a path or a URL).
+    """
+    store = open_records(target)
     limit = max(1, min(int(limit), 1000))
-    with conn:
+    with store.reading() as conn:
+        if conn is None:
+            return []
         rows = conn.execute(
-            """
+            f"""
             SELECT c.*, (SELECT count(*) FROM turns t WHERE t.call_sid = c.call_sid) AS turn_count
-            FROM calls c ORDER BY c.started_at DESC, c.rowid DESC LIMIT ?
+            FROM calls c ORDER BY {store.recent_first} LIMIT ?
             """,
             (limit,),
         ).fetchall()
-    conn.close()
     return [{**_call_dict(row), "turn_count": row["turn_count"]} for row in rows]
 
 
-def get_call(path: Path | str, call_sid: str) -> dict[str, Any] | None:
+def get_call(target: Any, call_sid: str) -> dict[str, Any] | None:
     """One call with its turns, tool calls, events and status callbacks, and all of
     them merged into one `timeline` ordered by time. None if nothing is known of it.
 
     Status callbacks count as knowing a call: Twilio may report calls that never
     reached a stream (turned away, unanswered outbound calls).
     """
-    conn = _open_for_reading(path)
-    if conn is None:
-        return None
-    try:
+    with open_records(target).reading() as conn:
+        if conn is None:
+            return None
         call = conn.execute("SELECT * FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
         turns = [
             {"seq": r["seq"], "role": r["role"], "text": r["text"], "started_at": r["started_at"], "updated_at": r["updated_at"]}
@@ -744,8 +947,6 @@ def get_call(path: Path | str, call_sid: str) -> dict[str, Any] | None:
             {"kind": r["kind"], "status": r["status"], "payload": _loads(r["payload"]), "received_at": r["received_at"]}
             for r in conn.execute("SELECT * FROM status_callbacks WHERE call_sid = ? ORDER BY received_at, id", (call_sid,))
         ]
-    finally:
-        conn.close()
     if call is None and not (turns or tools or events or callbacks):
         return None
     record: dict[str, Any] = _call_dict(call) if call is not None else {"call_sid": call_sid}
@@ -843,32 +1044,40 @@ def format_call(record: dict[str, Any]) -> str:
 def calls_command(args: Any) -> int:
     """`telephony calls [--limit N]` and `telephony calls show CALLSID` (see cli.py).
 
-    Reads CALLS_DB_PATH straight from the environment (or --db): listing records
-    needs neither the Gemini API key nor the rest of the server's settings.
+    Reads DATABASE_URL, else CALLS_DB_PATH, straight from the environment (or
+    --db, a path or a URL): listing records needs neither the Gemini API key
+    nor the rest of the server's settings.
     """
     import os
     import sys
 
-    from .settings import Settings
+    from .errors import SettingsError
+    from .settings import Settings, database_url_from
 
-    path = Path(getattr(args, "db", None) or os.environ.get("CALLS_DB_PATH", "").strip() or Settings.calls_db_path)
+    try:
+        url = database_url_from(os.environ.get("DATABASE_URL"))
+        path = getattr(args, "db", None) or url or os.environ.get("CALLS_DB_PATH", "").strip() or Settings.calls_db_path
+        store = open_records(path)
+    except (SettingsError, RecordsError) as exc:
+        print(f"telephony: {exc}", file=sys.stderr)
+        return 2
     as_json = bool(getattr(args, "json", False))
     try:
         if getattr(args, "calls_command", None) == "show":
-            record = get_call(path, args.call_sid)
+            record = get_call(store, args.call_sid)
             if record is None:
-                print(f"telephony: no call {args.call_sid} in {path}", file=sys.stderr)
+                print(f"telephony: no call {args.call_sid} in {store}", file=sys.stderr)
                 return 1
             print(json.dumps(record, indent=2, ensure_ascii=False) if as_json else format_call(record))
             return 0
-        calls = list_calls(path, args.limit)
+        calls = list_calls(store, args.limit)
     except RecordsError as exc:
         print(f"telephony: {exc}", file=sys.stderr)
         return 2
     if as_json:
         print(json.dumps({"calls": calls}, indent=2, ensure_ascii=False))
     elif not calls:
-        print(f"no calls recorded in {path}")
+        print(f"no calls recorded in {store}")
     else:
         print(format_call_list(calls))
     return 0

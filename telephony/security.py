@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
@@ -190,7 +190,11 @@ def install_log_redaction(settings: Settings) -> LogRedactor:
     REDACTOR.add_secret(settings.twilio_auth_token)
     REDACTOR.add_secret(settings.stream_token_secret)
     REDACTOR.add_secret(settings.calls_api_token)
-    REDACTOR.add_secret(settings.redis_url)  # may carry a password
+    for url in (settings.redis_url, settings.database_url):  # the password, whole or alone, encoded or not
+        if url:
+            password = urlsplit(url).password
+            for secret in (url, password, password and unquote(password)):
+                REDACTOR.add_secret(secret)
     REDACTOR.mask_phones = settings.mask_phone_numbers
     names = [n for n in list(logging.root.manager.loggerDict)
              if any(n == p or n.startswith(p + ".") for p in _REDACTED_LOGGERS)]

@@ -64,6 +64,7 @@ class Settings:
     twilio_phone_number: str | None = None
     twilio_api_base_url: str | None = None  # tests and simulations only: a stand-in for api.twilio.com
     calls_db_path: Path = Path("data/calls.db")
+    database_url: str | None = field(default=None, repr=False)  # call records in PostgreSQL instead (holds a password)
     calls_api_token: str | None = field(default=None, repr=False)
     # Estimated call cost (records.py), USD per million tokens. Defaults are assumptions
     # (Google's Live native-audio Flash prices): set your model's.
@@ -238,7 +239,8 @@ class Settings:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("gemini_api_key", "twilio_auth_token", "stream_token_secret", "calls_api_token", "redis_url"):
+            if f.name in ("gemini_api_key", "twilio_auth_token", "stream_token_secret", "calls_api_token", "redis_url",
+                          "database_url"):
                 value = "set" if value else "unset"
             elif f.name == "agent_instructions":
                 value = f"{len(value)} chars"
@@ -348,6 +350,9 @@ def _phone_line(get) -> dict[str, object]:
     db = get("CALLS_DB_PATH")
     if db is not None:
         values["calls_db_path"] = Path(db)
+    url = database_url_from(get("DATABASE_URL"))
+    if url is not None:
+        values["database_url"] = url
     token = get("CALLS_API_TOKEN")
     if token is not None:
         if len(token) < 16:
@@ -364,3 +369,24 @@ def _prices(get) -> dict[str, object]:
     for kind in ("audio_input", "audio_output", "text_input", "text_output"):
         values.update(_float(get, f"PRICE_{kind.upper()}_PER_MTOK", f"price_{kind}_per_mtok", 0, 10_000))
     return values
+
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def is_postgres_url(value: str) -> bool:
+    scheme, sep, _ = value.partition("://")
+    return bool(sep) and scheme.lower() in POSTGRES_SCHEMES
+
+
+def database_url_from(raw: str | None) -> str | None:
+    """DATABASE_URL, checked: a postgresql:// (or postgres://) URL, or unset.
+
+    The value is never put in an error message: it usually holds a password.
+    """
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    if not is_postgres_url(raw):
+        raise SettingsError("DATABASE_URL must be a postgresql:// (or postgres://) URL (value not shown)")
+    return raw
