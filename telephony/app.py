@@ -38,7 +38,7 @@ from . import twilio_protocol as tw
 from .bridge import CallBridge
 from .errors import MalformedMessage, SettingsError
 from .live import make_client
-from .records import CallRecorder, RecordsError, get_call, list_calls, open_records
+from .records import CallRecorder, RecordsError, RecordsUnavailable, get_call, list_calls, open_records
 from .security import (
     MAX_IDENTITY_CHARS, TOKEN_PARAMETER, CallerIdentity, DestinationNotAllowed, Gatekeeper, Rejected, check_deployment,
     install_log_redaction, stream_urls, webhook_urls,
@@ -307,7 +307,10 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         raw = request.query_params.get("limit", "20")
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             return JSONResponse({"detail": "limit must be a whole number from 1 to 1000"}, status_code=400)
-        calls = await asyncio.to_thread(list_calls, request.app.state.recorder.store, int(raw))
+        try:
+            calls = await asyncio.to_thread(list_calls, request.app.state.recorder.store, int(raw))
+        except RecordsUnavailable as exc:
+            return _records_unavailable(exc)
         return JSONResponse({"calls": calls})
 
     @app.get("/calls/{call_sid}")
@@ -316,7 +319,10 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         refused = _calls_api_refusal(request)
         if refused is not None:
             return refused
-        record = await asyncio.to_thread(get_call, request.app.state.recorder.store, call_sid)
+        try:
+            record = await asyncio.to_thread(get_call, request.app.state.recorder.store, call_sid)
+        except RecordsUnavailable as exc:
+            return _records_unavailable(exc)
         if record is None:
             return JSONResponse({"detail": f"no call {call_sid}"}, status_code=404)
         return JSONResponse(record)
@@ -400,6 +406,12 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         return Response(content=twiml, media_type="text/xml")
 
     return app
+
+
+def _records_unavailable(exc: Exception) -> Response:
+    log.warning("call records cannot be read now (503): %s", exc)
+    return JSONResponse({"detail": "the call records database cannot be reached; try again shortly"}, status_code=503,
+                        headers={"Retry-After": "5"})
 
 
 def _calls_api_refusal(request: Request) -> Response | None:

@@ -1071,7 +1071,7 @@ def calls_command(args: Any) -> int:
             print(json.dumps(record, indent=2, ensure_ascii=False) if as_json else format_call(record))
             return 0
         calls = list_calls(store, args.limit)
-    except RecordsError as exc:
+    except (RecordsError, RecordsUnavailable) as exc:
         print(f"telephony: {exc}", file=sys.stderr)
         return 2
     if as_json:

@@ -245,7 +245,7 @@ class PostgresRecords(RecordsStore):
         try:
             conn = self._connect()
         except RecordsUnavailable as exc:
-            raise RecordsError(f"cannot read the call records database ({self}): {exc}") from None
+            raise RecordsUnavailable(f"cannot read the call records database ({self}): {exc}") from None
         try:
             version = schema_version(conn)
             if version is None:

@@ -3,7 +3,8 @@
 Each test is what a caller or Twilio would meet when a call's webhook, its stream
 and Twilio's /stream-ended land on different instances: the instances must
 behave as one server. Both are real `telephony serve` processes reaching the
-Live emulator; Redis is a real redis-server, stopped and started by the tests.
+Live emulator; Redis is a real redis-server and the call records' database a
+real PostgreSQL, both this module's own, since the tests stop and start them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from telephony.testing.emulator import CallTool, Reply, Say, Script
+from telephony.testing.postgres_server import PostgresServer
 from telephony.testing.recordings import read_recording
 from telephony.testing.redis_server import RedisServer
 from telephony.testing.server import ServerProcess
@@ -30,6 +32,7 @@ PUBLIC = "https://agent.example.test"
 STREAM_URL = "wss://agent.example.test/media-stream"
 ACCOUNT = "AC" + "4" * 32
 OUR_NUMBER = "+15559870000"
+API_TOKEN = "calls-api-token-for-tests"
 
 _serial = itertools.count(0x1A57A000)
 _numbers = itertools.count(5550100)
@@ -50,15 +53,21 @@ def redis():
 
 
 @pytest.fixture(scope="module")
-def instances(emulator, redis, tmp_path_factory):
+def postgres():
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def instances(emulator, redis, postgres, tmp_path_factory):
     """Instances "a" and "b": the same deployment (auth token, public URL, Redis)."""
     folder = tmp_path_factory.mktemp("instances")
     base = {k: v for k, v in os.environ.items()
-            if k not in ("PUBLIC_URL", "TWILIO_ACCOUNT_SID", "REQUIRE_TWILIO_SIGNATURE", "CALLS_API_TOKEN",
-                         "STREAM_TOKEN_SECRET", "DATABASE_URL")}
+            if k not in ("PUBLIC_URL", "TWILIO_ACCOUNT_SID", "REQUIRE_TWILIO_SIGNATURE", "STREAM_TOKEN_SECRET")}
     base.update(emulator.env())
     base.update({"GEMINI_API_KEY": "test-api-key-123", "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "PUBLIC_URL": PUBLIC,
-                 "REDIS_URL": redis.url, "STREAM_TOKEN_TTL_SECONDS": "300", "LOG_LEVEL": "INFO",
+                 "REDIS_URL": redis.url, "DATABASE_URL": postgres.url, "CALLS_API_TOKEN": API_TOKEN,
+                 "STREAM_TOKEN_TTL_SECONDS": "300", "LOG_LEVEL": "INFO",
                  "LIVE_CONNECT_TIMEOUT_SECONDS": "3", "ORDERS_DB_PATH": str(folder / "orders.db")})
     servers = {}
     try:
@@ -86,6 +95,21 @@ def stream(server: ServerProcess, call_sid: str, parameters: dict[str, str], rec
     messages = readdress(read_recording(os.path.join(FIXTURES, recording)), call_sid, ACCOUNT, parameters)
     headers = {"X-Twilio-Signature": sign(STREAM_URL, None, AUTH_TOKEN)}
     return asyncio.run(CallSimulator(server.ws_url, messages, headers=headers, speed=speed, linger=5).run())
+
+
+def calls_listed(server: ServerProcess) -> set[str]:
+    r = httpx.get(f"{server.http_url}/calls?limit=1000", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return {c["call_sid"] for c in r.json()["calls"]}
+
+
+def eventually(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def rejected(server: ServerProcess) -> dict[str, int]:
@@ -163,3 +187,37 @@ def test_redis_stopping_mid_call_lets_the_call_go_on_refuses_new_calls_and_servi
     while "<Stream" not in (back := answer(b, new_call_sid(), new_caller())).text and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "<Stream" in back.text, "new calls are taken again once Redis answers"
+
+
+def test_every_instance_lists_the_calls_of_both(instances, emulator):
+    a, b = instances["a"], instances["b"]
+    emulator.script = Script(greeting=[Say(seconds=0.3)], replies=[])
+    one, two = new_call_sid(), new_call_sid()
+    stream(a, one, stream_parameters(answer(a, one, new_caller()).text))
+    stream(b, two, stream_parameters(answer(b, two, new_caller()).text))
+    assert eventually(lambda: {one, two} <= calls_listed(a) and {one, two} <= calls_listed(b))
+
+
+def test_postgresql_stopping_mid_call_loses_no_call_and_its_record_arrives_when_it_returns(
+        instances, emulator, postgres):
+    a = instances["a"]
+    emulator.script = Script(greeting=[Say(seconds=3.0)], replies=[])
+    call_sid = new_call_sid()
+    parameters = stream_parameters(answer(a, call_sid, new_caller()).text)
+    result: dict[str, SimulatedCall] = {}
+    talking = threading.Thread(target=lambda: result.setdefault("call", stream(a, call_sid, parameters, speed=1.0)))
+    talking.start()
+    try:
+        time.sleep(0.5)
+        postgres.stop()
+        talking.join(timeout=30)
+        call = result["call"]
+        assert len(call.agent_audio) >= 2.5 * 8000 and call.protocol_errors == []
+        assert "<Stream" in answer(a, new_call_sid(), new_caller()).text, "new calls are still taken"
+        listing = httpx.get(f"{a.http_url}/calls", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10)
+        assert listing.status_code == 503 and "try again" in listing.json()["detail"]
+    finally:
+        postgres.start()
+    assert eventually(lambda: call_sid in calls_listed(a), timeout=30), "the queued records were written"
+    writer = [ln for ln in a.output().splitlines() if "WARNING" in ln and "telephony.records" in ln]
+    assert len(writer) == 1, writer  # the writer says it once per outage, not once per record

@@ -29,6 +29,7 @@ from psycopg.rows import dict_row
 from telephony.app import create_app
 from telephony.errors import SettingsError
 from telephony.records import (
+    RecordsUnavailable,
     MIGRATIONS, SCHEMA_VERSION, CallRecorder, RecordsError, SqliteRecords, get_call, list_calls, open_records,
 )
 from telephony.records_postgres import PostgresRecords, migrate, schema_version
@@ -443,10 +444,10 @@ class TestPostgresGoesAway:
             pg.start()
         assert any("may be lost" in m for m in warnings_in(caplog))
 
-    def test_reading_while_it_is_down_is_a_records_error(self, pg, db_url):
+    def test_reading_while_it_is_down_says_the_database_cannot_be_reached(self, pg, db_url):
         try:
             pg.stop()
-            with pytest.raises(RecordsError, match="cannot read the call records database"):
+            with pytest.raises(RecordsUnavailable, match="cannot read the call records database"):
                 list_calls(db_url)
         finally:
             pg.start()
