@@ -168,6 +168,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         return JSONResponse(
             {
                 "status": "draining" if state.draining else "ok",
+                "instance": state.instance_id,
                 "shared_state": shared,
                 "active_calls": len(state.active_calls),
                 "tasks": len(asyncio.all_tasks()),

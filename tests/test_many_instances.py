@@ -20,6 +20,7 @@ import pytest
 
 from telephony.testing.emulator import CallTool, Reply, Say, Script
 from telephony.testing.postgres_server import PostgresServer
+from telephony.testing.proxy import NginxProxy
 from telephony.testing.recordings import read_recording
 from telephony.testing.redis_server import RedisServer
 from telephony.testing.server import ServerProcess
@@ -82,6 +83,13 @@ def instances(emulator, redis, postgres, tmp_path_factory):
             server.stop()
 
 
+@pytest.fixture(scope="module")
+def proxy(instances):
+    """deploy/nginx.conf in front of both instances: round robin, no session affinity."""
+    with NginxProxy([f"127.0.0.1:{s.port}" for s in instances.values()]) as server:
+        yield server
+
+
 def answer(server: ServerProcess, call_sid: str, caller: str) -> httpx.Response:
     """Twilio's voice webhook for a new call, signed, at this instance."""
     form = webhook_form(call_sid, caller, OUR_NUMBER, ACCOUNT)
@@ -114,6 +122,21 @@ def eventually(condition, timeout: float = 15.0) -> bool:
 
 def rejected(server: ServerProcess) -> dict[str, int]:
     return httpx.get(f"{server.http_url}/healthz", timeout=5).json()["rejected"]
+
+
+def test_the_proxy_spreads_requests_over_both_instances_and_a_whole_call_goes_through_it(proxy, instances, emulator):
+    seen = {httpx.get(f"{proxy.http_url}/healthz", timeout=5).json()["instance"] for _ in range(6)}
+    assert len(seen) == 2, "no session affinity: both instances answer"
+    emulator.script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[
+        CallTool("end_call", {"reason": "caller is done"}), Say(text="Goodbye!", seconds=0.6)])])
+    call_sid = new_call_sid()
+    parameters = stream_parameters(answer(proxy, call_sid, new_caller()).text)
+    call = stream(proxy, call_sid, parameters, recording="order_call.jsonl")
+    assert call.agent_audio and call.close_code == 1000
+    form = {"CallSid": call_sid, "AccountSid": ACCOUNT}
+    headers = {"X-Twilio-Signature": sign(f"{PUBLIC}/stream-ended", form, AUTH_TOKEN)}
+    r = httpx.post(f"{proxy.http_url}/stream-ended", data=form, headers=headers, timeout=10)
+    assert r.text.endswith("<Response><Hangup /></Response>")
 
 
 def test_a_stream_token_used_at_one_instance_cannot_be_replayed_at_the_other(instances, emulator):

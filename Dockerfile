@@ -1,0 +1,23 @@
+# The phone agent in a slim image: `docker build -t phone-agent .`
+# Configuration comes from the environment (README, "Environment variables").
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY telephony ./telephony
+COPY tools ./tools
+RUN pip install ".[redis,postgres]" \
+    && useradd --create-home --uid 10001 agent \
+    && mkdir -p /app/data && chown agent:agent /app/data
+
+USER agent
+ENV PORT=8000
+EXPOSE 8000
+# Twilio holds a call's WebSocket for as long as the call lasts: on SIGTERM the server
+# stops taking calls and lets active ones finish (DRAIN_TIMEOUT_SECONDS) before exiting.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/healthz', timeout=2)"
+CMD ["sh", "-c", "exec telephony serve --host 0.0.0.0 --port ${PORT}"]
