@@ -244,3 +244,45 @@ def test_postgresql_stopping_mid_call_loses_no_call_and_its_record_arrives_when_
     assert eventually(lambda: call_sid in calls_listed(a), timeout=30), "the queued records were written"
     writer = [ln for ln in a.output().splitlines() if "WARNING" in ln and "telephony.records" in ln]
     assert len(writer) == 1, writer  # the writer says it once per outage, not once per record
+
+
+def test_serve_with_two_workers_runs_two_processes_that_report_to_redis_and_take_calls(emulator, redis, tmp_path):
+    from telephony.shared_state import RedisState
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PUBLIC_URL", "TWILIO_AUTH_TOKEN", "DATABASE_URL")}
+    env.update(emulator.env())
+    env.update({"GEMINI_API_KEY": "test-api-key-123", "REDIS_URL": redis.url.replace("/0", "/3"),
+                "ORDERS_DB_PATH": str(tmp_path / "orders.db"), "CALLS_DB_PATH": str(tmp_path / "calls.db")})
+    server = ServerProcess(env, str(tmp_path / "workers.log"), workers=2)
+    try:
+        server.wait_healthy()
+
+        async def registered() -> int:
+            state = RedisState(env["REDIS_URL"])
+            try:
+                return len(await state.instances())
+            finally:
+                await state.aclose()
+
+        assert eventually(lambda: asyncio.run(registered()) == 2), server.output()[-2000:]
+        emulator.script = Script(greeting=[Say(seconds=0.3)], replies=[])
+        call = asyncio.run(CallSimulator(server.ws_url, os.path.join(FIXTURES, "greeting_only.jsonl"), speed=4).run())
+        assert call.agent_audio and call.close_code in (1000, None)
+    finally:
+        server.stop()
+
+
+def test_serve_refuses_more_than_one_worker_without_redis(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update({"GEMINI_API_KEY": "test-api-key-123", "ORDERS_DB_PATH": str(tmp_path / "orders.db"),
+                "CALLS_DB_PATH": str(tmp_path / "calls.db")})
+    done = subprocess.run([sys.executable, "-m", "telephony.cli", "serve", "--workers", "2", "--port", "1"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "telephony: configuration error: --workers 2 needs REDIS_URL: without a shared store each process would "
+        "keep its own replay memory, caller limits and /stream-ended answers (see \"Running more than one instance\")"
+    ]
