@@ -109,7 +109,7 @@ class ServerProcess:
         self.log.close()
 
 
-def start_server(env: Mapping[str, str], log_path: str, timeout: float = 30) -> ServerProcess:
+def start_server(env: Mapping[str, str], log_path: str, timeout: float = 30, workers: int = 1) -> ServerProcess:
     """Start ``telephony serve`` on a free loopback port and wait for /healthz.
 
     Never raises for a server that will not come up: `refused` says why, and the
@@ -118,7 +118,8 @@ def start_server(env: Mapping[str, str], log_path: str, timeout: float = 30) -> 
     port = free_port()
     log = open(log_path, "w+b")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "telephony.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "telephony.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         *(["--workers", str(workers)] if workers != 1 else [])],
         cwd=env.get("PYTHONPATH", str(ROOT)).split(os.pathsep)[0] or ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     server = ServerProcess(proc, port, log)
@@ -160,11 +161,31 @@ def health(port: int, timeout: float = 5) -> dict:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants (uvicorn's worker processes under `--workers`)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:  # it just ended
+            pass
+    return out
+
+
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """Resident memory of `pid` and its descendants, KB."""
+    total = 0
+    for p in family(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 def open_fds(pid: int) -> int:
@@ -188,19 +209,30 @@ def runqueue_wait_seconds(pid: int) -> float:
     A process that waits here is slowed by the others on the machine, not by its own work.
     """
     total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
+    for p in family(pid):
         try:
-            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[1])
-        except (OSError, IndexError, ValueError):  # a thread that just ended
-            pass
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int(Path(f"/proc/{p}/task/{task}/schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):  # a thread that just ended
+                pass
     return total / 1e9
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces; fields start at 3
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User + system CPU time of a process and its descendants (all threads), from /proc/<pid>/stat."""
+    total = 0
+    for p in family(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces; fields start at 3
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
 
 
 def machine_cpu_seconds() -> tuple[float, float]:

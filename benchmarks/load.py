@@ -95,6 +95,7 @@ import numpy as np
 
 from _harness import (  # first: it also puts the repository on sys.path
     ROOT,
+    family,
     FRAME, FRAME_S, LIVE_IN_RATE, LIVE_OUT_RATE, SILENCE_PAYLOAD, TWILIO_RATE, TwilioSide, cpu_seconds,
     machine_cpu_seconds, match_indices, model_frame, onsets_in, pct, rss_kb, runqueue_wait_seconds, server_env,
     start_server, tone,
@@ -568,14 +569,17 @@ def run_step(n: int, duration: float, opts: dict, log) -> Step:
                 proc.start()
                 procs[name] = (proc, here)
             env = expect(procs["emulator"], 60, "the emulator did not start")[1]
+            extra = {"REDIS_URL": opts["redis_url"]} if opts.get("redis_url") else {}
             server = start_server(server_env(
-                env, os.path.join(tmp, "orders.db"), tree=opts["server_tree"], RESAMPLER=opts["resampler"], MAX_CONCURRENT_CALLS="100000",
-                MODEL_WATCHDOG_SECONDS="0", DRAIN_TIMEOUT_SECONDS="1",
-            ), os.path.join(tmp, "server.log"))
+                env, os.path.join(tmp, "orders.db"), tree=opts["server_tree"], RESAMPLER=opts["resampler"],
+                MAX_CONCURRENT_CALLS="100000", MODEL_WATCHDOG_SECONDS="0", DRAIN_TIMEOUT_SECONDS="1", **extra,
+            ), os.path.join(tmp, "server.log"), workers=opts.get("workers", 1))
             if server.refused is not None:
                 raise RuntimeError(f"the server did not start: {server.refused}")
             if opts["server_cpus"]:
-                pin(server.pid, opts["server_cpus"])
+                time.sleep(0.5 if opts.get("workers", 1) > 1 else 0)  # the workers are up once /healthz answers
+                for pid in family(server.pid):
+                    pin(pid, opts["server_cpus"])
             asyncio.run(asyncio.wait_for(warm_up(server.ws_url, opts["seed"]), 20))
             settle_deadline = time.monotonic() + 10
             while server.health()["active_calls"] and time.monotonic() < settle_deadline:
@@ -597,6 +601,8 @@ def run_step(n: int, duration: float, opts: dict, log) -> Step:
             log(f"  {n} calls: opening over {ramp:.1f} s, measuring {duration:g} s ...")
 
             pids = {"server": server.pid, **{name: procs[name][0].pid for name in names}, "main": os.getpid()}
+            if opts.get("redis_pid"):
+                pids["redis"] = opts["redis_pid"]
             sleep_until(t_ms)
             cpu0, machine0 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_cpu_seconds()
             wait0, began = {k: runqueue_wait_seconds(p) for k, p in pids.items()}, time.monotonic()
@@ -912,6 +918,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="callers do not offer permessage-deflate (by default they offer it, as the websockets "
                              "client does; the server declines it, and a caller fails its call if it is accepted)")
     parser.add_argument("--seed", type=int, default=20240611)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server worker processes (`telephony serve --workers`); above 1 they share a redis-server "
+                             "this benchmark starts, whose CPU is shown as redis%%")
+    parser.add_argument("--redis", action="store_true", help="share state through Redis even with one worker")
     parser.add_argument("--compare", metavar="TREE", default=None,
                         help="another checkout (e.g. `git worktree add /tmp/old <commit>`): --find-max runs on both, "
                              "alternating tree by tree, and prints them side by side")
@@ -927,21 +937,39 @@ def main(argv: list[str] | None = None) -> int:
     opts = {"seed": args.seed, "resampler": args.resampler, "ramp": args.ramp, "caller_procs": args.caller_procs,
             "turn_every": args.turn_every, "turn_chunks": turn_chunks,
             "compression": None if args.no_deflate else "deflate", "server_cpus": set(), "generator_cpus": set(),
-            "server_tree": str(ROOT)}
+            "server_tree": str(ROOT), "workers": args.workers, "redis_url": None, "redis_pid": None}
     cpus = sorted(os.sched_getaffinity(0))
     if not args.no_pin and len(cpus) >= 2:
         opts["server_cpus"], opts["generator_cpus"] = {cpus[0]}, set(cpus[1:])
         os.sched_setaffinity(0, opts["generator_cpus"])  # this process only sleeps and samples
+    redis_server = None
+    if args.workers > 1 or args.redis:
+        from telephony.testing.redis_server import RedisServer
 
+        redis_server = RedisServer().start()
+        opts["redis_url"], opts["redis_pid"] = redis_server.url, redis_server.pid
+        if opts["generator_cpus"]:
+            pin(redis_server.pid, opts["generator_cpus"])
+
+    try:
+        return _run(args, opts, duration, steps, turn_chunks)
+    finally:
+        if redis_server is not None:
+            redis_server.close()
+
+
+def _run(args, opts: dict, duration: float, steps: list[int], turn_chunks: int) -> int:
     def log(text: str = "", end: str = "\n") -> None:
         print(text, end=end, flush=True)
 
     placement = (f"the server pinned to CPU {min(opts['server_cpus'])}, the Live emulator (1 process) and the callers "
                  f"({args.caller_procs} process(es)) on CPU {','.join(map(str, sorted(opts['generator_cpus'])))}"
                  if opts["server_cpus"] else
-                 f"{len(cpus)} CPUs shared by the server, the Live emulator (1 process) and the callers "
+                 f"{len(os.sched_getaffinity(0))} CPUs shared by the server, the Live emulator (1 process) and the callers "
                  f"({args.caller_procs} process(es))")
-    log(f"load: one `telephony serve` process (RESAMPLER={args.resampler}) on loopback; {placement}; "
+    served = (f"`telephony serve --workers {args.workers}` (REDIS_URL: a redis-server with the generators)"
+              if args.workers > 1 else "one `telephony serve` process" + (" with REDIS_URL" if args.redis else ""))
+    log(f"load: {served} (RESAMPLER={args.resampler}) on loopback; {placement}; "
         f"the agent speaks {turn_chunks * CHUNK_S:g} s every {args.turn_every:g} s on every call")
     if args.find_max and args.compare:
         rows = []
