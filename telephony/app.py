@@ -46,10 +46,8 @@ from .security import (
 from .settings import Settings
 from .shared_state import SharedStateUnavailable, open_shared_state
 from .tools import ToolRegistry
-from .twilio_rest import (
-    OutboundRefs, OutboundUnavailable, close_rest_client, describe_error, make_rest_client, parse_outbound_request,
-    place_call,
-)
+from .outbound import OutboundRefs, OutboundUnavailable, parse_outbound_request, place_call
+from .twilio_rest import close_rest_client, describe_error, make_rest_client
 from .twiml import apology_twiml, busy_twiml, connect_stream_twiml, dial_twiml, hangup_twiml, over_limit_twiml
 
 log = logging.getLogger("telephony.app")
@@ -328,7 +326,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             return JSONResponse({"detail": f"no call {call_sid}"}, status_code=404)
         return JSONResponse(record)
 
-    # ------------------------------------------------------------ outbound calls (twilio_rest.py)
+    # ------------------------------------------------------------ outbound calls (outbound.py)
 
     @app.post("/outbound-call")
     async def outbound_call(request: Request) -> Response:

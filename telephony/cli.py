@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                        "(default: DATABASE_URL, else CALLS_DB_PATH, else data/calls.db)")
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON, as GET /calls returns it")
 
-    # Outbound calls and number setup (twilio_rest.py): Twilio's REST API, no GEMINI_API_KEY needed.
+    # Outbound calls and number setup (twilio_cli.py): Twilio's REST API, no GEMINI_API_KEY needed.
     call = sub.add_parser("call", help="place an outbound call that the agent takes (needs PUBLIC_URL, TWILIO_PHONE_NUMBER)")
     call.add_argument("to", help="the number to call, E.164 (must be on ALLOWED_DESTINATIONS)")
     call.add_argument("--purpose", default="", help="why the agent calls; it reaches the agent as context")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command in ("call", "twilio"):
-        from .twilio_rest import twilio_command
+        from .twilio_cli import twilio_command
 
         return twilio_command(args)
     if args.command == "serve":

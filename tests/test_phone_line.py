@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from telephony.app import create_app
 from telephony.audio import ulaw_decode
+from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, Reply, Say, Script
+from telephony.testing.recordings import read_recording
+from telephony.testing.server import ServerThread
+from telephony.testing.simulator import CallSimulator
+from telephony.testing.twilio_signing import (
+    readdress,
+    sign,
+    stream_parameters,
+    webhook_form,
+)
+from telephony.testing.twilio_standin import TwilioStandIn
 
 GOODBYE_HZ = 660.0
 
@@ -57,21 +71,18 @@ def test_transfer_needs_a_configured_team(phone):
 
 # ------------------------------------------------ with REST credentials (Twilio stand-in)
 
-from test_security import play, recording, sign, stream_parameters, webhook_form  # noqa: E402
-
-from telephony.app import create_app  # noqa: E402
-from telephony.settings import Settings  # noqa: E402
-from telephony.testing.server import ServerThread  # noqa: E402
-from telephony.testing.twilio_standin import TwilioStandIn  # noqa: E402
-
-PUBLIC = "https://agent.example.test"  # what test_security's helpers sign for
+PUBLIC = "https://agent.example.test"
+AUTH_TOKEN = "0123456789abcdef0123456789abcdef"
+ACCOUNT = "AC" + "3" * 32
+OUR_NUMBER = "+15559870000"
 SALES = "+15551230001"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
 def line(server, emulator, tmp_path_factory):
     """A production-shaped server: verified Twilio traffic, REST through the stand-in."""
-    with TwilioStandIn(auth_token="0123456789abcdef0123456789abcdef", account_sid="AC" + "3" * 32) as standin:
+    with TwilioStandIn(auth_token=AUTH_TOKEN, account_sid=ACCOUNT) as standin:
         env = {
             **emulator.env(), **standin.env(), "PUBLIC_URL": PUBLIC,
             "TRANSFER_TARGETS": f"sales={SALES}", "STREAM_TOKEN_TTL_SECONDS": "300",
@@ -85,10 +96,13 @@ def line(server, emulator, tmp_path_factory):
 
 def signed_call(srv, emulator, script: Script, call_sid: str, caller: str, name: str = "order_call.jsonl"):
     emulator.script = script
-    r = httpx.post(f"{srv.http_url}/incoming-call", data=webhook_form(call_sid, caller),
-                   headers={"X-Twilio-Signature": sign(f"{PUBLIC}/incoming-call", webhook_form(call_sid, caller))})
+    form = webhook_form(call_sid, caller, OUR_NUMBER, ACCOUNT)
+    r = httpx.post(f"{srv.http_url}/incoming-call", data=form,
+                   headers={"X-Twilio-Signature": sign(f"{PUBLIC}/incoming-call", form, AUTH_TOKEN)})
     assert r.status_code == 200, r.text
-    return play(srv, recording(call_sid, stream_parameters(r.text), name), speed=1.0, linger=3.0)
+    messages = readdress(read_recording(FIXTURES / name), call_sid, ACCOUNT, stream_parameters(r.text))
+    headers = {"X-Twilio-Signature": sign("wss://agent.example.test/media-stream", None, AUTH_TOKEN)}
+    return asyncio.run(CallSimulator(srv.ws_url, messages, headers=headers, speed=1.0, linger=3.0).run())
 
 
 def test_with_rest_the_hang_up_request_is_sent_only_after_the_goodbye_played(line, emulator):

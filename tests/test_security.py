@@ -10,21 +10,18 @@ signs them, with twilio's own RequestValidator (twilio-media-streams.md §6).
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import itertools
 import json
 import logging
 import sqlite3
 import time
-import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from twilio.request_validator import RequestValidator
 
 from telephony.app import create_app
 from telephony.errors import SettingsError
@@ -34,6 +31,7 @@ from telephony.security import (
 )
 from telephony.settings import Settings
 from telephony.shared_state import InProcessState
+from telephony.testing import twilio_signing
 from telephony.testing.emulator import CallTool, Say, Script
 from telephony.testing.recordings import read_recording
 from telephony.testing.server import ServerThread
@@ -68,7 +66,7 @@ def fresh_number() -> str:
 
 
 def sign(url: str, params: dict | None = None, token: str = AUTH_TOKEN) -> str:
-    return RequestValidator(token).compute_signature(url, params or {})
+    return twilio_signing.sign(url, params, token)
 
 
 class FakeClock:
@@ -107,8 +105,7 @@ def secure(server, emulator, tmp_path_factory):
 
 
 def webhook_form(call_sid: str, caller: str, called: str = "+15559870000") -> dict[str, str]:
-    return {"AccountSid": ACCOUNT, "ApiVersion": "2010-04-01", "CallSid": call_sid, "CallStatus": "ringing",
-            "Direction": "inbound", "From": caller, "To": called, "FromCity": "SPRINGFIELD"}
+    return twilio_signing.webhook_form(call_sid, caller, called, ACCOUNT)
 
 
 def post_webhook(srv: ServerThread, form: dict, signature: str | None = "sign") -> httpx.Response:
@@ -121,10 +118,7 @@ def post_webhook(srv: ServerThread, form: dict, signature: str | None = "sign") 
     return httpx.post(f"{srv.http_url}/incoming-call", data=form, headers=headers)
 
 
-def stream_parameters(twiml: str) -> dict[str, str]:
-    stream = ET.fromstring(twiml).find("./Connect/Stream")
-    assert stream is not None, twiml
-    return {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+stream_parameters = twilio_signing.stream_parameters
 
 
 def answered_call(srv: ServerThread, call_sid: str, caller: str) -> dict[str, str]:
@@ -135,13 +129,7 @@ def answered_call(srv: ServerThread, call_sid: str, caller: str) -> dict[str, st
 
 def recording(call_sid: str, parameters: dict[str, str], name: str = "greeting_only.jsonl") -> list[dict]:
     """A recorded call, re-addressed to `call_sid` with the stream parameters the TwiML gave."""
-    messages = copy.deepcopy(read_recording(FIXTURES / name))
-    for m in messages:
-        if m["event"] == "start":
-            m["start"]["callSid"] = call_sid
-            m["start"]["accountSid"] = ACCOUNT
-            m["start"]["customParameters"] = dict(parameters)
-    return messages
+    return twilio_signing.readdress(read_recording(FIXTURES / name), call_sid, ACCOUNT, parameters)
 
 
 def play(srv: ServerThread, messages: list[dict], signature: str | None = "sign", speed: float = 4.0,

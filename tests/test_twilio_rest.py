@@ -28,10 +28,9 @@ from telephony.cli import main
 from telephony.security import Rejected
 from telephony.settings import Settings
 from telephony.testing import CallSimulator, Say, Script, ServerThread, TwilioStandIn, read_recording
-from telephony.twilio_rest import (
-    OutboundRefs, OutboundRequest, check_health, close_rest_client, is_already_ended, make_rest_client,
-    parse_outbound_request, rebase_url,
-)
+from telephony.number_setup import check_health
+from telephony.outbound import OutboundRefs, OutboundRequest, parse_outbound_request
+from telephony.twilio_rest import close_rest_client, is_already_ended, make_rest_client, rebase_url
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PUBLIC = "https://agent.example.test"
