@@ -42,6 +42,12 @@ RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 GOAWAY_MARGIN_S = 2.0
 #: How long the goodbye at MAX_CALL_SECONDS may take before we hang up regardless.
 GOODBYE_GRACE_S = 15.0
+#: After `interrupted`, audio is dropped until the interrupted turn's `turnComplete`
+#: (gemini-live.md §12). Should that never come, dropping stops after this long: late
+#: chunks of the old turn trail the interruption by a few hundred ms, while the answer to
+#: the caller can only start after they stop talking (silence_duration_ms, 500 ms, plus
+#: the model's latency), and if that answer starts inside the window the watchdog nudges.
+DISCARD_LIMIT_S = 2.0
 OUTBOUND_GREETING = (
     "You placed this phone call and the person has just answered. The purpose of the call: {purpose}. "
     "Greet them in one short sentence, say who you are and why you are calling."
@@ -92,12 +98,14 @@ class Call:
         max_call_s: float | None = None,
         dtmf_timeout_s: float = 2.0,
         goodbye_timeout_s: float = GOODBYE_GRACE_S,
+        discard_limit_s: float = DISCARD_LIMIT_S,
     ):
         self.greeting = greeting
         self.watchdog_s = watchdog_s
         self.max_call_s = max_call_s
         self.dtmf_timeout_s = dtmf_timeout_s
         self.goodbye_timeout_s = goodbye_timeout_s
+        self.discard_limit_s = discard_limit_s
         self.inbound = inbound or InboundAudio()
         self.outbound = outbound or OutboundAudio()
         self.phase = Phase.AWAITING_START
@@ -145,6 +153,8 @@ class Call:
         self.frames_dropped = 0
         self.bad_frames = 0
         self.interruptions = 0
+        self.stale_audio_dropped = 0  # chunks of interrupted turns that never reached Twilio
+        self.discards_timed_out = 0  # interrupted turns whose turnComplete never came
         self.reconnects = 0
         self.watchdog_nudges = 0
         self.digits: list[str] = []
@@ -194,6 +204,8 @@ class Call:
             "bad_frames": self.bad_frames,
             "agent_turns": self.turn,
             "interruptions": self.interruptions,
+            "stale_audio_chunks_dropped": self.stale_audio_dropped,
+            "interrupted_turns_without_turn_complete": self.discards_timed_out,
             "live_reconnects": self.reconnects,
             "watchdog_nudges": self.watchdog_nudges,
             "agent_audio_sent_s": round(self.sent_bytes / ULAW_BYTES_PER_SECOND, 2),
@@ -330,6 +342,7 @@ class Call:
                 actions.append(ev.SendTextToLive(self.greeting))
         else:
             self.reconnects += 1
+            self._discarding = False  # the old session's late audio cannot reach a new one
             log.info("Live session resumed (reconnect %d); replaying %d buffered frames", self.reconnects, len(self._buffered))
         # Nothing said or computed while switching is lost: audio first, in order, then tool results.
         actions.extend(ev.SendAudioToLive(pcm) for pcm in self._buffered)
@@ -370,6 +383,13 @@ class Call:
                 self.watchdog_nudges += 1
                 log.warning("model silent for %.1f s; nudging it once", self.watchdog_s or 0)
                 return [ev.SendTextToLive(NUDGE_TEXT)]
+        elif event.name == "discard":
+            if self._discarding:
+                self.discards_timed_out += 1
+                log.warning(
+                    "no turnComplete %.1f s after an interruption; playing model audio again", self.discard_limit_s
+                )
+                self._discarding = False
         elif event.name == "dtmf":
             return self._keypad_to_model()
         elif event.name == "max_call":
@@ -399,7 +419,10 @@ class Call:
         return self._finish_after_goodbye(end, self.turn)
 
     def _on_model_audio(self, event: ev.ModelAudio) -> list[ev.Action]:
-        if self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING) or self._discarding:
+        if self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING):
+            return []
+        if self._discarding:
+            self.stale_audio_dropped += 1
             return []
         actions = self._disarm_watchdog()
         payloads = self.outbound.convert(event.pcm)
@@ -419,6 +442,8 @@ class Call:
     def _on_turn_complete(self, event: ev.TurnComplete) -> list[ev.Action]:
         actions = self._drain_turn()
         self._turn_open = False
+        # The interrupted turn is over: what follows is a new turn. The "discard" timer is
+        # left to fire into nothing; the next interruption restarts it.
         self._discarding = False
         self._transcript_break = True
         if not self.marks_in_flight and self.phase is Phase.AGENT_SPEAKING:
@@ -451,14 +476,16 @@ class Call:
         self.phase = Phase.LISTENING
         # Always clear, even if everything seems played: Twilio may still be buffering.
         assert self._out is not None
-        return [ev.SendToTwilio((self._out.clear(),))]
+        return [ev.SendToTwilio((self._out.clear(),)), ev.StartTimer("discard", self.discard_limit_s)]
 
     def _on_transcript(self, event: ev.Transcript) -> list[ev.Action]:
         if not event.text:
             return []
         actions: list[ev.Action] = []
         if event.role == "caller":
-            self._discarding = False  # the caller's new turn has begun
+            # Not the end of the discard: input transcription has no ordering with the
+            # model's output (gemini-live.md §12), so late audio of the interrupted turn
+            # can still follow it. Only that turn's turnComplete ends it.
             actions = self._arm_watchdog()
         if self.transcript and self.transcript[-1][0] == event.role and not self._transcript_break:
             self.transcript[-1][1] += event.text

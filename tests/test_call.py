@@ -163,12 +163,43 @@ class TestCallerInterrupts:
         assert twilio_messages(c.agent_says(0.5))  # the next turn plays
         assert c.call.turn == 2
 
-    def test_caller_speech_transcript_also_ends_the_discard(self):
+    def test_caller_transcript_between_late_chunks_does_not_end_the_discard(self):
+        # gemini-live.md §12: input transcription has no ordering with the model's output.
         c = CallScript().connected()
         c.agent_says(0.5)
         c.call.handle(ev.ModelInterrupted())
+        assert c.agent_says(0.1) == []
         c.call.handle(ev.Transcript("caller", "wait, actually"))
-        assert twilio_messages(c.agent_says(0.5))
+        assert c.agent_says(0.2) == []  # still the interrupted turn
+        c.call.handle(ev.TurnComplete())
+        assert twilio_messages(c.agent_says(0.5))  # the answer to "wait, actually" plays
+        assert c.call.summary()["stale_audio_chunks_dropped"] == 8
+
+    def test_interruption_starts_a_bounded_discard(self):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        actions = c.call.handle(ev.ModelInterrupted())
+        assert actions[-1] == ev.StartTimer("discard", c.call.discard_limit_s)
+
+    def test_a_missing_turn_complete_after_an_interruption_ends_the_discard_at_its_bound(self, caplog):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        c.call.handle(ev.ModelInterrupted())
+        assert c.agent_says(0.2) == []  # late audio, and then no turnComplete ever
+        with caplog.at_level("WARNING", logger="telephony.call"):
+            assert c.call.handle(ev.TimerFired("discard")) == []
+        assert len([r for r in caplog.records if "no turnComplete" in r.getMessage()]) == 1
+        assert twilio_messages(c.agent_says(0.5))  # the model is heard again
+        assert c.call.summary()["interrupted_turns_without_turn_complete"] == 1
+
+    def test_a_discard_timer_after_the_turn_completed_changes_nothing(self):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        c.call.handle(ev.ModelInterrupted())
+        c.call.handle(ev.TurnComplete())
+        c.agent_says(0.3)
+        assert c.call.handle(ev.TimerFired("discard")) == []
+        assert c.call.summary()["interrupted_turns_without_turn_complete"] == 0
 
     def test_clear_is_sent_even_when_everything_was_already_played(self):
         c = CallScript().connected()

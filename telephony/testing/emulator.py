@@ -226,6 +226,15 @@ class Script:
     completes the turn at once instead of at the estimated end of playback."""
     interrupt_on_speech: bool = True
     turn_complete_after_interrupt: bool = True
+    """End an interrupted turn with its turnComplete, as the service does; False plays a
+    service that never sends it (the client must recover on its own)."""
+    late_chunks_after_interrupt: int = 0
+    """Audio chunks of the interrupted turn still sent after `interrupted` (the rest of the
+    Say that was playing, continued as its tone if it runs out): the production service
+    has been seen doing this (gemini-live.md §12)."""
+    transcript_during_late_audio: str = ""
+    """If set, sent as the caller's inputTranscription halfway through those late chunks:
+    transcription has no ordering with the model's output."""
     send_usage: bool = True
     """usageMetadata after each turnComplete."""
     resumption_updates: bool = True
@@ -238,6 +247,10 @@ class Script:
             raise ValueError(f"Script.pace must be >= 0, got {self.pace!r}")
         if not self.audio_chunk_ms > 0:
             raise ValueError(f"Script.audio_chunk_ms must be > 0, got {self.audio_chunk_ms!r}")
+        if self.late_chunks_after_interrupt < 0:
+            raise ValueError(
+                f"Script.late_chunks_after_interrupt must be >= 0, got {self.late_chunks_after_interrupt!r}"
+            )
         _check_steps(self.greeting, "Script.greeting")
         for reply in self.replies:
             if not isinstance(reply, Reply):
@@ -464,7 +477,8 @@ class EmulatedSession:
     any thread. `events` holds ``(time.monotonic(), kind, detail)`` tuples, in order;
     kinds: setup, resumed, caller_speech_start/end (detail: stream seconds),
     activity_start/end, audio_stream_end, text, context_update, turn_start (reply
-    index or "greeting"), audio_out (bytes sent), tool_call, tool_response,
+    index or "greeting"), audio_out (bytes sent), late_audio_out (bytes of an interrupted
+    turn sent after `interrupted`), tool_call, tool_response,
     tool_timeout, tool_cancelled, turn_cancelled, interrupted, turn_complete,
     go_away, protocol_error, error, closed (close code).
     """
@@ -503,6 +517,7 @@ class EmulatedSession:
         self._turn_label: object = None
         self._turn_audio_s = 0.0
         self._playback_end = 0.0
+        self._saying: tuple[Say, int] | None = None  # the Say in progress, and bytes of it sent
         self._pending_tools: dict[str, asyncio.Future] = {}
         self._call_ids = itertools.count(1)
         self._handles = itertools.count(1)
@@ -745,6 +760,9 @@ class EmulatedSession:
             self._playback_end = time.monotonic()  # the client drops its queued audio
             self._record("interrupted", label)
             await self._send({"serverContent": {"interrupted": True}})
+            if self.script.late_chunks_after_interrupt:
+                await self._late_audio()
+            self._saying = None
             if self.script.turn_complete_after_interrupt:
                 await self._complete_turn(label)
 
@@ -812,9 +830,36 @@ class EmulatedSession:
             logger.exception("Live emulator session #%d: turn %r failed", self.index, label)
             await self._ws.close(1011, "internal error")
 
+    def _chunk_bytes(self) -> int:
+        return min(max(2, self.script.audio_chunk_ms * OUTPUT_RATE // 1000 * 2), _MAX_CHUNK_BYTES)
+
+    async def _send_audio(self, chunk: bytes) -> None:
+        await self._send({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
+            "mimeType": OUTPUT_MIME, "data": base64.b64encode(chunk).decode("ascii")}}]}}})
+
+    async def _late_audio(self) -> None:
+        """The interrupted turn goes on for a few chunks after `interrupted` (§12)."""
+        count = self.script.late_chunks_after_interrupt
+        say, offset = self._saying or (Say(seconds=0.0), 0)
+        chunk_bytes = self._chunk_bytes()
+        rest = say.pcm()[offset : offset + count * chunk_bytes]
+        if len(rest) < count * chunk_bytes:  # continue the same voice
+            freq = say.freq if say.audio is None else 440.0
+            rest += tone_pcm(freq, (count * chunk_bytes - len(rest)) / (2 * OUTPUT_RATE))
+        chunks = [rest[i : i + chunk_bytes] for i in range(0, len(rest), chunk_bytes)][:count]
+        transcript = self.script.transcript_during_late_audio
+        for i, chunk in enumerate(chunks):
+            if transcript and i == len(chunks) // 2:
+                await self._send({"serverContent": {"inputTranscription": {"text": transcript}}})
+                transcript = ""
+            await self._send_audio(chunk)
+        if transcript:
+            await self._send({"serverContent": {"inputTranscription": {"text": transcript}}})
+        self._record("late_audio_out", sum(map(len, chunks)))
+
     async def _say(self, say: Say) -> None:
         pcm = say.pcm()
-        chunk_bytes = min(max(2, self.script.audio_chunk_ms * OUTPUT_RATE // 1000 * 2), _MAX_CHUNK_BYTES)
+        chunk_bytes = self._chunk_bytes()
         chunks = [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
         pieces = _split_transcript(say.text)
         # Piece k goes out just before chunk k * len(chunks) / len(pieces).
@@ -830,13 +875,13 @@ class EmulatedSession:
                     break
                 if pace > 0:
                     await asyncio.sleep(max(0.0, start + emitted / pace - time.monotonic()))
-                await self._send({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
-                    "mimeType": OUTPUT_MIME, "data": base64.b64encode(chunk).decode("ascii")}}]}}})
+                await self._send_audio(chunk)
                 seconds = len(chunk) / (2 * OUTPUT_RATE)
                 self._playback_end = max(self._playback_end, time.monotonic()) + seconds
                 emitted += seconds
                 self._turn_audio_s += seconds
                 sent_bytes += len(chunk)
+                self._saying = (say, sent_bytes)
                 if pace == 0 and i % 16 == 15:
                     await asyncio.sleep(0)  # let the reader see barge-in and tool responses
         finally:
