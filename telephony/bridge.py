@@ -167,13 +167,15 @@ class CallBridge:
 
     async def _one_live_session(self) -> None:
         handle = self.call.resumption_handle
-        config = live_mod.build_config(self.settings, self.registry.declarations(), resumption_handle=handle)
+        config = live_mod.build_config(
+            self.settings, self.registry.declarations(), resumption_handle=handle, carry_over=self.call.carry_over
+        )
         try:
             async with live_mod.open_session(self.client, self.settings, config) as session:
                 self.live = session
                 log.info(
                     "Live session %s for call %s (model %s)",
-                    "resumed" if handle else "open", self.call.call_sid, self.settings.gemini_model,
+                    "resumed" if handle else ("replaced" if self.call.carry_over else "open"), self.call.call_sid, self.settings.gemini_model,
                 )
                 await self._perform(self.call.handle(ev.LiveReady()))
                 pump = asyncio.create_task(self._pump_live(session), name="live-reader")

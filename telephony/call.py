@@ -57,6 +57,16 @@ GOODBYE_TEXT = (
     "(The maximum length of this call has been reached. Tell the caller politely, in one short "
     "sentence, that you have to end the call now, and say goodbye.)"
 )
+#: What a fresh session is told when a resumption handle was refused (or never came):
+#: it has none of the old session's context, only what both sides said so far.
+CARRY_OVER_TEXT = (
+    "This phone call is already under way; the connection to you was replaced and you lost "
+    "your memory of it. Here is what has been said so far. Do not greet the caller again; "
+    "continue the conversation from where it stopped.\n{conversation}"
+)
+#: Characters of the conversation carried into a fresh session: the most recent part.
+#: The system instruction is sent with every setup, so it must not grow with the call.
+CARRY_OVER_CHARS = 6000
 #: Bad frames tolerated before a stream is treated as abusive and closed with 1008.
 MAX_BAD_FRAMES = 50
 
@@ -138,6 +148,8 @@ class Call:
         self.live_state = "none"
         self._ever_ready = False
         self._reconnect_attempts = 0
+        self._attempt_handle: str | None = None  # the handle the pending reconnection uses
+        self._go_away_seen = False  # this session announced its end: any close then resumes
         self._resume_at_boundary = False
         self._watchdog_armed = False
         self._nudged = False
@@ -156,6 +168,8 @@ class Call:
         self.stale_audio_dropped = 0  # chunks of interrupted turns that never reached Twilio
         self.discards_timed_out = 0  # interrupted turns whose turnComplete never came
         self.reconnects = 0
+        self.sessions_resumed = 0  # reconnections that kept the context through a handle
+        self.sessions_fresh = 0  # reconnections without one (refused or never issued)
         self.watchdog_nudges = 0
         self.digits: list[str] = []
         self.transcript: list[list[str]] = []  # [role, text]
@@ -190,6 +204,21 @@ class Call:
         self.phase = Phase.ENDED
 
     @property
+    def carry_over(self) -> str | None:
+        """Context for a session opened mid-call without a resumption handle (to add to
+        its system instruction), or None when the session needs none.
+
+        The system instruction, rather than a text turn: it is in place before the
+        session hears any caller audio, and it makes the model speak no turn of its own
+        (a text turn is answered, and on 3.8 a completed client turn interrupts).
+        """
+        if not self._ever_ready or self.resumption_handle is not None:
+            return None
+        lines = [f"{'Caller' if role == 'caller' else 'You'}: {text.strip()}" for role, text in self.transcript]
+        conversation = "\n".join(lines)[-CARRY_OVER_CHARS:] or "(nothing yet)"
+        return CARRY_OVER_TEXT.format(conversation=conversation)
+
+    @property
     def heard_seconds(self) -> float:
         return self.heard_bytes / ULAW_BYTES_PER_SECOND
 
@@ -207,6 +236,8 @@ class Call:
             "stale_audio_chunks_dropped": self.stale_audio_dropped,
             "interrupted_turns_without_turn_complete": self.discards_timed_out,
             "live_reconnects": self.reconnects,
+            "live_sessions_resumed": self.sessions_resumed,
+            "live_sessions_fresh": self.sessions_fresh,
             "watchdog_nudges": self.watchdog_nudges,
             "agent_audio_sent_s": round(self.sent_bytes / ULAW_BYTES_PER_SECOND, 2),
             "agent_audio_heard_s": round(self.heard_seconds, 2),
@@ -331,6 +362,7 @@ class Call:
         self._ever_ready = True
         self.live_state = "ready"
         self._reconnect_attempts = 0
+        self._go_away_seen = False
         if self.phase is Phase.CONNECTING:
             self.phase = Phase.LISTENING
         actions: list[ev.Action] = []
@@ -342,6 +374,10 @@ class Call:
                 actions.append(ev.SendTextToLive(self.greeting))
         else:
             self.reconnects += 1
+            if self._attempt_handle is not None:
+                self.sessions_resumed += 1
+            else:
+                self.sessions_fresh += 1
             self._discarding = False  # the old session's late audio cannot reach a new one
             log.info("Live session resumed (reconnect %d); replaying %d buffered frames", self.reconnects, len(self._buffered))
         # Nothing said or computed while switching is lost: audio first, in order, then tool results.
@@ -354,15 +390,25 @@ class Call:
     def _on_live_failed(self, event: ev.LiveFailed) -> list[ev.Action]:
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
-        if not self._ever_ready or event.code in FATAL_LIVE_CODES:
+        if not self._ever_ready:
             return self._end(f"Live session could not be opened: {event.reason}", apologize=True)
+        if event.code in FATAL_LIVE_CODES:
+            if self._attempt_handle is None:  # a fresh session's setup refused: retrying would loop
+                return self._end(f"Live session could not be opened: {event.reason}", apologize=True)
+            # The handle was refused (expired, invalid, another model): the caller stays, and
+            # a fresh session carries the conversation so far (`carry_over`).
+            log.warning("resumption handle refused (code=%s, %s); opening a fresh session", event.code, event.reason)
+            self.resumption_handle = None
+            return self._reconnect(f"resumption refused, opening a fresh session: {event.reason}")
         return self._reconnect(f"resuming failed: {event.reason}")
 
     def _on_live_closed(self, event: ev.LiveClosed) -> list[ev.Action]:
         if self.phase in (Phase.ENDING, Phase.ENDED) or self.live_state == "switching":
             return []
         what = f"Live session closed (code={event.code}, {event.reason or 'no reason'})"
-        if event.code in FATAL_LIVE_CODES:
+        # After a goAway the service closes with 1000, 1011 or even 1008 ("client failed to
+        # close the connection after receiving a GoAway"): the session ended, not the request.
+        if event.code in FATAL_LIVE_CODES and not self._go_away_seen:
             return self._end(what, apologize=True)
         log.warning("%s; resuming", what)
         return self._reconnect(what)
@@ -545,6 +591,7 @@ class Call:
 
     def _on_go_away(self, event: ev.GoAway) -> list[ev.Action]:
         log.info("Live session will close soon (time left: %s s)", event.time_left_s)
+        self._go_away_seen = True
         if self.live_state != "ready" or self.phase in (Phase.ENDING, Phase.ENDED):
             return []
         left = event.time_left_s
@@ -588,6 +635,7 @@ class Call:
         self._turn_open = False
         self._resume_at_boundary = False
         self.live_state = "switching"
+        self._attempt_handle = self.resumption_handle
         self._reconnect_attempts += 1
         if self._reconnect_attempts > len(RECONNECT_BACKOFF_S):
             return actions + self._end(

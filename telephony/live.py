@@ -56,8 +56,14 @@ def build_config(
     declarations: Iterable[types.FunctionDeclaration] = (),
     *,
     resumption_handle: str | None = None,
+    carry_over: str | None = None,
 ) -> types.LiveConnectConfig:
+    """`carry_over` (from `Call.carry_over`) joins the system instruction of a session
+    opened mid-call without a handle, so the model knows the conversation so far."""
     declarations = list(declarations)
+    instructions = settings.agent_instructions
+    if carry_over:
+        instructions = f"{instructions}\n\n{carry_over}" if instructions else carry_over
     return types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
         speech_config=types.SpeechConfig(
@@ -65,7 +71,7 @@ def build_config(
                 prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.gemini_voice)
             )
         ),
-        system_instruction=settings.agent_instructions,
+        system_instruction=instructions,
         tools=[types.Tool(function_declarations=declarations)] if declarations else None,
         realtime_input_config=types.RealtimeInputConfig(
             automatic_activity_detection=types.AutomaticActivityDetection(

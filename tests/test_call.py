@@ -350,6 +350,45 @@ class TestLongCallsAndLiveFailures:
         (action,) = c.call.handle(ev.LiveFailed("invalid handle", 1007))
         assert isinstance(action, ev.EndCall) and action.apologize
 
+    def test_a_refused_handle_opens_a_fresh_session_carrying_the_conversation(self):
+        c = CallScript().connected()
+        c.call.handle(ev.Transcript("agent", "Hi, Acme here."))
+        c.call.handle(ev.TurnComplete())
+        c.call.handle(ev.Transcript("caller", "Where is order A1001?"))
+        c.call.handle(ev.ResumptionUpdate("h1", True))
+        c.call.handle(ev.LiveClosed(1011, "internal error"))
+        assert c.call.carry_over is None  # the resume carries the context itself
+        actions = c.call.handle(ev.LiveFailed("session resumption handle expired", 1008))
+        assert any(isinstance(a, ev.ResumeLive) for a in actions)
+        assert not any(isinstance(a, ev.EndCall) for a in actions)  # the caller stays on the line
+        assert c.call.resumption_handle is None
+        assert "You: Hi, Acme here.\nCaller: Where is order A1001?" in c.call.carry_over
+        assert c.caller_speaks(3) == []  # kept for the fresh session
+        ready = c.live_ready()
+        assert [type(a) for a in ready] == [ev.SendAudioToLive] * 3  # no second greeting
+        summary = c.call.summary()
+        assert (summary["live_sessions_resumed"], summary["live_sessions_fresh"]) == (0, 1)
+
+    def test_a_fresh_session_refused_too_ends_the_call(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ResumptionUpdate("h1", True))
+        c.call.handle(ev.LiveClosed(1006, "abnormal"))
+        c.call.handle(ev.LiveFailed("handle expired", 1008))
+        (action,) = c.call.handle(ev.LiveFailed("model not supported", 1008))
+        assert isinstance(action, ev.EndCall) and action.apologize
+
+    @pytest.mark.parametrize("code", [1000, 1008, 1011])
+    def test_any_close_after_go_away_resumes(self, code):
+        c = CallScript().connected()
+        c.call.handle(ev.ResumptionUpdate("h1", True))
+        c.agent_says(0.5)  # busy: the switch waits for the turn boundary...
+        c.call.handle(ev.GoAway(50.0))
+        actions = c.call.handle(ev.LiveClosed(code, "client failed to close the connection after receiving a GoAway"))
+        assert any(isinstance(a, ev.ResumeLive) for a in actions)  # ...but the service closed first
+        assert not any(isinstance(a, ev.EndCall) for a in actions)
+        c.live_ready()
+        assert c.call.summary()["live_sessions_resumed"] == 1
+
     def test_go_away_while_the_agent_speaks_waits_for_the_turn_boundary(self):
         c = CallScript().connected()
         c.agent_says(0.5)

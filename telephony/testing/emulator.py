@@ -219,6 +219,11 @@ class Script:
     or "http403" (refuse the WebSocket upgrade)."""
     setup_close_code: int = 1008
     setup_close_reason: str = "model not found"
+    refuse_resumption: int | None = None
+    """Close code (1007 or 1008) with which a setup carrying a resumption handle is
+    refused, even one this emulator issued: the handle expired 2 h after its session
+    ended, or was made for another model (gemini-live.md §5, §12). None accepts them."""
+    refuse_resumption_reason: str = "session resumption handle is invalid or expired"
     audio_chunk_ms: int = 40
     """Audio per modelTurn frame."""
     pace: float = 2.0
@@ -475,10 +480,10 @@ class EmulatedSession:
 
     Recorded attributes are appended from the emulator thread and may be read from
     any thread. `events` holds ``(time.monotonic(), kind, detail)`` tuples, in order;
-    kinds: setup, resumed, caller_speech_start/end (detail: stream seconds),
-    activity_start/end, audio_stream_end, text, context_update, turn_start (reply
-    index or "greeting"), audio_out (bytes sent), late_audio_out (bytes of an interrupted
-    turn sent after `interrupted`), tool_call, tool_response,
+    kinds: setup, resumed / resume_refused (the handle), caller_speech_start/end
+    (detail: stream seconds), activity_start/end, audio_stream_end, text,
+    context_update, turn_start (reply index or "greeting"), audio_out (bytes sent),
+    late_audio_out (bytes of an interrupted turn sent after `interrupted`), tool_call, tool_response,
     tool_timeout, tool_cancelled, turn_cancelled, interrupted, turn_complete,
     go_away, protocol_error, error, closed (close code).
     """
@@ -578,7 +583,7 @@ class EmulatedSession:
         """Serve the connection until it closes; never raises."""
         try:
             await self._handshake()
-            if self.script.setup == "ok":
+            if self.script.setup == "ok" and self._ws.close_code is None:
                 await self._read_frames()
         except _ClientProtocolError as exc:
             self._record("protocol_error", str(exc))
@@ -612,6 +617,10 @@ class EmulatedSession:
             self._resumable = True
             handle = resumption.get("handle")
             if handle:
+                if self.script.refuse_resumption is not None:
+                    self._record("resume_refused", handle)
+                    await self._ws.close(self.script.refuse_resumption, self.script.refuse_resumption_reason)
+                    return
                 origin = self._emulator._resume(handle)
                 if origin is None:
                     raise _ClientProtocolError(f"unknown session resumption handle {handle!r}")
