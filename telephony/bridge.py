@@ -233,7 +233,8 @@ class CallBridge:
                 self.call.call_sid, call_id=action.call_id, name=action.name, args=action.args, response=response,
                 outcome="error" if "error" in response else "ok", latency_ms=round(elapsed * 1000, 1), at=time.time(),
             )
-        await self._perform(self.call.handle(ev.ToolFinished(action.call_id, action.name, response, elapsed)))
+        scheduling = self.registry.scheduling_for(action.name, response)
+        await self._perform(self.call.handle(ev.ToolFinished(action.call_id, action.name, response, elapsed, scheduling)))
 
     # ----------------------------------------------------------- actions
 
@@ -270,7 +271,9 @@ class CallBridge:
                     await self._to_live(self.live.send_text(action.text))
             elif kind is ev.SendToolResponse:
                 if self.live is not None:
-                    await self._to_live(self.live.send_tool_response(action.call_id, action.name, action.response))
+                    await self._to_live(self.live.send_tool_response(
+                        action.call_id, action.name, action.response, action.scheduling
+                    ))
             elif kind is ev.ResumeLive:
                 log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
                 if self.recorder is not None and self.call.call_sid:

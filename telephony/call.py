@@ -570,10 +570,12 @@ class Call:
         record.latency_ms = round(event.elapsed_s * 1000, 1)
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
-        response = ev.SendToolResponse(event.call_id, event.name, event.response)
+        response = ev.SendToolResponse(event.call_id, event.name, event.response, event.scheduling)
         if self.live_state != "ready":
             self._queued_responses.append(response)  # delivered on the resumed session
             return []
+        if event.scheduling == "SILENT":  # the model was told not to speak: silence is expected
+            return [response]
         return [response, *self._arm_watchdog()]
 
     def _on_usage(self, event: ev.UsageReported) -> list[ev.Action]:

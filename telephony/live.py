@@ -113,9 +113,13 @@ class LiveSession:
     async def send_text(self, text: str) -> None:
         await self._session.send_realtime_input(text=text)
 
-    async def send_tool_response(self, call_id: str, name: str, response: dict) -> None:
+    async def send_tool_response(self, call_id: str, name: str, response: dict, scheduling: str | None = None) -> None:
+        """`scheduling` says when the model speaks about a NON_BLOCKING call's result (§8)."""
         await self._session.send_tool_response(
-            function_responses=[types.FunctionResponse(id=call_id, name=name, response=response)]
+            function_responses=[types.FunctionResponse(
+                id=call_id, name=name, response=response,
+                scheduling=types.FunctionResponseScheduling(scheduling) if scheduling else None,
+            )]
         )
 
     async def events(self) -> AsyncIterator[object]:

@@ -239,6 +239,26 @@ class TestTools:
         assert c.call.tool_calls[0].outcome == "error"
 
 
+class TestToolScheduling:
+    """gemini-live.md §8: each response's `scheduling` decides when the model speaks."""
+
+    def test_the_response_carries_the_tools_scheduling_and_the_watchdog_waits_for_speech(self):
+        call = Call(greeting=None, watchdog_s=5.0)
+        call.handle(tw.StreamStarted(SID, CALL, "", {}))
+        call.handle(ev.LiveReady())
+        call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {}),)))
+        actions = call.handle(ev.ToolFinished("fc-1", "lookup_order", {"result": 1}, 0.01, "INTERRUPT"))
+        assert actions == [ev.SendToolResponse("fc-1", "lookup_order", {"result": 1}, "INTERRUPT"), ev.StartTimer("watchdog", 5.0)]
+
+    def test_a_silent_response_expects_no_speech_so_nobody_nudges_the_model(self):
+        call = Call(greeting=None, watchdog_s=5.0)
+        call.handle(tw.StreamStarted(SID, CALL, "", {}))
+        call.handle(ev.LiveReady())
+        call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "end_call", {}),)))
+        actions = call.handle(ev.ToolFinished("fc-1", "end_call", {"result": {"ended": True}}, 0.01, "SILENT"))
+        assert actions == [ev.SendToolResponse("fc-1", "end_call", {"result": {"ended": True}}, "SILENT")]
+
+
 class TestEndingACall:
     def test_stop_ends_the_call_and_cancels_running_tools(self):
         c = CallScript().connected()

@@ -297,3 +297,34 @@ class TestLateAudioAfterABargeIn:
         summary = server.app.state.recent_calls[-1]
         assert summary["interrupted_turns_without_turn_complete"] == 1
         assert len([r for r in caplog.records if "no turnComplete" in r.getMessage()]) == 1
+
+
+def test_after_every_tool_response_the_caller_hears_the_model_before_the_watchdog(phone, server):
+    """gemini-live.md §8, §12: on 3.8 Live each response's `scheduling` decides whether the
+    model speaks; WHEN_IDLE never fires in voice calls, so our tools choose on purpose."""
+    script = Script(
+        greeting=[Say(seconds=0.5, freq=GREETING_HZ)],
+        replies=[
+            Reply(steps=[
+                CallTool("lookup_order", {"order_id": "A1001"}), Say(text="It has shipped.", seconds=1.0, freq=ANSWER_HZ),
+                CallTool("transfer_call", {"destination": "sales"}), Say(text="I can't transfer you.", seconds=1.0, freq=600.0),
+            ]),
+            Reply(steps=[Say(text="Goodbye!", seconds=1.0, freq=GOODBYE_HZ), CallTool("end_call", {"reason": "done"}),
+                         Say(text="A second goodbye nobody needs.", seconds=1.0, freq=300.0)]),
+        ],
+    )
+    call = phone.call("order_call.jsonl", script, speed=2)
+    session = phone.last_session
+    declared = {d["name"]: d.get("behavior") for t in session.setup["tools"] for d in key(t, "functionDeclarations", "function_declarations")}
+    assert declared == {"lookup_order": "NON_BLOCKING", "end_call": "NON_BLOCKING", "transfer_call": "NON_BLOCKING"}
+    assert [(r["name"], r.get("scheduling")) for r in session.tool_responses] == [
+        ("lookup_order", "INTERRUPT"), ("transfer_call", "INTERRUPT"), ("end_call", "SILENT"),
+    ]
+    played = call.played_audio
+    heard = [dominant_hz(ulaw_decode(played[i : i + 2000]), 8000) for i in range(0, len(played) - 1999, 2000)]  # 250 ms
+    for hz in (ANSWER_HZ, 600.0, GOODBYE_HZ):  # the model spoke after each result it was to speak about
+        assert any(abs(h - hz) <= 10 for h in heard), (hz, heard)
+    assert not any(abs(h - 300.0) <= 10 for h in heard)  # and not after the one it was told to keep quiet about
+    summary = server.app.state.recent_calls[-1]
+    assert summary["watchdog_nudges"] == 0  # never MODEL_WATCHDOG_SECONDS of silence after a response
+    assert summary["end_reason"] == "agent ended the call: done"

@@ -240,6 +240,12 @@ class Script:
     transcript_during_late_audio: str = ""
     """If set, sent as the caller's inputTranscription halfway through those late chunks:
     transcription has no ordering with the model's output."""
+    when_idle_fires: bool = False
+    """What a WHEN_IDLE tool response does (the default scheduling of a NON_BLOCKING call,
+    §8). False, as reported of the production service in voice calls: the model never
+    speaks about it, the rest of the turn is dropped. True: it speaks once its audio so
+    far has played. SILENT always drops the rest of the turn; INTERRUPT (or a response to
+    a call not declared NON_BLOCKING) speaks at once."""
     send_usage: bool = True
     """usageMetadata after each turnComplete."""
     resumption_updates: bool = True
@@ -484,6 +490,7 @@ class EmulatedSession:
     (detail: stream seconds), activity_start/end, audio_stream_end, text,
     context_update, turn_start (reply index or "greeting"), audio_out (bytes sent),
     late_audio_out (bytes of an interrupted turn sent after `interrupted`), tool_call, tool_response,
+    tool_result_unspoken (the response's scheduling kept the model silent),
     tool_timeout, tool_cancelled, turn_cancelled, interrupted, turn_complete,
     go_away, protocol_error, error, closed (close code).
     """
@@ -825,7 +832,8 @@ class EmulatedSession:
                 if isinstance(step, Say):
                     await self._say(step)
                 elif isinstance(step, CallTool):
-                    await self._call_tool(step)
+                    if not await self._call_tool(step):
+                        break  # the response's scheduling keeps the model silent
                 elif await self._fail(step):
                     return
             await self._send({"serverContent": {"generationComplete": True}})
@@ -896,7 +904,17 @@ class EmulatedSession:
         finally:
             self._record("audio_out", sent_bytes)
 
-    async def _call_tool(self, step: CallTool) -> None:
+    def _behavior(self, name: str) -> str | None:
+        """The `behavior` the setup declared for function `name`, if any."""
+        for tool in _field(self.setup, "tools") or []:
+            for declaration in _field(tool, "function_declarations") or [] if isinstance(tool, dict) else []:
+                if isinstance(declaration, dict) and declaration.get("name") == name:
+                    return declaration.get("behavior")
+        return None
+
+    async def _call_tool(self, step: CallTool) -> bool:
+        """Call the function and wait for its response; return whether the model then
+        goes on speaking, as the response's `scheduling` decides (§8)."""
         call_id = step.id or f"fc-{next(self._call_ids)}"
         waiter = self._loop.create_future()
         self._pending_tools[call_id] = waiter
@@ -906,13 +924,23 @@ class EmulatedSession:
             await self._send({"toolCall": {"functionCalls": [call]}})
             try:
                 async with asyncio.timeout(step.wait):
-                    await waiter
+                    entry = await waiter
             except TimeoutError:
                 self._record("tool_timeout", call_id)
                 logger.info("Live emulator session #%d: no response to %s within %ss",
                             self.index, call_id, step.wait)
+                return True
         finally:
             self._pending_tools.pop(call_id, None)
+        scheduling = entry.get("scheduling")
+        if scheduling is None and self._behavior(step.name) == "NON_BLOCKING":
+            scheduling = "WHEN_IDLE"  # the service's default for a NON_BLOCKING call
+        if scheduling == "SILENT" or (scheduling == "WHEN_IDLE" and not self.script.when_idle_fires):
+            self._record("tool_result_unspoken", {"id": call_id, "scheduling": scheduling})
+            return False
+        if scheduling == "WHEN_IDLE" and self.script.pace > 0:
+            await asyncio.sleep(max(0.0, self._playback_end - time.monotonic()))
+        return True
 
     async def _fail(self, step: Fail) -> bool:
         if step.raw is not None:
