@@ -69,7 +69,8 @@ def build_config(
         speech_config=types.SpeechConfig(
             voice_config=types.VoiceConfig(
                 prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.gemini_voice)
-            )
+            ),
+            language_code=settings.gemini_language,
         ),
         system_instruction=instructions,
         tools=[types.Tool(function_declarations=declarations)] if declarations else None,
