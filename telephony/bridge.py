@@ -167,13 +167,15 @@ class CallBridge:
 
     async def _one_live_session(self) -> None:
         handle = self.call.resumption_handle
-        config = live_mod.build_config(self.settings, self.registry.declarations(), resumption_handle=handle)
+        config = live_mod.build_config(
+            self.settings, self.registry.declarations(), resumption_handle=handle, carry_over=self.call.carry_over
+        )
         try:
             async with live_mod.open_session(self.client, self.settings, config) as session:
                 self.live = session
                 log.info(
                     "Live session %s for call %s (model %s)",
-                    "resumed" if handle else "open", self.call.call_sid, self.settings.gemini_model,
+                    "resumed" if handle else ("replaced" if self.call.carry_over else "open"), self.call.call_sid, self.settings.gemini_model,
                 )
                 await self._perform(self.call.handle(ev.LiveReady()))
                 pump = asyncio.create_task(self._pump_live(session), name="live-reader")
@@ -234,7 +236,8 @@ class CallBridge:
                 self.call.call_sid, call_id=action.call_id, name=action.name, args=action.args, response=response,
                 outcome="error" if "error" in response else "ok", latency_ms=round(elapsed * 1000, 1), at=time.time(),
             )
-        await self._perform(self.call.handle(ev.ToolFinished(action.call_id, action.name, response, elapsed)))
+        scheduling = self.registry.scheduling_for(action.name, response)
+        await self._perform(self.call.handle(ev.ToolFinished(action.call_id, action.name, response, elapsed, scheduling)))
 
     # ----------------------------------------------------------- actions
 
@@ -271,7 +274,9 @@ class CallBridge:
                     await self._to_live(self.live.send_text(action.text))
             elif kind is ev.SendToolResponse:
                 if self.live is not None:
-                    await self._to_live(self.live.send_tool_response(action.call_id, action.name, action.response))
+                    await self._to_live(self.live.send_tool_response(
+                        action.call_id, action.name, action.response, action.scheduling
+                    ))
             elif kind is ev.ResumeLive:
                 log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
                 if self.recorder is not None and self.call.call_sid:

@@ -42,6 +42,12 @@ RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 GOAWAY_MARGIN_S = 2.0
 #: How long the goodbye at MAX_CALL_SECONDS may take before we hang up regardless.
 GOODBYE_GRACE_S = 15.0
+#: After `interrupted`, audio is dropped until the interrupted turn's `turnComplete`
+#: (gemini-live.md §12). Should that never come, dropping stops after this long: late
+#: chunks of the old turn trail the interruption by a few hundred ms, while the answer to
+#: the caller can only start after they stop talking (silence_duration_ms, 500 ms, plus
+#: the model's latency), and if that answer starts inside the window the watchdog nudges.
+DISCARD_LIMIT_S = 2.0
 OUTBOUND_GREETING = (
     "You placed this phone call and the person has just answered. The purpose of the call: {purpose}. "
     "Greet them in one short sentence, say who you are and why you are calling."
@@ -51,6 +57,16 @@ GOODBYE_TEXT = (
     "(The maximum length of this call has been reached. Tell the caller politely, in one short "
     "sentence, that you have to end the call now, and say goodbye.)"
 )
+#: What a fresh session is told when a resumption handle was refused (or never came):
+#: it has none of the old session's context, only what both sides said so far.
+CARRY_OVER_TEXT = (
+    "This phone call is already under way; the connection to you was replaced and you lost "
+    "your memory of it. Here is what has been said so far. Do not greet the caller again; "
+    "continue the conversation from where it stopped.\n{conversation}"
+)
+#: Characters of the conversation carried into a fresh session: the most recent part.
+#: The system instruction is sent with every setup, so it must not grow with the call.
+CARRY_OVER_CHARS = 6000
 #: Bad frames tolerated before a stream is treated as abusive and closed with 1008.
 MAX_BAD_FRAMES = 50
 
@@ -92,12 +108,14 @@ class Call:
         max_call_s: float | None = None,
         dtmf_timeout_s: float = 2.0,
         goodbye_timeout_s: float = GOODBYE_GRACE_S,
+        discard_limit_s: float = DISCARD_LIMIT_S,
     ):
         self.greeting = greeting
         self.watchdog_s = watchdog_s
         self.max_call_s = max_call_s
         self.dtmf_timeout_s = dtmf_timeout_s
         self.goodbye_timeout_s = goodbye_timeout_s
+        self.discard_limit_s = discard_limit_s
         self.inbound = inbound or InboundAudio()
         self.outbound = outbound or OutboundAudio()
         self.phase = Phase.AWAITING_START
@@ -130,6 +148,8 @@ class Call:
         self.live_state = "none"
         self._ever_ready = False
         self._reconnect_attempts = 0
+        self._attempt_handle: str | None = None  # the handle the pending reconnection uses
+        self._go_away_seen = False  # this session announced its end: any close then resumes
         self._resume_at_boundary = False
         self._watchdog_armed = False
         self._nudged = False
@@ -145,7 +165,11 @@ class Call:
         self.frames_dropped = 0
         self.bad_frames = 0
         self.interruptions = 0
+        self.stale_audio_dropped = 0  # chunks of interrupted turns that never reached Twilio
+        self.discards_timed_out = 0  # interrupted turns whose turnComplete never came
         self.reconnects = 0
+        self.sessions_resumed = 0  # reconnections that kept the context through a handle
+        self.sessions_fresh = 0  # reconnections without one (refused or never issued)
         self.watchdog_nudges = 0
         self.digits: list[str] = []
         self.transcript: list[list[str]] = []  # [role, text]
@@ -180,6 +204,21 @@ class Call:
         self.phase = Phase.ENDED
 
     @property
+    def carry_over(self) -> str | None:
+        """Context for a session opened mid-call without a resumption handle (to add to
+        its system instruction), or None when the session needs none.
+
+        The system instruction, rather than a text turn: it is in place before the
+        session hears any caller audio, and it makes the model speak no turn of its own
+        (a text turn is answered, and on 3.8 a completed client turn interrupts).
+        """
+        if not self._ever_ready or self.resumption_handle is not None:
+            return None
+        lines = [f"{'Caller' if role == 'caller' else 'You'}: {text.strip()}" for role, text in self.transcript]
+        conversation = "\n".join(lines)[-CARRY_OVER_CHARS:] or "(nothing yet)"
+        return CARRY_OVER_TEXT.format(conversation=conversation)
+
+    @property
     def heard_seconds(self) -> float:
         return self.heard_bytes / ULAW_BYTES_PER_SECOND
 
@@ -194,7 +233,11 @@ class Call:
             "bad_frames": self.bad_frames,
             "agent_turns": self.turn,
             "interruptions": self.interruptions,
+            "stale_audio_chunks_dropped": self.stale_audio_dropped,
+            "interrupted_turns_without_turn_complete": self.discards_timed_out,
             "live_reconnects": self.reconnects,
+            "live_sessions_resumed": self.sessions_resumed,
+            "live_sessions_fresh": self.sessions_fresh,
             "watchdog_nudges": self.watchdog_nudges,
             "agent_audio_sent_s": round(self.sent_bytes / ULAW_BYTES_PER_SECOND, 2),
             "agent_audio_heard_s": round(self.heard_seconds, 2),
@@ -319,6 +362,7 @@ class Call:
         self._ever_ready = True
         self.live_state = "ready"
         self._reconnect_attempts = 0
+        self._go_away_seen = False
         if self.phase is Phase.CONNECTING:
             self.phase = Phase.LISTENING
         actions: list[ev.Action] = []
@@ -330,6 +374,11 @@ class Call:
                 actions.append(ev.SendTextToLive(self.greeting))
         else:
             self.reconnects += 1
+            if self._attempt_handle is not None:
+                self.sessions_resumed += 1
+            else:
+                self.sessions_fresh += 1
+            self._discarding = False  # the old session's late audio cannot reach a new one
             log.info("Live session resumed (reconnect %d); replaying %d buffered frames", self.reconnects, len(self._buffered))
         # Nothing said or computed while switching is lost: audio first, in order, then tool results.
         actions.extend(ev.SendAudioToLive(pcm) for pcm in self._buffered)
@@ -341,15 +390,25 @@ class Call:
     def _on_live_failed(self, event: ev.LiveFailed) -> list[ev.Action]:
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
-        if not self._ever_ready or event.code in FATAL_LIVE_CODES:
+        if not self._ever_ready:
             return self._end(f"Live session could not be opened: {event.reason}", apologize=True)
+        if event.code in FATAL_LIVE_CODES:
+            if self._attempt_handle is None:  # a fresh session's setup refused: retrying would loop
+                return self._end(f"Live session could not be opened: {event.reason}", apologize=True)
+            # The handle was refused (expired, invalid, another model): the caller stays, and
+            # a fresh session carries the conversation so far (`carry_over`).
+            log.warning("resumption handle refused (code=%s, %s); opening a fresh session", event.code, event.reason)
+            self.resumption_handle = None
+            return self._reconnect(f"resumption refused, opening a fresh session: {event.reason}")
         return self._reconnect(f"resuming failed: {event.reason}")
 
     def _on_live_closed(self, event: ev.LiveClosed) -> list[ev.Action]:
         if self.phase in (Phase.ENDING, Phase.ENDED) or self.live_state == "switching":
             return []
         what = f"Live session closed (code={event.code}, {event.reason or 'no reason'})"
-        if event.code in FATAL_LIVE_CODES:
+        # After a goAway the service closes with 1000, 1011 or even 1008 ("client failed to
+        # close the connection after receiving a GoAway"): the session ended, not the request.
+        if event.code in FATAL_LIVE_CODES and not self._go_away_seen:
             return self._end(what, apologize=True)
         log.warning("%s; resuming", what)
         return self._reconnect(what)
@@ -370,6 +429,13 @@ class Call:
                 self.watchdog_nudges += 1
                 log.warning("model silent for %.1f s; nudging it once", self.watchdog_s or 0)
                 return [ev.SendTextToLive(NUDGE_TEXT)]
+        elif event.name == "discard":
+            if self._discarding:
+                self.discards_timed_out += 1
+                log.warning(
+                    "no turnComplete %.1f s after an interruption; playing model audio again", self.discard_limit_s
+                )
+                self._discarding = False
         elif event.name == "dtmf":
             return self._keypad_to_model()
         elif event.name == "max_call":
@@ -399,7 +465,10 @@ class Call:
         return self._finish_after_goodbye(end, self.turn)
 
     def _on_model_audio(self, event: ev.ModelAudio) -> list[ev.Action]:
-        if self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING) or self._discarding:
+        if self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING):
+            return []
+        if self._discarding:
+            self.stale_audio_dropped += 1
             return []
         actions = self._disarm_watchdog()
         payloads = self.outbound.convert(event.pcm)
@@ -419,6 +488,8 @@ class Call:
     def _on_turn_complete(self, event: ev.TurnComplete) -> list[ev.Action]:
         actions = self._drain_turn()
         self._turn_open = False
+        # The interrupted turn is over: what follows is a new turn. The "discard" timer is
+        # left to fire into nothing; the next interruption restarts it.
         self._discarding = False
         self._transcript_break = True
         if not self.marks_in_flight and self.phase is Phase.AGENT_SPEAKING:
@@ -451,14 +522,16 @@ class Call:
         self.phase = Phase.LISTENING
         # Always clear, even if everything seems played: Twilio may still be buffering.
         assert self._out is not None
-        return [ev.SendToTwilio((self._out.clear(),))]
+        return [ev.SendToTwilio((self._out.clear(),)), ev.StartTimer("discard", self.discard_limit_s)]
 
     def _on_transcript(self, event: ev.Transcript) -> list[ev.Action]:
         if not event.text:
             return []
         actions: list[ev.Action] = []
         if event.role == "caller":
-            self._discarding = False  # the caller's new turn has begun
+            # Not the end of the discard: input transcription has no ordering with the
+            # model's output (gemini-live.md §12), so late audio of the interrupted turn
+            # can still follow it. Only that turn's turnComplete ends it.
             actions = self._arm_watchdog()
         if self.transcript and self.transcript[-1][0] == event.role and not self._transcript_break:
             self.transcript[-1][1] += event.text
@@ -497,10 +570,12 @@ class Call:
         record.latency_ms = round(event.elapsed_s * 1000, 1)
         if self.phase in (Phase.ENDING, Phase.ENDED):
             return []
-        response = ev.SendToolResponse(event.call_id, event.name, event.response)
+        response = ev.SendToolResponse(event.call_id, event.name, event.response, event.scheduling)
         if self.live_state != "ready":
             self._queued_responses.append(response)  # delivered on the resumed session
             return []
+        if event.scheduling == "SILENT":  # the model was told not to speak: silence is expected
+            return [response]
         return [response, *self._arm_watchdog()]
 
     def _on_usage(self, event: ev.UsageReported) -> list[ev.Action]:
@@ -518,6 +593,7 @@ class Call:
 
     def _on_go_away(self, event: ev.GoAway) -> list[ev.Action]:
         log.info("Live session will close soon (time left: %s s)", event.time_left_s)
+        self._go_away_seen = True
         if self.live_state != "ready" or self.phase in (Phase.ENDING, Phase.ENDED):
             return []
         left = event.time_left_s
@@ -561,6 +637,7 @@ class Call:
         self._turn_open = False
         self._resume_at_boundary = False
         self.live_state = "switching"
+        self._attempt_handle = self.resumption_handle
         self._reconnect_attempts += 1
         if self._reconnect_attempts > len(RECONNECT_BACKOFF_S):
             return actions + self._end(

@@ -134,6 +134,7 @@ class ToolFinished:
     name: str
     response: dict[str, Any]
     elapsed_s: float = 0.0
+    scheduling: str | None = None  # when the model speaks about it (tools.ToolRegistry.scheduling_for)
 
 
 # ------------------------------------------------------------------ actions
@@ -166,6 +167,7 @@ class SendToolResponse:
     call_id: str
     name: str
     response: dict[str, Any]
+    scheduling: str | None = None  # SILENT, WHEN_IDLE, INTERRUPT; None sends none
 
 
 @dataclass(frozen=True)

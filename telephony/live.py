@@ -56,16 +56,23 @@ def build_config(
     declarations: Iterable[types.FunctionDeclaration] = (),
     *,
     resumption_handle: str | None = None,
+    carry_over: str | None = None,
 ) -> types.LiveConnectConfig:
+    """`carry_over` (from `Call.carry_over`) joins the system instruction of a session
+    opened mid-call without a handle, so the model knows the conversation so far."""
     declarations = list(declarations)
+    instructions = settings.agent_instructions
+    if carry_over:
+        instructions = f"{instructions}\n\n{carry_over}" if instructions else carry_over
     return types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
         speech_config=types.SpeechConfig(
             voice_config=types.VoiceConfig(
                 prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.gemini_voice)
-            )
+            ),
+            language_code=settings.gemini_language,
         ),
-        system_instruction=settings.agent_instructions,
+        system_instruction=instructions,
         tools=[types.Tool(function_declarations=declarations)] if declarations else None,
         realtime_input_config=types.RealtimeInputConfig(
             automatic_activity_detection=types.AutomaticActivityDetection(
@@ -107,9 +114,13 @@ class LiveSession:
     async def send_text(self, text: str) -> None:
         await self._session.send_realtime_input(text=text)
 
-    async def send_tool_response(self, call_id: str, name: str, response: dict) -> None:
+    async def send_tool_response(self, call_id: str, name: str, response: dict, scheduling: str | None = None) -> None:
+        """`scheduling` says when the model speaks about a NON_BLOCKING call's result (§8)."""
         await self._session.send_tool_response(
-            function_responses=[types.FunctionResponse(id=call_id, name=name, response=response)]
+            function_responses=[types.FunctionResponse(
+                id=call_id, name=name, response=response,
+                scheduling=types.FunctionResponseScheduling(scheduling) if scheduling else None,
+            )]
         )
 
     async def events(self) -> AsyncIterator[object]:

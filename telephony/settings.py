@@ -18,6 +18,19 @@ from urllib.parse import urlsplit
 from .errors import SettingsError
 
 DEFAULT_MODEL = "gemini-3.8-live"
+#: Live model families this agent is built for (gemini-live.md §9), by name prefix. What
+#: we send suits each: no thinking settings (3.8 Live rejects them with 1007), no
+#: proactivity (always on in 3.8; `proactive_audio: false` is an error), no affective
+#: dialog, NON_BLOCKING tools with a `scheduling` on each response.
+SUPPORTED_MODEL_FAMILIES = ("gemini-3.8-live", "gemini-2.5-flash-native-audio", "gemini-live-2.5-flash-native-audio")
+#: Families refused at start-up, with why: a call would fail on its first tool response or turn.
+REFUSED_MODELS = {
+    "-extended-thinking": "needs a thinking level, rejects tool `scheduling` with 1007 and its turnComplete "
+                          "does not mean idle; not supported by this agent",
+    "gemini-3.1-flash-live": "calls functions synchronously only, while our tools are NON_BLOCKING; use gemini-3.8-live",
+}
+#: A BCP-47 speech language code as Live takes it: en-US, es-ES, cmn-CN, ...
+_LANGUAGE_RE = re.compile(r"[a-z]{2,3}-[A-Z]{2}")
 DEFAULT_VOICE = "Kore"
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly phone agent of Acme Outfitters, an online outdoor-gear shop. "
@@ -46,6 +59,7 @@ class Settings:
     gemini_api_key: str = field(repr=False)
     gemini_model: str = DEFAULT_MODEL
     gemini_voice: str = DEFAULT_VOICE
+    gemini_language: str | None = None  # speech_config.language_code; None lets the model detect it
     agent_instructions: str = DEFAULT_INSTRUCTIONS
     agent_greeting: str = DEFAULT_GREETING
     public_url: str | None = None
@@ -136,7 +150,21 @@ class Settings:
             model = model.removeprefix("models/")
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model):
                 raise SettingsError(f"GEMINI_MODEL={model!r} is not a model name (e.g. {DEFAULT_MODEL})")
+            for marker, why in REFUSED_MODELS.items():
+                if marker in model:
+                    raise SettingsError(f"GEMINI_MODEL={model!r} is refused: it {why}")
+            if not model.startswith(SUPPORTED_MODEL_FAMILIES):
+                raise SettingsError(
+                    f"GEMINI_MODEL={model!r} is not a supported Live model; use one of the "
+                    f"{', '.join(SUPPORTED_MODEL_FAMILIES)} families"
+                )
             values["gemini_model"] = model
+
+        language = get("GEMINI_LANGUAGE")
+        if language is not None:
+            if not _LANGUAGE_RE.fullmatch(language):
+                raise SettingsError(f"GEMINI_LANGUAGE={language!r} is not a speech language code (e.g. en-US, es-ES)")
+            values["gemini_language"] = language
 
         voice = get("GEMINI_VOICE")
         if voice is not None:

@@ -71,6 +71,13 @@ _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 # enough not to flood the model's context with a stack of repr()s.
 _MAX_ERROR_DETAIL = 200
 _MAX_JSON_DEPTH = 32
+_BEHAVIORS = ("BLOCKING", "NON_BLOCKING")
+_SCHEDULINGS = ("SILENT", "WHEN_IDLE", "INTERRUPT")
+#: When the model speaks after a tool's result, unless the tool says otherwise.
+#: WHEN_IDLE (the service's default for NON_BLOCKING calls, the default kind on 3.8 Live)
+#: has been reported never to fire in voice calls, leaving the caller in dead air
+#: (gemini-live.md §8, §12); INTERRUPT speaks as soon as the caller has stopped talking.
+DEFAULT_SCHEDULING = "INTERRUPT"
 
 
 @dataclass(frozen=True)
@@ -304,6 +311,8 @@ class _Tool:
     ctx_required: bool
     timeout: float | None
     declaration: genai_types.FunctionDeclaration
+    behavior: str | None = None
+    scheduling: str | Callable[[dict[str, Any]], str] | None = None
 
 
 class ToolRegistry:
@@ -316,16 +325,33 @@ class ToolRegistry:
     # ---- registration
 
     def register(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, behavior: str | None = None,
+                 scheduling: str | Callable[[dict[str, Any]], str] | None = None):
         """Add a tool. Use as `@registry.register`, `@registry.register(timeout=3)`
         or `registry.register(fn)`; returns `fn` unchanged so it stays callable.
 
+        `behavior` ("BLOCKING" or "NON_BLOCKING") goes on the declaration; left out,
+        the model decides (3.8 Live: NON_BLOCKING). `scheduling` ("SILENT",
+        "WHEN_IDLE", "INTERRUPT", or a function of the tool's response returning one)
+        goes on each of its responses and says when the model speaks about it; left
+        out, DEFAULT_SCHEDULING. It means nothing to a BLOCKING tool, so is refused there.
+
         Raises TypeError (naming the function and parameter) for a signature the
-        model could not call, and ValueError for a bad or duplicate name.
+        model could not call, and ValueError for a bad or duplicate name, behavior
+        or scheduling.
         """
         if fn is None:
-            return lambda f: self.register(f, name=name, timeout=timeout)
+            return lambda f: self.register(f, name=name, timeout=timeout, behavior=behavior, scheduling=scheduling)
+        if behavior is not None and behavior not in _BEHAVIORS:
+            raise ValueError(f"behavior must be one of {', '.join(_BEHAVIORS)}, got {behavior!r}")
+        if isinstance(scheduling, str) and scheduling not in _SCHEDULINGS:
+            raise ValueError(f"scheduling must be one of {', '.join(_SCHEDULINGS)}, got {scheduling!r}")
+        if scheduling is not None and behavior == "BLOCKING":
+            raise ValueError("scheduling applies to NON_BLOCKING tools only; a BLOCKING tool's result is always spoken")
         tool = self._build(fn, name, None if timeout is None else _check_timeout(timeout, "timeout"))
+        if behavior is not None:
+            tool.declaration.behavior = genai_types.Behavior(behavior)
+        tool = dataclasses.replace(tool, behavior=behavior, scheduling=scheduling)
         if tool.name in self._tools:
             raise ValueError(f"a tool named {tool.name!r} is already registered")
         self._tools[tool.name] = tool
@@ -409,6 +435,22 @@ class ToolRegistry:
         Copies, so a caller editing one (e.g. to set `behavior`) cannot change the registry.
         """
         return [t.declaration.model_copy(deep=True) for t in self._tools.values()]
+
+    def scheduling_for(self, name: str, response: Mapping[str, Any]) -> str | None:
+        """The `scheduling` to send with this response of `name` (None: send none).
+
+        An error is always spoken at once: the caller must hear that something failed.
+        """
+        tool = self._tools.get(name)
+        if tool is not None and tool.behavior == "BLOCKING":
+            return None
+        if tool is None or "error" in response or tool.scheduling is None:
+            return DEFAULT_SCHEDULING
+        chosen = tool.scheduling(dict(response)) if callable(tool.scheduling) else tool.scheduling
+        if chosen not in _SCHEDULINGS:
+            logger.error("tool %s chose scheduling %r; using %s", name, chosen, DEFAULT_SCHEDULING)
+            return DEFAULT_SCHEDULING
+        return chosen
 
     def timeout_for(self, name: str) -> float:
         """The timeout `call()` applies to `name` when none is passed."""

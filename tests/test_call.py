@@ -163,12 +163,43 @@ class TestCallerInterrupts:
         assert twilio_messages(c.agent_says(0.5))  # the next turn plays
         assert c.call.turn == 2
 
-    def test_caller_speech_transcript_also_ends_the_discard(self):
+    def test_caller_transcript_between_late_chunks_does_not_end_the_discard(self):
+        # gemini-live.md §12: input transcription has no ordering with the model's output.
         c = CallScript().connected()
         c.agent_says(0.5)
         c.call.handle(ev.ModelInterrupted())
+        assert c.agent_says(0.1) == []
         c.call.handle(ev.Transcript("caller", "wait, actually"))
-        assert twilio_messages(c.agent_says(0.5))
+        assert c.agent_says(0.2) == []  # still the interrupted turn
+        c.call.handle(ev.TurnComplete())
+        assert twilio_messages(c.agent_says(0.5))  # the answer to "wait, actually" plays
+        assert c.call.summary()["stale_audio_chunks_dropped"] == 8
+
+    def test_interruption_starts_a_bounded_discard(self):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        actions = c.call.handle(ev.ModelInterrupted())
+        assert actions[-1] == ev.StartTimer("discard", c.call.discard_limit_s)
+
+    def test_a_missing_turn_complete_after_an_interruption_ends_the_discard_at_its_bound(self, caplog):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        c.call.handle(ev.ModelInterrupted())
+        assert c.agent_says(0.2) == []  # late audio, and then no turnComplete ever
+        with caplog.at_level("WARNING", logger="telephony.call"):
+            assert c.call.handle(ev.TimerFired("discard")) == []
+        assert len([r for r in caplog.records if "no turnComplete" in r.getMessage()]) == 1
+        assert twilio_messages(c.agent_says(0.5))  # the model is heard again
+        assert c.call.summary()["interrupted_turns_without_turn_complete"] == 1
+
+    def test_a_discard_timer_after_the_turn_completed_changes_nothing(self):
+        c = CallScript().connected()
+        c.agent_says(0.5)
+        c.call.handle(ev.ModelInterrupted())
+        c.call.handle(ev.TurnComplete())
+        c.agent_says(0.3)
+        assert c.call.handle(ev.TimerFired("discard")) == []
+        assert c.call.summary()["interrupted_turns_without_turn_complete"] == 0
 
     def test_clear_is_sent_even_when_everything_was_already_played(self):
         c = CallScript().connected()
@@ -206,6 +237,26 @@ class TestTools:
         actions = c.call.handle(ev.ToolFinished("fc-3", "nope", {"error": "unknown tool 'nope'"}))
         assert actions == [ev.SendToolResponse("fc-3", "nope", {"error": "unknown tool 'nope'"})]
         assert c.call.tool_calls[0].outcome == "error"
+
+
+class TestToolScheduling:
+    """gemini-live.md §8: each response's `scheduling` decides when the model speaks."""
+
+    def test_the_response_carries_the_tools_scheduling_and_the_watchdog_waits_for_speech(self):
+        call = Call(greeting=None, watchdog_s=5.0)
+        call.handle(tw.StreamStarted(SID, CALL, "", {}))
+        call.handle(ev.LiveReady())
+        call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {}),)))
+        actions = call.handle(ev.ToolFinished("fc-1", "lookup_order", {"result": 1}, 0.01, "INTERRUPT"))
+        assert actions == [ev.SendToolResponse("fc-1", "lookup_order", {"result": 1}, "INTERRUPT"), ev.StartTimer("watchdog", 5.0)]
+
+    def test_a_silent_response_expects_no_speech_so_nobody_nudges_the_model(self):
+        call = Call(greeting=None, watchdog_s=5.0)
+        call.handle(tw.StreamStarted(SID, CALL, "", {}))
+        call.handle(ev.LiveReady())
+        call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "end_call", {}),)))
+        actions = call.handle(ev.ToolFinished("fc-1", "end_call", {"result": {"ended": True}}, 0.01, "SILENT"))
+        assert actions == [ev.SendToolResponse("fc-1", "end_call", {"result": {"ended": True}}, "SILENT")]
 
 
 class TestEndingACall:
@@ -318,6 +369,45 @@ class TestLongCallsAndLiveFailures:
         c.call.handle(ev.LiveClosed(1006, "abnormal"))
         (action,) = c.call.handle(ev.LiveFailed("invalid handle", 1007))
         assert isinstance(action, ev.EndCall) and action.apologize
+
+    def test_a_refused_handle_opens_a_fresh_session_carrying_the_conversation(self):
+        c = CallScript().connected()
+        c.call.handle(ev.Transcript("agent", "Hi, Acme here."))
+        c.call.handle(ev.TurnComplete())
+        c.call.handle(ev.Transcript("caller", "Where is order A1001?"))
+        c.call.handle(ev.ResumptionUpdate("h1", True))
+        c.call.handle(ev.LiveClosed(1011, "internal error"))
+        assert c.call.carry_over is None  # the resume carries the context itself
+        actions = c.call.handle(ev.LiveFailed("session resumption handle expired", 1008))
+        assert any(isinstance(a, ev.ResumeLive) for a in actions)
+        assert not any(isinstance(a, ev.EndCall) for a in actions)  # the caller stays on the line
+        assert c.call.resumption_handle is None
+        assert "You: Hi, Acme here.\nCaller: Where is order A1001?" in c.call.carry_over
+        assert c.caller_speaks(3) == []  # kept for the fresh session
+        ready = c.live_ready()
+        assert [type(a) for a in ready] == [ev.SendAudioToLive] * 3  # no second greeting
+        summary = c.call.summary()
+        assert (summary["live_sessions_resumed"], summary["live_sessions_fresh"]) == (0, 1)
+
+    def test_a_fresh_session_refused_too_ends_the_call(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ResumptionUpdate("h1", True))
+        c.call.handle(ev.LiveClosed(1006, "abnormal"))
+        c.call.handle(ev.LiveFailed("handle expired", 1008))
+        (action,) = c.call.handle(ev.LiveFailed("model not supported", 1008))
+        assert isinstance(action, ev.EndCall) and action.apologize
+
+    @pytest.mark.parametrize("code", [1000, 1008, 1011])
+    def test_any_close_after_go_away_resumes(self, code):
+        c = CallScript().connected()
+        c.call.handle(ev.ResumptionUpdate("h1", True))
+        c.agent_says(0.5)  # busy: the switch waits for the turn boundary...
+        c.call.handle(ev.GoAway(50.0))
+        actions = c.call.handle(ev.LiveClosed(code, "client failed to close the connection after receiving a GoAway"))
+        assert any(isinstance(a, ev.ResumeLive) for a in actions)  # ...but the service closed first
+        assert not any(isinstance(a, ev.EndCall) for a in actions)
+        c.live_ready()
+        assert c.call.summary()["live_sessions_resumed"] == 1
 
     def test_go_away_while_the_agent_speaks_waits_for_the_turn_boundary(self):
         c = CallScript().connected()

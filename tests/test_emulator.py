@@ -256,6 +256,37 @@ class TestConversation:
         assert session.kinds().index("tool_call") < session.kinds().index("tool_response") < session.kinds().index(
             "audio_out")
 
+    @pytest.mark.parametrize("scheduling, when_idle_fires, speaks", [
+        ("INTERRUPT", False, True), ("SILENT", False, False), ("WHEN_IDLE", False, False),
+        ("WHEN_IDLE", True, True), (None, False, False),  # None: WHEN_IDLE, the NON_BLOCKING default
+    ])
+    def test_a_non_blocking_call_is_spoken_about_as_its_response_schedules(
+        self, emulator, client, scheduling, when_idle_fires, speaks
+    ):
+        emulator.script = Script(pace=0, when_idle_fires=when_idle_fires, replies=[Reply(
+            steps=[Say("One moment.", seconds=0.2, freq=440), CallTool("lookup_order", {"order_id": "A12"}),
+                   Say("It ships tomorrow.", seconds=0.5, freq=660)],
+        )])
+        declaration = LOOKUP_ORDER.function_declarations[0].model_copy(update={"behavior": types.Behavior.NON_BLOCKING})
+
+        async def scenario():
+            async with live(client, tools=[types.Tool(function_declarations=[declaration])]) as session:
+                await caller_says(session, CALLER_UTTERANCE)
+                turn = Turn()
+                async for message in session.receive():
+                    if message.data:
+                        turn.audio += message.data
+                    if message.tool_call:
+                        call = message.tool_call.function_calls[0]
+                        await session.send_tool_response(function_responses=[types.FunctionResponse(
+                            id=call.id, name=call.name, response={"status": "shipped"}, scheduling=scheduling)])
+                return turn
+
+        turn = run(scenario())
+        assert len(turn.audio) == (24_000 * 0.7 if speaks else 24_000 * 0.2) * 2
+        unspoken = [d for _, kind, d in emulator.sessions[0].events if kind == "tool_result_unspoken"]
+        assert bool(unspoken) is not speaks
+
     def test_caller_speech_during_a_long_answer_interrupts_it(self, emulator, client):
         emulator.script = Script(pace=2.0, greeting=[Say("This is a very long answer.", seconds=20)])
 

@@ -252,3 +252,79 @@ def test_under_plain_uvicorn_the_same_call_goes_the_same_way(emulator, tmp_path,
     assert len(call.clears) == 1 and sorted(call.marks_received) == sorted(call.marks_echoed)
     assert summary["end_reason"] == "caller hung up" and summary["interruptions"] == 1
     assert [t["outcome"] for t in summary["tool_calls"]] == ["ok"]
+
+
+class TestLateAudioAfterABargeIn:
+    """gemini-live.md §12: after `interrupted` the service may still send audio of the
+    interrupted turn, with a caller transcript in between, before its `turnComplete`."""
+
+    @staticmethod
+    def received_after_the_clear(call) -> bytes:
+        (clear,) = call.of_kind("clear")
+        return call.agent_audio[clear.detail["received_bytes"] :]
+
+    def test_caller_barges_in_late_audio_arrives_and_the_caller_hears_nothing_of_it(self, phone, server):
+        script = order_script()
+        script.late_chunks_after_interrupt = 10  # 0.4 s more of the 520 Hz answer
+        script.transcript_during_late_audio = "Thanks,"
+        call = phone.call("order_call.jsonl", script)
+        session = phone.last_session
+        kinds = session.kinds()
+        interrupted = kinds.index("interrupted")
+        assert interrupted < kinds.index("late_audio_out") < kinds.index("turn_complete", interrupted)
+        assert len(call.clears) == 1
+        after = self.received_after_the_clear(call)
+        assert after, "the agent answers again after the barge-in"
+        assert dominant_hz(ulaw_decode(after), 8000) == pytest.approx(GOODBYE_HZ, abs=8)
+        assert len(after) <= 1.5 * 8000 + 2 * 160  # the goodbye and nothing else reached Twilio
+        summary = server.app.state.recent_calls[-1]
+        assert summary["stale_audio_chunks_dropped"] >= 10 and summary["interrupted_turns_without_turn_complete"] == 0
+        assert summary["interruptions"] == 1 and summary["end_reason"] == "caller hung up"
+
+    def test_an_interrupted_turn_that_never_completes_is_given_up_after_the_bound(self, phone, server, caplog):
+        script = order_script()
+        script.late_chunks_after_interrupt = 10
+        script.turn_complete_after_interrupt = False
+        script.replies[1] = Reply(heard="Thanks, bye.", steps=[Say(text="Goodbye!", seconds=3.0, freq=GOODBYE_HZ)])
+        with caplog.at_level("WARNING", logger="telephony.call"):
+            call = phone.call("order_call.jsonl", script)
+        events = [(kind, detail) for _, kind, detail in phone.last_session.events]
+        (label,) = [detail for kind, detail in events if kind == "interrupted"]
+        assert ("turn_complete", label) not in events  # the interrupted turn never completed
+        after = self.received_after_the_clear(call)
+        assert after, "the caller hears the agent again"
+        assert dominant_hz(ulaw_decode(after), 8000) == pytest.approx(GOODBYE_HZ, abs=8)
+        summary = server.app.state.recent_calls[-1]
+        assert summary["interrupted_turns_without_turn_complete"] == 1
+        assert len([r for r in caplog.records if "no turnComplete" in r.getMessage()]) == 1
+
+
+def test_after_every_tool_response_the_caller_hears_the_model_before_the_watchdog(phone, server):
+    """gemini-live.md §8, §12: on 3.8 Live each response's `scheduling` decides whether the
+    model speaks; WHEN_IDLE never fires in voice calls, so our tools choose on purpose."""
+    script = Script(
+        greeting=[Say(seconds=0.5, freq=GREETING_HZ)],
+        replies=[
+            Reply(steps=[
+                CallTool("lookup_order", {"order_id": "A1001"}), Say(text="It has shipped.", seconds=1.0, freq=ANSWER_HZ),
+                CallTool("transfer_call", {"destination": "sales"}), Say(text="I can't transfer you.", seconds=1.0, freq=600.0),
+            ]),
+            Reply(steps=[Say(text="Goodbye!", seconds=1.0, freq=GOODBYE_HZ), CallTool("end_call", {"reason": "done"}),
+                         Say(text="A second goodbye nobody needs.", seconds=1.0, freq=300.0)]),
+        ],
+    )
+    call = phone.call("order_call.jsonl", script, speed=2)
+    session = phone.last_session
+    declared = {d["name"]: d.get("behavior") for t in session.setup["tools"] for d in key(t, "functionDeclarations", "function_declarations")}
+    assert declared == {"lookup_order": "NON_BLOCKING", "end_call": "NON_BLOCKING", "transfer_call": "NON_BLOCKING"}
+    assert [(r["name"], r.get("scheduling")) for r in session.tool_responses] == [
+        ("lookup_order", "INTERRUPT"), ("transfer_call", "INTERRUPT"), ("end_call", "SILENT"),
+    ]
+    played = call.played_audio
+    heard = [dominant_hz(ulaw_decode(played[i : i + 2000]), 8000) for i in range(0, len(played) - 1999, 2000)]  # 250 ms
+    for hz in (ANSWER_HZ, 600.0, GOODBYE_HZ):  # the model spoke after each result it was to speak about
+        assert any(abs(h - hz) <= 10 for h in heard), (hz, heard)
+    assert not any(abs(h - 300.0) <= 10 for h in heard)  # and not after the one it was told to keep quiet about
+    summary = server.app.state.recent_calls[-1]
+    assert summary["watchdog_nudges"] == 0  # never MODEL_WATCHDOG_SECONDS of silence after a response
+    assert summary["end_reason"] == "agent ended the call: done"

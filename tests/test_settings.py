@@ -83,3 +83,30 @@ def test_instructions_come_from_a_file(tmp_path: Path):
 def test_activity_detection_tuning_is_read():
     s = settings(VAD_START_SENSITIVITY="high", VAD_END_SENSITIVITY="low", VAD_PREFIX_PADDING_MS="100", VAD_SILENCE_DURATION_MS="800")
     assert (s.vad_start_sensitivity, s.vad_end_sensitivity, s.vad_prefix_padding_ms, s.vad_silence_duration_ms) == ("HIGH", "LOW", 100, 800)
+
+
+
+@pytest.mark.parametrize("model", ["gemini-3.8-live", "models/gemini-3.8-live", "gemini-2.5-flash-native-audio-preview-12-2025"])
+def test_supported_live_models_are_accepted(model):
+    assert settings(GEMINI_MODEL=model).gemini_model == model.removeprefix("models/")
+
+
+@pytest.mark.parametrize("model, why", [
+    ("gemini-3.8-live-extended-thinking", "extended-thinking"),
+    ("gemini-3.1-flash-live-preview", "synchronously"),
+    ("gemini-2.0-flash", "not a supported Live model"),
+])
+def test_models_we_cannot_serve_are_refused_at_start_up_in_one_line(model, why):
+    with pytest.raises(SettingsError, match=why) as info:
+        settings(GEMINI_MODEL=model)
+    assert "GEMINI_MODEL" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_speech_language_is_validated_and_sent_to_live():
+    from telephony.live import build_config
+
+    assert settings().gemini_language is None
+    config = build_config(settings(GEMINI_LANGUAGE="es-ES"))
+    assert config.speech_config.language_code == "es-ES"
+    with pytest.raises(SettingsError, match="GEMINI_LANGUAGE='spanish'"):
+        settings(GEMINI_LANGUAGE="spanish")

@@ -617,3 +617,56 @@ class TestLookupOrder:
         lookup_order("A1001", ctx)
         db.unlink()
         assert lookup_order("A1001", ctx)["found"] is True
+
+
+
+class TestWhenTheModelSpeaksAboutAResult:
+    """gemini-live.md §8, §12: behavior on the declaration, scheduling on each response."""
+
+    @staticmethod
+    def lookup(order_id: str) -> dict:
+        """Look up an order.
+
+        Args:
+            order_id: the order number.
+        """
+        return {"order_id": order_id}
+
+    def test_behavior_goes_on_the_declaration_and_scheduling_on_each_response(self):
+        registry = ToolRegistry()
+        registry.register(self.lookup, name="lookup", behavior="NON_BLOCKING", scheduling="WHEN_IDLE")
+        (declaration,) = registry.declarations()
+        assert declaration.behavior is types.Behavior.NON_BLOCKING
+        assert registry.scheduling_for("lookup", {"result": 1}) == "WHEN_IDLE"
+
+    def test_a_failure_is_always_spoken_at_once(self):
+        registry = ToolRegistry()
+        registry.register(self.lookup, name="lookup", behavior="NON_BLOCKING", scheduling="SILENT")
+        assert registry.scheduling_for("lookup", {"error": "lookup timed out after 2 s"}) == "INTERRUPT"
+        assert registry.scheduling_for("no_such_tool", {"error": "there is no tool named 'no_such_tool'"}) == "INTERRUPT"
+
+    def test_a_tool_without_a_choice_gets_interrupt_never_the_silent_when_idle_default(self):
+        registry = ToolRegistry()
+        registry.register(self.lookup, name="lookup")
+        assert registry.declarations()[0].behavior is None
+        assert registry.scheduling_for("lookup", {"result": 1}) == "INTERRUPT"
+
+    def test_bad_choices_fail_at_registration(self):
+        registry = ToolRegistry()
+        with pytest.raises(ValueError, match="behavior"):
+            registry.register(self.lookup, name="a", behavior="SOMETIMES")
+        with pytest.raises(ValueError, match="scheduling must be one of"):
+            registry.register(self.lookup, name="b", scheduling="LATER")
+        with pytest.raises(ValueError, match="NON_BLOCKING tools only"):
+            registry.register(self.lookup, name="c", behavior="BLOCKING", scheduling="INTERRUPT")
+
+    def test_our_tools_choose_on_purpose(self):
+        registry = tools.registry
+        assert {d.name: d.behavior for d in registry.declarations()} == {
+            "lookup_order": types.Behavior.NON_BLOCKING, "end_call": types.Behavior.NON_BLOCKING,
+            "transfer_call": types.Behavior.NON_BLOCKING,
+        }
+        assert registry.scheduling_for("lookup_order", {"result": {"found": True}}) == "INTERRUPT"
+        assert registry.scheduling_for("transfer_call", {"result": {"transferred": True}}) == "INTERRUPT"
+        assert registry.scheduling_for("end_call", {"result": {"ended": True}}) == "SILENT"
+        assert registry.scheduling_for("end_call", {"result": {"ended": False}}) == "INTERRUPT"

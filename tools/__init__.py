@@ -36,12 +36,23 @@ which allows only the numbers in ALLOWED_DESTINATIONS.
 
 from telephony.tools import CallContext, ToolRegistry
 
-from .call_control import end_call, transfer_call
+from .call_control import end_call, end_call_scheduling, transfer_call
 from .orders import ensure_orders_db, lookup_order
 
 __all__ = ["registry", "CallContext", "end_call", "ensure_orders_db", "lookup_order", "transfer_call"]
 
 registry = ToolRegistry()
-registry.register(lookup_order)
-registry.register(end_call)
-registry.register(transfer_call)
+# When the model speaks after each result (gemini-live.md §8). All three are NON_BLOCKING,
+# 3.8 Live's default, said out loud: the model may say "one moment" while a tool runs,
+# and new caller speech does not cancel it. WHEN_IDLE is never used: it has been reported
+# never to fire in voice calls, leaving the caller in silence.
+# - lookup_order: INTERRUPT, the answer is what the caller is waiting for.
+# - transfer_call: INTERRUPT, the hand-off sentence (or why there is none) comes now; the
+#   transfer itself waits until that sentence has been heard.
+# - end_call: SILENT once the call is ending: the goodbye is said in the turn that called
+#   it, and speaking again would delay the hang-up with a second goodbye (a missing
+#   goodbye is bounded by GOODBYE_TIMEOUT_SECONDS). INTERRUPT when it could not end the
+#   call, so the model tells the caller.
+registry.register(lookup_order, behavior="NON_BLOCKING", scheduling="INTERRUPT")
+registry.register(end_call, behavior="NON_BLOCKING", scheduling=end_call_scheduling)
+registry.register(transfer_call, behavior="NON_BLOCKING", scheduling="INTERRUPT")

@@ -23,6 +23,12 @@ def end_call(reason: str, ctx: CallContext) -> dict:
     return {"ended": True, "message": "The call will end after your goodbye. Say goodbye now if you have not."}
 
 
+def end_call_scheduling(response: dict) -> str:
+    """SILENT once the call is ending (the goodbye was said with the call), INTERRUPT otherwise."""
+    result = response.get("result")
+    return "SILENT" if isinstance(result, dict) and result.get("ended") else "INTERRUPT"
+
+
 def transfer_call(destination: str, ctx: CallContext) -> dict:
     """Transfer the caller to a human colleague (a cold transfer). Use it when the caller asks
     for a person or needs help you cannot give. Before it happens, tell the caller in one short

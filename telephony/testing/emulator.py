@@ -219,6 +219,11 @@ class Script:
     or "http403" (refuse the WebSocket upgrade)."""
     setup_close_code: int = 1008
     setup_close_reason: str = "model not found"
+    refuse_resumption: int | None = None
+    """Close code (1007 or 1008) with which a setup carrying a resumption handle is
+    refused, even one this emulator issued: the handle expired 2 h after its session
+    ended, or was made for another model (gemini-live.md §5, §12). None accepts them."""
+    refuse_resumption_reason: str = "session resumption handle is invalid or expired"
     audio_chunk_ms: int = 40
     """Audio per modelTurn frame."""
     pace: float = 2.0
@@ -226,6 +231,21 @@ class Script:
     completes the turn at once instead of at the estimated end of playback."""
     interrupt_on_speech: bool = True
     turn_complete_after_interrupt: bool = True
+    """End an interrupted turn with its turnComplete, as the service does; False plays a
+    service that never sends it (the client must recover on its own)."""
+    late_chunks_after_interrupt: int = 0
+    """Audio chunks of the interrupted turn still sent after `interrupted` (the rest of the
+    Say that was playing, continued as its tone if it runs out): the production service
+    has been seen doing this (gemini-live.md §12)."""
+    transcript_during_late_audio: str = ""
+    """If set, sent as the caller's inputTranscription halfway through those late chunks:
+    transcription has no ordering with the model's output."""
+    when_idle_fires: bool = False
+    """What a WHEN_IDLE tool response does (the default scheduling of a NON_BLOCKING call,
+    §8). False, as reported of the production service in voice calls: the model never
+    speaks about it, the rest of the turn is dropped. True: it speaks once its audio so
+    far has played. SILENT always drops the rest of the turn; INTERRUPT (or a response to
+    a call not declared NON_BLOCKING) speaks at once."""
     send_usage: bool = True
     """usageMetadata after each turnComplete."""
     resumption_updates: bool = True
@@ -238,6 +258,10 @@ class Script:
             raise ValueError(f"Script.pace must be >= 0, got {self.pace!r}")
         if not self.audio_chunk_ms > 0:
             raise ValueError(f"Script.audio_chunk_ms must be > 0, got {self.audio_chunk_ms!r}")
+        if self.late_chunks_after_interrupt < 0:
+            raise ValueError(
+                f"Script.late_chunks_after_interrupt must be >= 0, got {self.late_chunks_after_interrupt!r}"
+            )
         _check_steps(self.greeting, "Script.greeting")
         for reply in self.replies:
             if not isinstance(reply, Reply):
@@ -462,9 +486,11 @@ class EmulatedSession:
 
     Recorded attributes are appended from the emulator thread and may be read from
     any thread. `events` holds ``(time.monotonic(), kind, detail)`` tuples, in order;
-    kinds: setup, resumed, caller_speech_start/end (detail: stream seconds),
-    activity_start/end, audio_stream_end, text, context_update, turn_start (reply
-    index or "greeting"), audio_out (bytes sent), tool_call, tool_response,
+    kinds: setup, resumed / resume_refused (the handle), caller_speech_start/end
+    (detail: stream seconds), activity_start/end, audio_stream_end, text,
+    context_update, turn_start (reply index or "greeting"), audio_out (bytes sent),
+    late_audio_out (bytes of an interrupted turn sent after `interrupted`), tool_call, tool_response,
+    tool_result_unspoken (the response's scheduling kept the model silent),
     tool_timeout, tool_cancelled, turn_cancelled, interrupted, turn_complete,
     go_away, protocol_error, error, closed (close code).
     """
@@ -503,6 +529,7 @@ class EmulatedSession:
         self._turn_label: object = None
         self._turn_audio_s = 0.0
         self._playback_end = 0.0
+        self._saying: tuple[Say, int] | None = None  # the Say in progress, and bytes of it sent
         self._pending_tools: dict[str, asyncio.Future] = {}
         self._call_ids = itertools.count(1)
         self._handles = itertools.count(1)
@@ -563,7 +590,7 @@ class EmulatedSession:
         """Serve the connection until it closes; never raises."""
         try:
             await self._handshake()
-            if self.script.setup == "ok":
+            if self.script.setup == "ok" and self._ws.close_code is None:
                 await self._read_frames()
         except _ClientProtocolError as exc:
             self._record("protocol_error", str(exc))
@@ -597,6 +624,10 @@ class EmulatedSession:
             self._resumable = True
             handle = resumption.get("handle")
             if handle:
+                if self.script.refuse_resumption is not None:
+                    self._record("resume_refused", handle)
+                    await self._ws.close(self.script.refuse_resumption, self.script.refuse_resumption_reason)
+                    return
                 origin = self._emulator._resume(handle)
                 if origin is None:
                     raise _ClientProtocolError(f"unknown session resumption handle {handle!r}")
@@ -745,6 +776,9 @@ class EmulatedSession:
             self._playback_end = time.monotonic()  # the client drops its queued audio
             self._record("interrupted", label)
             await self._send({"serverContent": {"interrupted": True}})
+            if self.script.late_chunks_after_interrupt:
+                await self._late_audio()
+            self._saying = None
             if self.script.turn_complete_after_interrupt:
                 await self._complete_turn(label)
 
@@ -798,7 +832,8 @@ class EmulatedSession:
                 if isinstance(step, Say):
                     await self._say(step)
                 elif isinstance(step, CallTool):
-                    await self._call_tool(step)
+                    if not await self._call_tool(step):
+                        break  # the response's scheduling keeps the model silent
                 elif await self._fail(step):
                     return
             await self._send({"serverContent": {"generationComplete": True}})
@@ -812,9 +847,36 @@ class EmulatedSession:
             logger.exception("Live emulator session #%d: turn %r failed", self.index, label)
             await self._ws.close(1011, "internal error")
 
+    def _chunk_bytes(self) -> int:
+        return min(max(2, self.script.audio_chunk_ms * OUTPUT_RATE // 1000 * 2), _MAX_CHUNK_BYTES)
+
+    async def _send_audio(self, chunk: bytes) -> None:
+        await self._send({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
+            "mimeType": OUTPUT_MIME, "data": base64.b64encode(chunk).decode("ascii")}}]}}})
+
+    async def _late_audio(self) -> None:
+        """The interrupted turn goes on for a few chunks after `interrupted` (§12)."""
+        count = self.script.late_chunks_after_interrupt
+        say, offset = self._saying or (Say(seconds=0.0), 0)
+        chunk_bytes = self._chunk_bytes()
+        rest = say.pcm()[offset : offset + count * chunk_bytes]
+        if len(rest) < count * chunk_bytes:  # continue the same voice
+            freq = say.freq if say.audio is None else 440.0
+            rest += tone_pcm(freq, (count * chunk_bytes - len(rest)) / (2 * OUTPUT_RATE))
+        chunks = [rest[i : i + chunk_bytes] for i in range(0, len(rest), chunk_bytes)][:count]
+        transcript = self.script.transcript_during_late_audio
+        for i, chunk in enumerate(chunks):
+            if transcript and i == len(chunks) // 2:
+                await self._send({"serverContent": {"inputTranscription": {"text": transcript}}})
+                transcript = ""
+            await self._send_audio(chunk)
+        if transcript:
+            await self._send({"serverContent": {"inputTranscription": {"text": transcript}}})
+        self._record("late_audio_out", sum(map(len, chunks)))
+
     async def _say(self, say: Say) -> None:
         pcm = say.pcm()
-        chunk_bytes = min(max(2, self.script.audio_chunk_ms * OUTPUT_RATE // 1000 * 2), _MAX_CHUNK_BYTES)
+        chunk_bytes = self._chunk_bytes()
         chunks = [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
         pieces = _split_transcript(say.text)
         # Piece k goes out just before chunk k * len(chunks) / len(pieces).
@@ -830,19 +892,29 @@ class EmulatedSession:
                     break
                 if pace > 0:
                     await asyncio.sleep(max(0.0, start + emitted / pace - time.monotonic()))
-                await self._send({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
-                    "mimeType": OUTPUT_MIME, "data": base64.b64encode(chunk).decode("ascii")}}]}}})
+                await self._send_audio(chunk)
                 seconds = len(chunk) / (2 * OUTPUT_RATE)
                 self._playback_end = max(self._playback_end, time.monotonic()) + seconds
                 emitted += seconds
                 self._turn_audio_s += seconds
                 sent_bytes += len(chunk)
+                self._saying = (say, sent_bytes)
                 if pace == 0 and i % 16 == 15:
                     await asyncio.sleep(0)  # let the reader see barge-in and tool responses
         finally:
             self._record("audio_out", sent_bytes)
 
-    async def _call_tool(self, step: CallTool) -> None:
+    def _behavior(self, name: str) -> str | None:
+        """The `behavior` the setup declared for function `name`, if any."""
+        for tool in _field(self.setup, "tools") or []:
+            for declaration in _field(tool, "function_declarations") or [] if isinstance(tool, dict) else []:
+                if isinstance(declaration, dict) and declaration.get("name") == name:
+                    return declaration.get("behavior")
+        return None
+
+    async def _call_tool(self, step: CallTool) -> bool:
+        """Call the function and wait for its response; return whether the model then
+        goes on speaking, as the response's `scheduling` decides (§8)."""
         call_id = step.id or f"fc-{next(self._call_ids)}"
         waiter = self._loop.create_future()
         self._pending_tools[call_id] = waiter
@@ -852,13 +924,23 @@ class EmulatedSession:
             await self._send({"toolCall": {"functionCalls": [call]}})
             try:
                 async with asyncio.timeout(step.wait):
-                    await waiter
+                    entry = await waiter
             except TimeoutError:
                 self._record("tool_timeout", call_id)
                 logger.info("Live emulator session #%d: no response to %s within %ss",
                             self.index, call_id, step.wait)
+                return True
         finally:
             self._pending_tools.pop(call_id, None)
+        scheduling = entry.get("scheduling")
+        if scheduling is None and self._behavior(step.name) == "NON_BLOCKING":
+            scheduling = "WHEN_IDLE"  # the service's default for a NON_BLOCKING call
+        if scheduling == "SILENT" or (scheduling == "WHEN_IDLE" and not self.script.when_idle_fires):
+            self._record("tool_result_unspoken", {"id": call_id, "scheduling": scheduling})
+            return False
+        if scheduling == "WHEN_IDLE" and self.script.pace > 0:
+            await asyncio.sleep(max(0.0, self._playback_end - time.monotonic()))
+        return True
 
     async def _fail(self, step: Fail) -> bool:
         if step.raw is not None:

@@ -502,7 +502,10 @@ class _Run:
             span.played = min(len(span.data), self.playhead(span, self.now()))
             dropped = len(span.data) - span.played
             self.drained_at = self.now()
-        self.record("clear", dropped_bytes=dropped, pending_marks=[n for _, n, _ in self.pending_marks])
+        self.record(
+            "clear", dropped_bytes=dropped, pending_marks=[n for _, n, _ in self.pending_marks],
+            received_bytes=len(self.agent_audio),  # agent audio had reached us before the clear
+        )
         pending, self.pending_marks = self.pending_marks, []
         for _, name, _ in pending:
             self.echo_soon(name, cleared=True)
