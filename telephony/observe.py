@@ -96,13 +96,14 @@ class CallObserver:
             return
         self._ended = True
         now = time.time()
-        self._close_turn(now, interrupted=False)
+        self._close_turn(now, interrupted=False, cut=True)
         outcome = m.call_outcome(self.call.end_reason)
         m.CALLS.labels(outcome).inc()
         m.ACTIVE_CALLS.dec()
         if self._span is not None:
             agent = [t for t in self.timings if t.role == "agent"]
-            self.watch.tracing.end_call(self._span, now, {
+            ended = max([now] + [t.ended_at for t in agent if t.ended_at is not None])  # children end inside it
+            self.watch.tracing.end_call(self._span, ended, {
                 m_attr: value for m_attr, value in (
                     ("telephony.call_sid", self.call.call_sid), ("telephony.stream_sid", self.call.stream_sid),
                     ("telephony.outcome", outcome), ("telephony.end_reason", self.call.end_reason),
@@ -181,13 +182,13 @@ class CallObserver:
                                 speech_ended_at=self._speech_end, sent_bytes=self.call.sent_bytes)
         self._speech_end = None
 
-    def _close_turn(self, now: float, *, interrupted: bool) -> None:
+    def _close_turn(self, now: float, *, interrupted: bool, cut: bool = False) -> None:
         turn, self._turn = self._turn, None
         if turn is None:
             return
         # As heard: the audio sent plays from the turn's start, unless a clear cut it short.
         played = (self.call.sent_bytes - turn.sent_bytes) / ULAW_BYTES_PER_SECOND
-        turn.ended_at = min(turn.started_at + played, now) if interrupted else turn.started_at + played
+        turn.ended_at = min(turn.started_at + played, now) if interrupted or cut else turn.started_at + played
         turn.interrupted = interrupted
         self.timings.append(turn)
         self._record(turn)

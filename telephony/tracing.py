@@ -49,9 +49,10 @@ class CallTracing:
 
     def child(self, parent: Any, name: str, started_at: float, ended_at: float, attributes: dict[str, Any]) -> None:
         context = self._trace.set_span_in_context(parent)
+        failed = attributes.pop("error", False)
         span = self.tracer.start_span(name, context=context, start_time=_ns(started_at),
                                       attributes={k: v for k, v in attributes.items() if v is not None})
-        if attributes.get("error"):
+        if failed:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
         span.end(end_time=_ns(max(ended_at, started_at)))
 
@@ -83,7 +84,7 @@ def from_settings(settings: Any) -> CallTracing | None:
             f"pip install 'gemini-phone-agent[otel]' ({exc.name} is missing)"
         ) from None
     # Resource.create also reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, which win over our default.
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME_KEY: SERVICE_NAME}).merge(Resource.create()))
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME_KEY: SERVICE_NAME}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     log.info("traces are exported over OTLP/HTTP to %s", settings.otel_endpoint)
     return CallTracing(provider)
