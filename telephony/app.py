@@ -38,7 +38,7 @@ from . import twilio_protocol as tw
 from .bridge import CallBridge
 from .errors import MalformedMessage, SettingsError
 from .live import make_client
-from . import metrics
+from . import dashboard, metrics
 from .audio_recording import AudioRecordings
 from .observe import Watch
 from .records import CallRecorder, RecordsError, RecordsUnavailable, get_call, list_calls, open_records
@@ -351,6 +351,16 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         if record is None:
             return JSONResponse({"detail": f"no call {call_sid}"}, status_code=404)
         return JSONResponse(record)
+
+    @app.get("/calls/{call_sid}/audio")
+    async def calls_audio(request: Request, call_sid: str) -> Response:
+        """The call's stereo WAV when RECORD_AUDIO recorded it (audio_recording.py); Bearer CALLS_API_TOKEN."""
+        refused = _calls_api_refusal(request)
+        if refused is not None:
+            return refused
+        return dashboard.recording_response(request, call_sid)
+
+    dashboard.install(app)  # /dashboard (dashboard.py)
 
     # ------------------------------------------------------------ outbound calls (twilio_rest.py)
 
