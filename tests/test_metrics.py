@@ -136,3 +136,18 @@ def test_with_two_workers_every_scrape_counts_the_calls_of_both(emulator, redis,
     finally:
         server.stop()
     assert not any(p.name.startswith("telephony-metrics-") for p in tmp_path.iterdir())  # ...is gone with them
+
+
+def test_the_grafana_dashboard_only_queries_metrics_the_server_exports():
+    import json
+    import re
+    from pathlib import Path
+
+    from telephony import metrics
+
+    board = json.loads((Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json").read_text())
+    exported = {family.name for name in metrics.__all__ if hasattr(getattr(metrics, name), "describe")
+                for family in getattr(metrics, name).describe()}
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", name) for p in board["panels"] for t in p["targets"]
+            for name in re.findall(r"\bphone_[a-z_]+", t["expr"])}
+    assert used and used <= exported
