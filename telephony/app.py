@@ -38,6 +38,9 @@ from . import twilio_protocol as tw
 from .bridge import CallBridge
 from .errors import MalformedMessage, SettingsError
 from .live import make_client
+from . import dashboard, metrics
+from .audio_recording import AudioRecordings
+from .observe import Watch
 from .records import CallRecorder, RecordsError, RecordsUnavailable, get_call, list_calls, open_records
 from .security import (
     MAX_IDENTITY_CHARS, TOKEN_PARAMETER, CallerIdentity, DestinationNotAllowed, Gatekeeper, Rejected, check_deployment,
@@ -83,7 +86,9 @@ def _default_registry() -> ToolRegistry:
     return registry
 
 
-def create_app(settings: Settings | None = None, registry: ToolRegistry | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, registry: ToolRegistry | None = None, *,
+               tracing: Any | None = None) -> FastAPI:
+    """The app. `tracing` (a `tracing.CallTracing`) replaces the one OTEL_EXPORTER_OTLP_ENDPOINT would make."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         s = settings or Settings.from_env()
@@ -114,6 +119,12 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
         app.state.gate = Gatekeeper(s, shared)
         app.state.draining = False
+        try:
+            app.state.watch = _watch(s, reg, tracing)  # metrics, traces, call audio (observe.py)
+        except SettingsError as exc:
+            log.error("configuration error: %s", exc)
+            raise
+        retention = asyncio.create_task(_recording_retention(app.state.watch.recordings), name="recording-retention")
         if s.redis_url:
             try:
                 await shared.ping()
@@ -145,6 +156,10 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         if app.state.active_calls:  # stopped without a drain (e.g. a second signal)
             await drain(app, timeout_s=0)
         heartbeat.cancel()
+        retention.cancel()
+        metrics.process_stopped()
+        if app.state.watch.tracing is not None:
+            await asyncio.to_thread(app.state.watch.tracing.shutdown)
         with contextlib.suppress(asyncio.CancelledError, SharedStateUnavailable):
             await heartbeat
             await shared.forget_instance(app.state.instance_id)
@@ -174,6 +189,16 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             },
             status_code=503 if state.draining else 200,
         )
+
+    @app.get("/metrics")
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus metrics (metrics.py): Bearer CALLS_API_TOKEN, or open with METRICS_OPEN=true; else 404."""
+        if not request.app.state.settings.metrics_open:
+            refused = _calls_api_refusal(request)
+            if refused is not None:
+                return refused
+        body, content_type = await asyncio.to_thread(metrics.render)
+        return Response(content=body, media_type=content_type)
 
     @app.post("/incoming-call")
     async def incoming_call(request: Request) -> Response:
@@ -245,7 +270,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
                      identity.call_sid, gate.show(identity.caller))
         bridge = CallBridge(
             _Replay(websocket, pending), settings=s, client=state.client, registry=state.registry,
-            rest=state.rest, identity=identity, recorder=state.recorder,
+            rest=state.rest, identity=identity, recorder=state.recorder, watch=state.watch,
         )
         state.active_calls.add(bridge)
         try:
@@ -326,6 +351,16 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             return JSONResponse({"detail": f"no call {call_sid}"}, status_code=404)
         return JSONResponse(record)
 
+    @app.get("/calls/{call_sid}/audio")
+    async def calls_audio(request: Request, call_sid: str) -> Response:
+        """The call's stereo WAV when RECORD_AUDIO recorded it (audio_recording.py); Bearer CALLS_API_TOKEN."""
+        refused = _calls_api_refusal(request)
+        if refused is not None:
+            return refused
+        return dashboard.recording_response(request, call_sid)
+
+    dashboard.install(app)  # /dashboard (dashboard.py)
+
     # ------------------------------------------------------------ outbound calls (outbound.py)
 
     @app.post("/outbound-call")
@@ -405,6 +440,26 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         return Response(content=twiml, media_type="text/xml")
 
     return app
+
+
+def _watch(s: Settings, registry: ToolRegistry, tracing: Any | None) -> Watch:
+    from .tracing import from_settings
+
+    recordings = None
+    if s.record_audio:
+        recordings = AudioRecordings(s.recordings_dir, s.recording_retention_days)
+        log.info("call audio is recorded to %s (kept %g days): callers must be told", s.recordings_dir,
+                 s.recording_retention_days)
+    return Watch(tracing=tracing or from_settings(s), recordings=recordings, tool_names=frozenset(registry.names()))
+
+
+async def _recording_retention(recordings: AudioRecordings | None) -> None:
+    """Delete expired call recordings at start-up, then once a day."""
+    if recordings is None:
+        return
+    while True:
+        await asyncio.to_thread(recordings.delete_expired)
+        await asyncio.sleep(86400)
 
 
 def _records_unavailable(exc: Exception) -> Response:

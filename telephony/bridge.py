@@ -25,6 +25,7 @@ from . import live as live_mod
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call
+from .observe import Watch
 from .errors import LiveError, MalformedMessage
 from .security import CallerIdentity
 from .settings import Settings
@@ -74,6 +75,7 @@ class CallBridge:
         rest: Any | None = None,
         identity: CallerIdentity | None = None,
         recorder: Any | None = None,
+        watch: Watch | None = None,
     ):
         self.ws = websocket
         # Who is calling, as the app's Gatekeeper vouched for it (security.py): tools
@@ -106,8 +108,10 @@ class CallBridge:
         self._loop = asyncio.get_running_loop()
         self._recorded_start = False
         self._new_turn = False
+        self.observer = (watch or Watch()).observe(self.call, recorder)  # metrics, timings, traces (observe.py)
     async def run(self) -> dict[str, object]:
         """Run the call to its end; return its summary. Never raises for call-level problems."""
+        self.observer.call_began()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -122,6 +126,7 @@ class CallBridge:
                 self._end = ev.EndCall("internal error", apologize=True, close_code=1011)
         finally:
             await self._finish()
+            self.observer.call_ended()
             # Drop what ties this call to its finished tasks and their exceptions (which
             # point back here): a cycle would keep the call's native buffers (resamplers,
             # TLS) alive until the next full garbage collection.
@@ -148,8 +153,11 @@ class CallBridge:
         try:
             event = tw.parse(frame)
         except MalformedMessage as exc:
+            self.observer.bad_frame(exc)
             return self.call.bad_frame(exc)
         actions = self.call.handle(event)
+        if self.call.speech.ends != self.observer.speech_ends:
+            self.observer.caller_stopped_speaking()
         if self.recorder is not None and isinstance(event, (tw.StreamStarted, tw.DtmfPressed)):
             self._record_twilio(event)
         return actions
@@ -177,6 +185,7 @@ class CallBridge:
                     "Live session %s for call %s (model %s)",
                     "resumed" if handle else ("replaced" if self.call.carry_over else "open"), self.call.call_sid, self.settings.gemini_model,
                 )
+                self.observer.live_opened(resumed=bool(handle))
                 await self._perform(self.call.handle(ev.LiveReady()))
                 pump = asyncio.create_task(self._pump_live(session), name="live-reader")
                 switch = asyncio.create_task(self._switch.wait(), name="live-switch")
@@ -200,11 +209,13 @@ class CallBridge:
     async def _pump_live(self, session: live_mod.LiveSession) -> None:
         async for event in session.events():
             kind = type(event)
+            received = time.perf_counter() if kind is ev.ModelInterrupted else 0.0
             if self.recorder is not None and kind is not ev.ModelAudio and kind is not ev.ModelInterrupted:
                 self._record_live(event)  # audio is not recorded
             actions = self.call.handle(event)
             if actions:
                 await self._perform(actions)
+            self.observer.live_event(event, received)
             if kind is ev.ModelInterrupted and self.recorder is not None:
                 self._record_live(event)  # after the clear has gone out: a barge-in waits for nothing
 
@@ -226,11 +237,13 @@ class CallBridge:
             response = await self.registry.call(action.name, action.args, ctx)
         except asyncio.CancelledError:
             log.info("tool call %s (%s) cancelled", action.call_id, action.name)
+            self.observer.tool_finished(action.name, "cancelled", time.monotonic() - started)
             raise
         finally:
             self._tools.pop(action.call_id, None)
         elapsed = time.monotonic() - started
         log.info("tool %s answered in %.0f ms", action.name, elapsed * 1000)
+        self.observer.tool_finished(action.name, "error" if "error" in response else "ok", elapsed)
         if self.recorder is not None and self.call.call_sid:
             self.recorder.tool_call(
                 self.call.call_sid, call_id=action.call_id, name=action.name, args=action.args, response=response,
@@ -279,6 +292,7 @@ class CallBridge:
                     ))
             elif kind is ev.ResumeLive:
                 log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
+                self.observer.live_replaced(action.reason)
                 if self.recorder is not None and self.call.call_sid:
                     self.recorder.event(self.call.call_sid, "reconnect", {"reason": action.reason}, time.time())
                 self._resume = action

@@ -27,6 +27,7 @@ from . import events as ev
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio
 from .errors import InvalidCallState, MalformedMessage, StreamMismatch
+from .speech import SpeechEndDetector
 
 log = logging.getLogger("telephony.call")
 
@@ -179,6 +180,9 @@ class Call:
         self.resumption_handle: str | None = None
         self.end_reason: str | None = None
         self._warned: set[str] = set()
+        # Watching the call (observe.py): the end of the caller's speech, and both sides' audio when recorded.
+        self.speech = SpeechEndDetector()
+        self.tap = None  # an audio_recording.CallAudio while RECORD_AUDIO is on
 
     # ------------------------------------------------------------ public
 
@@ -291,6 +295,9 @@ class Call:
         except MalformedMessage as exc:
             return self.bad_frame(exc)
         self.frames_in += 1
+        self.speech.feed(pcm)
+        if self.tap is not None:
+            self.tap.caller(event.payload)
         if self.live_state != "ready":
             if len(self._buffered) == self._buffered.maxlen:
                 self.frames_dropped += 1
@@ -516,6 +523,8 @@ class Call:
             self.cleared_bytes += mark.nbytes
         self.marks_in_flight.clear()
         self.outbound.reset()
+        if self.tap is not None:
+            self.tap.cleared()
         self._turn_open = False
         self._discarding = True
         self._transcript_break = True
@@ -610,6 +619,8 @@ class Call:
         assert self._out is not None
         out = self._out
         messages = [out.media(p) for p in payloads]
+        if self.tap is not None:
+            self.tap.agent(payloads)
         nbytes = 160 * len(payloads)
         self._mark_seq += 1
         mark = _Mark(f"t{self.turn}-{self._mark_seq}", self.turn, nbytes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -89,10 +90,38 @@ def _serve(host: str, port: int, workers: int = 1) -> int:
     configure_logging(settings.log_level)
     options = {"host": host, "port": port, "log_level": settings.log_level.lower(), **UVICORN_OPTIONS}
     if workers > 1:  # each worker process builds the app from the environment
-        uvicorn.run("telephony.app:app", workers=workers, **options)
+        with metrics_folder():
+            uvicorn.run("telephony.app:app", workers=workers, **options)
     else:
         uvicorn.run(create_app(settings), **options)
     return 0
+
+
+@contextlib.contextmanager
+def metrics_folder():
+    """PROMETHEUS_MULTIPROC_DIR for the workers, so /metrics sums them all (metrics.py).
+
+    Unset: a temporary folder, deleted when the server stops. Set: emptied of a
+    previous run's metric files first, as prometheus-client requires.
+    """
+    import shutil
+    import tempfile
+
+    from .metrics import MULTIPROC_ENV, clean_multiprocess_dir
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        clean_multiprocess_dir(given)
+        yield given
+        return
+    folder = tempfile.mkdtemp(prefix="telephony-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield folder
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_workers(workers: int, settings) -> None:

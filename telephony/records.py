@@ -153,6 +153,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX status_callbacks_by_call ON status_callbacks (call_sid, received_at)",
     ),
+    # 1 -> 2: who spoke when, and how long each agent turn took to answer (observe.py).
+    (
+        """
+        CREATE TABLE turn_timings (
+            id                  INTEGER PRIMARY KEY,
+            call_sid            TEXT NOT NULL,
+            role                TEXT NOT NULL CHECK (role IN ('caller', 'agent')),
+            seq                 INTEGER NOT NULL,  -- 1, 2, ... per role within the call
+            started_at          REAL NOT NULL,     -- caller: speech began; agent: first audio sent to Twilio
+            ended_at            REAL,              -- caller: speech ended; agent: last audio played (or cut)
+            response_latency_ms REAL,              -- agent: from the caller's end of speech to its first audio
+            interrupted         INTEGER NOT NULL DEFAULT 0,  -- agent: 1 if the caller barged in
+            UNIQUE (call_sid, role, seq)
+        )
+        """,
+        "CREATE INDEX turn_timings_by_call ON turn_timings (call_sid, started_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -553,6 +570,15 @@ class CallRecorder:
                    float(duration) if isinstance(duration, (int, float)) else None,
                    _int_or_none(summary.get("interruptions")), _int_or_none(summary.get("live_reconnects")), usage))
 
+    def turn_timing(self, call_sid: str, *, role: str, seq: int, started_at: float, ended_at: float | None,
+                    response_latency_ms: float | None, interrupted: bool) -> None:
+        """When one side spoke, and for the agent how long it took to answer (observe.py)."""
+        if not self._sid_ok(call_sid, "turn_timing") or role not in ROLES:
+            return
+        self._put(("turn_timing", call_sid, role, int(seq), float(started_at),
+                   None if ended_at is None else float(ended_at),
+                   None if response_latency_ms is None else float(response_latency_ms), 1 if interrupted else 0))
+
     def status_callback(self, call_sid: str, kind: str, payload: dict, at: float) -> None:
         if not self._sid_ok(call_sid, "status_callback"):
             return
@@ -828,6 +854,16 @@ class CallRecorder:
             self._apply_usage(conn, call_sid, *usage)
         self._open_turns.pop(call_sid, None)
 
+    def _apply_turn_timing(self, conn, call_sid, role, seq, started_at, ended_at, latency_ms, interrupted) -> None:
+        self._stub(conn, call_sid, started_at)
+        conn.execute(
+            "INSERT INTO turn_timings (call_sid, role, seq, started_at, ended_at, response_latency_ms, interrupted) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid, role, seq) DO UPDATE SET "
+            "ended_at = excluded.ended_at, response_latency_ms = excluded.response_latency_ms, "
+            "interrupted = excluded.interrupted",
+            (call_sid, role, seq, started_at, ended_at, latency_ms, interrupted),
+        )
+
     def _apply_status_callback(self, conn, call_sid, kind, status, payload, at) -> None:
         conn.execute(
             "INSERT INTO status_callbacks (call_sid, kind, status, payload, received_at) VALUES (?, ?, ?, ?, ?)",
@@ -947,6 +983,11 @@ def get_call(target: Any, call_sid: str) -> dict[str, Any] | None:
             {"kind": r["kind"], "status": r["status"], "payload": _loads(r["payload"]), "received_at": r["received_at"]}
             for r in conn.execute("SELECT * FROM status_callbacks WHERE call_sid = ? ORDER BY received_at, id", (call_sid,))
         ]
+        timings = [
+            {"role": r["role"], "seq": r["seq"], "started_at": r["started_at"], "ended_at": r["ended_at"],
+             "response_latency_ms": r["response_latency_ms"], "interrupted": bool(r["interrupted"])}
+            for r in conn.execute("SELECT * FROM turn_timings WHERE call_sid = ? ORDER BY started_at, id", (call_sid,))
+        ]
     if call is None and not (turns or tools or events or callbacks):
         return None
     record: dict[str, Any] = _call_dict(call) if call is not None else {"call_sid": call_sid}
@@ -960,8 +1001,20 @@ def get_call(target: Any, call_sid: str) -> dict[str, Any] | None:
             timeline.append((item[at_key], order, {"type": kind, "at": item[at_key], **{k: v for k, v in item.items() if k != at_key}}))
     timeline.sort(key=lambda entry: (entry[0], entry[1]))
     record.update(turns=turns, tool_calls=tools, events=events, status_callbacks=callbacks,
-                  timeline=[entry for _, _, entry in timeline])
+                  timeline=[entry for _, _, entry in timeline], turn_timings=timings,
+                  response_latency=_latency_summary(timings))
     return record
+
+
+def _latency_summary(timings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agent turns' response latencies at a glance: count, median and worst (ms)."""
+    values = sorted(t["response_latency_ms"] for t in timings
+                    if t["role"] == "agent" and t["response_latency_ms"] is not None)
+    if not values:
+        return {"turns": 0, "median_ms": None, "max_ms": None}
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return {"turns": len(values), "median_ms": round(median, 1), "max_ms": values[-1]}
 
 
 # ----------------------------------------------------------------------------- printing (telephony calls)
@@ -1038,6 +1091,15 @@ def format_call(record: dict[str, Any]) -> str:
         lines.append(f"{at}  {text}")
     if not record["timeline"]:
         lines.append("  (nothing recorded)")
+    agent = [t for t in record.get("turn_timings", []) if t["role"] == "agent"]
+    if agent:
+        lines.append("")
+        lines.append("agent turns (response latency: the caller's end of speech -> the agent's first audio):")
+        for t in agent:
+            latency = "      -" if t["response_latency_ms"] is None else f"{t['response_latency_ms']:5.0f} ms"
+            spoke = "" if t["ended_at"] is None else f", spoke {t['ended_at'] - t['started_at']:.2f} s"
+            lines.append(f"{t['started_at'] - zero:+8.2f}s  turn {t['seq']}: {latency}{spoke}"
+                         f"{'  (interrupted)' if t['interrupted'] else ''}")
     return "\n".join(lines)
 
 

@@ -103,6 +103,12 @@ class Settings:
     resampler: str = "fir"
     # Running more than one process (shared_state.py): unset = this process's memory.
     redis_url: str | None = field(default=None, repr=False)
+    # Watching the line (issue 14): /metrics, traces, call audio.
+    metrics_open: bool = False  # serve /metrics without the CALLS_API_TOKEN (private networks only)
+    otel_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces are exported when set
+    record_audio: bool = False
+    recordings_dir: Path = Path("data/recordings")
+    recording_retention_days: float = 30.0
 
     @property
     def public_host(self) -> str | None:
@@ -216,6 +222,7 @@ class Settings:
         values.update(_security(get, token))
         values.update(_phone_line(get))
         values.update(_prices(get))
+        values.update(_watching(get))
 
         for name, attr in (("VAD_START_SENSITIVITY", "vad_start_sensitivity"), ("VAD_END_SENSITIVITY", "vad_end_sensitivity")):
             raw = get(name)
@@ -388,6 +395,30 @@ def _phone_line(get) -> dict[str, object]:
         values["calls_api_token"] = token
     values.update(_float(get, "DTMF_TIMEOUT_SECONDS", "dtmf_timeout_s", 0.2, 30))
     values.update(_float(get, "GOODBYE_TIMEOUT_SECONDS", "goodbye_timeout_s", 1, 120))
+    return values
+
+
+def _watching(get) -> dict[str, object]:
+    """Metrics, traces and call audio (README "Watching the line")."""
+    values: dict[str, object] = {}
+    for name, attr in (("METRICS_OPEN", "metrics_open"), ("RECORD_AUDIO", "record_audio")):
+        flag = _bool(get, name)
+        if flag is not None:
+            values[attr] = flag
+    endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SettingsError(f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r} must be an http(s) URL, "
+                                "e.g. http://localhost:4318")
+        values["otel_endpoint"] = endpoint
+    folder = get("RECORDINGS_DIR")
+    if folder is not None:
+        path = Path(folder)
+        if path.exists() and not path.is_dir():
+            raise SettingsError(f"RECORDINGS_DIR={folder!r} exists and is not a folder")
+        values["recordings_dir"] = path
+    values.update(_float(get, "RECORDING_RETENTION_DAYS", "recording_retention_days", 1, 36500))
     return values
 
 

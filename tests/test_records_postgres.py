@@ -187,7 +187,8 @@ class TestSchema:
                 p.kill() if p.poll() is None else None
         assert [p.returncode for p in procs] == [0] * len(procs), [err for _, err in outcomes]
         assert sorted(int(out) for out, _ in outcomes) == [0] + [SCHEMA_VERSION] * (len(procs) - 1)
-        assert postgres_schema(db_url)["columns"].keys() == {"calls", "turns", "tool_calls", "events", "status_callbacks"}
+        assert postgres_schema(db_url)["columns"].keys() == {"calls", "turns", "tool_calls", "events", "status_callbacks",
+                                                             "turn_timings"}
 
 
 # =========================================================================== the same records as SQLite
