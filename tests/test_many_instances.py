@@ -128,7 +128,7 @@ def test_the_proxy_spreads_requests_over_both_instances_and_a_whole_call_goes_th
     seen = {httpx.get(f"{proxy.http_url}/healthz", timeout=5).json()["instance"] for _ in range(6)}
     assert len(seen) == 2, "no session affinity: both instances answer"
     emulator.script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[
-        CallTool("end_call", {"reason": "caller is done"}), Say(text="Goodbye!", seconds=0.6)])])
+        Say(text="Goodbye!", seconds=0.6), CallTool("end_call", {"reason": "caller is done"})])])
     call_sid = new_call_sid()
     parameters = stream_parameters(answer(proxy, call_sid, new_caller()).text)
     call = stream(proxy, call_sid, parameters, recording="order_call.jsonl")
@@ -172,7 +172,7 @@ def test_a_webhook_replayed_at_the_other_instance_is_refused(instances):
 def test_after_the_agent_ends_the_call_at_one_instance_stream_ended_at_the_other_hangs_up(instances, emulator):
     a, b = instances["a"], instances["b"]
     emulator.script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[
-        CallTool("end_call", {"reason": "caller is done"}), Say(text="Goodbye!", seconds=0.6)])])
+        Say(text="Goodbye!", seconds=0.6), CallTool("end_call", {"reason": "caller is done"})])])
     call_sid = new_call_sid()
     parameters = stream_parameters(answer(b, call_sid, new_caller()).text)
     call = stream(a, call_sid, parameters, recording="order_call.jsonl")

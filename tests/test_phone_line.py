@@ -40,9 +40,9 @@ def test_keypad_digits_reach_the_model_as_one_text_turn(phone):
 def test_agent_hangs_up_only_after_its_goodbye_has_played(phone, server):
     script = Script(
         greeting=[Say(seconds=0.5)],
-        replies=[Reply(heard="That's all, thanks.", steps=[
-            CallTool("end_call", {"reason": "caller is done"}),
+        replies=[Reply(heard="That's all, thanks.", steps=[  # as instructed: a goodbye, then end_call
             Say(text="Goodbye!", seconds=1.2, freq=GOODBYE_HZ),
+            CallTool("end_call", {"reason": "caller is done"}),
         ])],
     )
     call = phone.call("order_call.jsonl", script)
@@ -108,7 +108,7 @@ def signed_call(srv, emulator, script: Script, call_sid: str, caller: str, name:
 def test_with_rest_the_hang_up_request_is_sent_only_after_the_goodbye_played(line, emulator):
     call_sid = "CA" + "e1" * 16
     script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[
-        CallTool("end_call", {"reason": "done"}), Say(text="Goodbye!", seconds=1.2, freq=GOODBYE_HZ)])])
+        Say(text="Goodbye!", seconds=1.2, freq=GOODBYE_HZ), CallTool("end_call", {"reason": "done"})])])
     call = signed_call(line, emulator, script, call_sid, "+15557770001")
     (hangup,) = line.standin.wait_for("calls.update", call_sid=call_sid)
     assert hangup.params["Status"] == "completed"
@@ -134,7 +134,7 @@ def test_with_rest_a_transfer_dials_the_configured_number_and_its_stop_is_not_a_
 def test_a_hang_up_for_a_call_that_already_ended_counts_as_done(line, emulator, caplog):
     call_sid = "CA" + "e3" * 16
     line.standin.end_call(call_sid)  # Twilio will answer 404 / 20404
-    script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[CallTool("end_call", {"reason": "done"}), Say(seconds=0.5)])])
+    script = Script(greeting=[Say(seconds=0.4)], replies=[Reply(steps=[Say(seconds=0.5), CallTool("end_call", {"reason": "done"})])])
     call = signed_call(line, emulator, script, call_sid, "+15557770003")
     line.standin.wait_for("calls.update", call_sid=call_sid)
     assert call.close_code == 1000
