@@ -205,23 +205,46 @@ def translate(message: types.LiveServerMessage) -> list[object]:
         out.append(ev.ToolCallCancelled(tuple(message.tool_call_cancellation.ids)))
     um = message.usage_metadata
     if um is not None:
-        # Input and output are priced differently: keep them apart ("AUDIO" / "response:AUDIO").
-        by_modality: dict[str, int] = {}
-        for prefix, details_list in (("", um.prompt_tokens_details), ("response:", um.response_tokens_details)):
-            for details in details_list or []:
-                key = prefix + str(details.modality.value if details.modality else "UNKNOWN")
-                by_modality[key] = by_modality.get(key, 0) + (details.token_count or 0)
-        out.append(
-            ev.UsageReported(
-                um.prompt_token_count or 0, um.response_token_count or 0, um.total_token_count or 0, by_modality
-            )
-        )
+        out.append(_usage(um))
     sru = message.session_resumption_update
     if sru is not None:
         out.append(ev.ResumptionUpdate(sru.new_handle, bool(sru.resumable)))
     if message.go_away is not None:
         out.append(ev.GoAway(_seconds(message.go_away.time_left)))
     return out
+
+
+def _usage(um: types.UsageMetadata) -> ev.UsageReported:
+    """Token counts as they are billed. Input and output are priced differently, so
+    they are kept apart by modality ("AUDIO" / "response:AUDIO"). Thinking is billed as
+    output but is not in the total on 3.8 Live; tool-use prompts are billed as input on
+    top of the prompt; cached tokens are part of the prompt, billed at the cached price.
+    Vertex reports the response as `candidatesTokenCount`: the SDK hands it over as
+    `response_token_count` in both modes, so nothing here depends on the backend."""
+    by_modality: dict[str, int] = {}
+
+    def add(prefix: str, details_list, count: int | None = None, default: str = "UNKNOWN") -> None:
+        counted = 0
+        for details in details_list or []:
+            key = prefix + str(details.modality.value if details.modality else default)
+            by_modality[key] = by_modality.get(key, 0) + (details.token_count or 0)
+            counted += details.token_count or 0
+        if count and count > counted:  # a count without (enough) details
+            key = prefix + default
+            by_modality[key] = by_modality.get(key, 0) + count - counted
+
+    add("", um.prompt_tokens_details)
+    add("response:", um.response_tokens_details)
+    thoughts = um.thoughts_token_count or 0
+    tool_use = um.tool_use_prompt_token_count or 0
+    cached = um.cached_content_token_count or 0
+    add("thoughts:", None, thoughts, "TEXT")  # thinking is text
+    add("tool_use:", um.tool_use_prompt_tokens_details, tool_use, "TEXT")
+    add("cached:", um.cache_tokens_details, cached)
+    return ev.UsageReported(
+        um.prompt_token_count or 0, um.response_token_count or 0, um.total_token_count or 0, by_modality,
+        thoughts_tokens=thoughts, tool_use_prompt_tokens=tool_use, cached_tokens=cached,
+    )
 
 
 def _seconds(value: object) -> float | None:

@@ -80,12 +80,13 @@ class Settings:
     calls_db_path: Path = Path("data/calls.db")
     database_url: str | None = field(default=None, repr=False)  # call records in PostgreSQL instead (holds a password)
     calls_api_token: str | None = field(default=None, repr=False)
-    # Estimated call cost (records.py), USD per million tokens. Defaults are assumptions
-    # (Google's Live native-audio Flash prices): set your model's.
-    price_audio_input_per_mtok: float = 3.0
-    price_audio_output_per_mtok: float = 12.0
-    price_text_input_per_mtok: float = 0.5
-    price_text_output_per_mtok: float = 2.0
+    # Estimated call cost (records.py), USD per million tokens. None = the price of
+    # GEMINI_MODEL in records.MODEL_PRICES; set them to your contract's.
+    price_audio_input_per_mtok: float | None = None
+    price_audio_output_per_mtok: float | None = None
+    price_text_input_per_mtok: float | None = None
+    price_text_output_per_mtok: float | None = None
+    price_cached_input_fraction: float | None = None  # share of the input price a cached token costs
     dtmf_timeout_s: float = 2.0
     goodbye_timeout_s: float = 15.0
     vad_start_sensitivity: str = "LOW"
@@ -396,6 +397,7 @@ def _prices(get) -> dict[str, object]:
     values: dict[str, object] = {}
     for kind in ("audio_input", "audio_output", "text_input", "text_output"):
         values.update(_float(get, f"PRICE_{kind.upper()}_PER_MTOK", f"price_{kind}_per_mtok", 0, 10_000))
+    values.update(_float(get, "PRICE_CACHED_INPUT_FRACTION", "price_cached_input_fraction", 0, 1))
     return values
 
 

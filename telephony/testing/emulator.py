@@ -248,6 +248,14 @@ class Script:
     a call not declared NON_BLOCKING) speaks at once."""
     send_usage: bool = True
     """usageMetadata after each turnComplete."""
+    thoughts_tokens: int = 0
+    """thoughtsTokenCount of each usageMetadata: billed as output, and left out of
+    totalTokenCount, as 3.8 Live reports it (gemini-live.md §12)."""
+    tool_use_prompt_tokens: int = 0
+    """toolUsePromptTokenCount of each usageMetadata (billed as input, on top of the prompt)."""
+    cached_tokens: int = 0
+    """cachedContentTokenCount of each usageMetadata: part of the prompt (capped at it),
+    reported as TEXT in cacheTokensDetails."""
     resumption_updates: bool = True
     """sessionResumptionUpdate after each turnComplete, when the setup enabled resumption."""
 
@@ -258,6 +266,9 @@ class Script:
             raise ValueError(f"Script.pace must be >= 0, got {self.pace!r}")
         if not self.audio_chunk_ms > 0:
             raise ValueError(f"Script.audio_chunk_ms must be > 0, got {self.audio_chunk_ms!r}")
+        for name in ("thoughts_tokens", "tool_use_prompt_tokens", "cached_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Script.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.late_chunks_after_interrupt < 0:
             raise ValueError(
                 f"Script.late_chunks_after_interrupt must be >= 0, got {self.late_chunks_after_interrupt!r}"
@@ -970,16 +981,26 @@ class EmulatedSession:
         response = round(self._turn_audio_s * _AUDIO_TOKENS_PER_SECOND)
         prompt = audio_in + text_in + self._response_tokens
         self._response_tokens += response
-        return {
+        script = self.script
+        usage: dict[str, Any] = {
             "promptTokenCount": prompt,
             "responseTokenCount": response,
-            "totalTokenCount": prompt + response,
+            "totalTokenCount": prompt + response + script.tool_use_prompt_tokens,
             "promptTokensDetails": [
                 {"modality": "AUDIO", "tokenCount": audio_in + self._response_tokens - response},
                 {"modality": "TEXT", "tokenCount": text_in},
             ],
             "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": response}],
         }
+        if script.thoughts_tokens:
+            usage["thoughtsTokenCount"] = script.thoughts_tokens
+        if script.tool_use_prompt_tokens:
+            usage["toolUsePromptTokenCount"] = script.tool_use_prompt_tokens
+            usage["toolUsePromptTokensDetails"] = [{"modality": "TEXT", "tokenCount": script.tool_use_prompt_tokens}]
+        if cached := min(script.cached_tokens, text_in):
+            usage["cachedContentTokenCount"] = cached
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
+        return usage
 
 
 def _truncate(reason: str, limit: int = 120) -> str:
