@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
         reg = registry or _default_registry()
         reg.default_timeout = s.tool_timeout_s
         try:
+            app.state.client = make_client(s)  # on Vertex AI, loads the credentials: may refuse to start
             prepare_orders_db(s)
             app.state.recorder = CallRecorder(open_records(s), s)  # call records (records.py)
         except (SettingsError, RecordsError) as exc:
@@ -109,7 +110,6 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             raise
         app.state.settings = s
         app.state.registry = reg
-        app.state.client = make_client(s)
         app.state.rest = make_rest_client(s)  # None without REST credentials (twilio_rest.py)
         # What every process must agree on (shared_state.py): this process's memory, or Redis.
         shared = app.state.shared = open_shared_state(s.redis_url)

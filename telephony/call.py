@@ -175,7 +175,7 @@ class Call:
         self.digits: list[str] = []
         self.transcript: list[list[str]] = []  # [role, text]
         self._transcript_break = False  # a turn ended: the next text starts a new entry
-        self.usage = {"prompt": 0, "response": 0, "total": 0}
+        self.usage = {"prompt": 0, "response": 0, "total": 0, "thoughts": 0, "tool_use_prompt": 0, "cached": 0}
         self.usage_by_modality: dict[str, int] = {}
         self.resumption_handle: str | None = None
         self.end_reason: str | None = None
@@ -591,6 +591,9 @@ class Call:
         self.usage["prompt"] += event.prompt_tokens
         self.usage["response"] += event.response_tokens
         self.usage["total"] += event.total_tokens
+        self.usage["thoughts"] += event.thoughts_tokens
+        self.usage["tool_use_prompt"] += event.tool_use_prompt_tokens
+        self.usage["cached"] += event.cached_tokens
         for modality, count in event.by_modality.items():
             self.usage_by_modality[modality] = self.usage_by_modality.get(modality, 0) + count
         return []

@@ -70,10 +70,18 @@ class ToolCallCancelled:
 
 @dataclass(frozen=True)
 class UsageReported:
+    """`by_modality` also carries the billed extras under their own prefixes
+    (``thoughts:TEXT``, ``tool_use:TEXT``, ``cached:AUDIO``...), so the cost can be
+    estimated from it alone; the three counts below are the same tokens, for summaries.
+    Thoughts are not in `total_tokens` on 3.8 Live, yet billed as output."""
+
     prompt_tokens: int = 0
     response_tokens: int = 0
     total_tokens: int = 0
     by_modality: dict[str, int] = field(default_factory=dict)
+    thoughts_tokens: int = 0
+    tool_use_prompt_tokens: int = 0
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

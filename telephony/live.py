@@ -30,25 +30,52 @@ FATAL_CLOSE_CODES = frozenset({1007, 1008})
 MAX_BAD_LIVE_FRAMES = 20
 
 
+#: Passed to every Live socket, on either backend.
+_SOCKET_ARGS = {
+    # Gemini pongs have been measured at 8-30 s; websockets' default
+    # 20 s ping timeout would end healthy calls with 1011.
+    "ping_interval": 30,
+    "ping_timeout": 60,
+    # Allow frames above the 1 MiB default (a long audio chunk).
+    "max_size": 16 * 1024 * 1024,
+    # Base64 audio barely compresses; deflating every frame only costs CPU.
+    "compression": None,
+}
+_CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
 def make_client(settings: Settings) -> genai.Client:
     """One client per process. The base URL and trust store come from the SDK's
-    own environment (`GOOGLE_GEMINI_BASE_URL`, `SSL_CERT_FILE`), never from here."""
-    return genai.Client(
-        api_key=settings.gemini_api_key,
-        http_options=types.HttpOptions(
-            api_version="v1beta",
-            async_client_args={
-                # Gemini pongs have been measured at 8-30 s; websockets' default
-                # 20 s ping timeout would end healthy calls with 1011.
-                "ping_interval": 30,
-                "ping_timeout": 60,
-                # Allow frames above the 1 MiB default (a long audio chunk).
-                "max_size": 16 * 1024 * 1024,
-                # Base64 audio barely compresses; deflating every frame only costs CPU.
-                "compression": None,
-            },
-        ),
-    )
+    own environment (`GOOGLE_GEMINI_BASE_URL` or `GOOGLE_VERTEX_BASE_URL`,
+    `SSL_CERT_FILE`), never from here.
+
+    On Vertex AI the API version is left to the SDK (v1beta1, the only one its Live
+    path speaks). Application Default Credentials are loaded here, at start-up, so a
+    machine without them fails before its first call rather than during it; the SDK
+    refreshes the token before each connection when it has expired."""
+    if not getattr(settings, "vertexai", False):
+        return genai.Client(
+            api_key=settings.gemini_api_key,
+            http_options=types.HttpOptions(api_version="v1beta", async_client_args=dict(_SOCKET_ARGS)),
+        )
+    http_options = types.HttpOptions(async_client_args=dict(_SOCKET_ARGS))
+    if not settings.google_cloud_project:  # express mode: the API key alone
+        return genai.Client(vertexai=True, api_key=settings.gemini_api_key,
+                            location=settings.google_cloud_location, http_options=http_options)
+    import google.auth
+    from google.auth import exceptions as auth_errors
+
+    from .errors import SettingsError
+
+    try:
+        credentials, _ = google.auth.default(scopes=[_CLOUD_SCOPE])
+    except auth_errors.DefaultCredentialsError as exc:
+        raise SettingsError(
+            "GOOGLE_GENAI_USE_VERTEXAI=true with GOOGLE_CLOUD_PROJECT needs Application Default Credentials "
+            f"(gcloud auth application-default login, or GOOGLE_APPLICATION_CREDENTIALS): {exc}"
+        ) from None
+    return genai.Client(vertexai=True, project=settings.google_cloud_project,
+                        location=settings.google_cloud_location, credentials=credentials, http_options=http_options)
 
 
 def build_config(
@@ -115,7 +142,8 @@ class LiveSession:
         await self._session.send_realtime_input(text=text)
 
     async def send_tool_response(self, call_id: str, name: str, response: dict, scheduling: str | None = None) -> None:
-        """`scheduling` says when the model speaks about a NON_BLOCKING call's result (§8)."""
+        """`scheduling` says when the model speaks about a NON_BLOCKING call's result (§8).
+        `will_continue` is never sent: Vertex AI rejects it, and every tool here answers once."""
         await self._session.send_tool_response(
             function_responses=[types.FunctionResponse(
                 id=call_id, name=name, response=response,
@@ -205,23 +233,46 @@ def translate(message: types.LiveServerMessage) -> list[object]:
         out.append(ev.ToolCallCancelled(tuple(message.tool_call_cancellation.ids)))
     um = message.usage_metadata
     if um is not None:
-        # Input and output are priced differently: keep them apart ("AUDIO" / "response:AUDIO").
-        by_modality: dict[str, int] = {}
-        for prefix, details_list in (("", um.prompt_tokens_details), ("response:", um.response_tokens_details)):
-            for details in details_list or []:
-                key = prefix + str(details.modality.value if details.modality else "UNKNOWN")
-                by_modality[key] = by_modality.get(key, 0) + (details.token_count or 0)
-        out.append(
-            ev.UsageReported(
-                um.prompt_token_count or 0, um.response_token_count or 0, um.total_token_count or 0, by_modality
-            )
-        )
+        out.append(_usage(um))
     sru = message.session_resumption_update
     if sru is not None:
         out.append(ev.ResumptionUpdate(sru.new_handle, bool(sru.resumable)))
     if message.go_away is not None:
         out.append(ev.GoAway(_seconds(message.go_away.time_left)))
     return out
+
+
+def _usage(um: types.UsageMetadata) -> ev.UsageReported:
+    """Token counts as they are billed. Input and output are priced differently, so
+    they are kept apart by modality ("AUDIO" / "response:AUDIO"). Thinking is billed as
+    output but is not in the total on 3.8 Live; tool-use prompts are billed as input on
+    top of the prompt; cached tokens are part of the prompt, billed at the cached price.
+    Vertex reports the response as `candidatesTokenCount`: the SDK hands it over as
+    `response_token_count` in both modes, so nothing here depends on the backend."""
+    by_modality: dict[str, int] = {}
+
+    def add(prefix: str, details_list, count: int | None = None, default: str = "UNKNOWN") -> None:
+        counted = 0
+        for details in details_list or []:
+            key = prefix + str(details.modality.value if details.modality else default)
+            by_modality[key] = by_modality.get(key, 0) + (details.token_count or 0)
+            counted += details.token_count or 0
+        if count and count > counted:  # a count without (enough) details
+            key = prefix + default
+            by_modality[key] = by_modality.get(key, 0) + count - counted
+
+    add("", um.prompt_tokens_details)
+    add("response:", um.response_tokens_details)
+    thoughts = um.thoughts_token_count or 0
+    tool_use = um.tool_use_prompt_token_count or 0
+    cached = um.cached_content_token_count or 0
+    add("thoughts:", None, thoughts, "TEXT")  # thinking is text
+    add("tool_use:", um.tool_use_prompt_tokens_details, tool_use, "TEXT")
+    add("cached:", um.cache_tokens_details, cached)
+    return ev.UsageReported(
+        um.prompt_token_count or 0, um.response_token_count or 0, um.total_token_count or 0, by_modality,
+        thoughts_tokens=thoughts, tool_use_prompt_tokens=tool_use, cached_tokens=cached,
+    )
 
 
 def _seconds(value: object) -> float | None:

@@ -23,6 +23,14 @@ DEFAULT_MODEL = "gemini-3.8-live"
 #: proactivity (always on in 3.8; `proactive_audio: false` is an error), no affective
 #: dialog, NON_BLOCKING tools with a `scheduling` on each response.
 SUPPORTED_MODEL_FAMILIES = ("gemini-3.8-live", "gemini-2.5-flash-native-audio", "gemini-live-2.5-flash-native-audio")
+#: The same families under the ids Vertex AI serves (gemini-live.md §9, §12).
+VERTEX_MODEL_FAMILIES = ("gemini-3.8-live", "gemini-live-2.5-flash-native-audio", "gemini-live-2.5-flash-preview-native-audio")
+#: Vertex serves the 2.5 native-audio Live models in these regions only, not on `global` (§12).
+VERTEX_LIVE_25_LOCATIONS = ("us-central1", "us-east5", "europe-west4")
+#: A Vertex AI location: global, a multi-region (us, eu) or a region such as us-central1.
+_LOCATION_RE = re.compile(r"global|us|eu|[a-z]+-[a-z]+[0-9]+")
+#: A Google Cloud project id (optionally domain-scoped, example.com:my-project).
+_PROJECT_RE = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
 #: Families refused at start-up, with why: a call would fail on its first tool response or turn.
 REFUSED_MODELS = {
     "-extended-thinking": "needs a thinking level, rejects tool `scheduling` with 1007 and its turnComplete "
@@ -56,10 +64,15 @@ _SENSITIVITY = {"low": "LOW", "high": "HIGH"}
 class Settings:
     """Everything the server needs, documented in the README's variables table."""
 
-    gemini_api_key: str = field(repr=False)
+    gemini_api_key: str | None = field(default=None, repr=False)  # None on Vertex AI with ADC
     gemini_model: str = DEFAULT_MODEL
     gemini_voice: str = DEFAULT_VOICE
     gemini_language: str | None = None  # speech_config.language_code; None lets the model detect it
+    # Vertex AI (GOOGLE_GENAI_USE_VERTEXAI): with a project, Application Default Credentials;
+    # without one, the API key in express mode.
+    vertexai: bool = False
+    google_cloud_project: str | None = None
+    google_cloud_location: str | None = None
     agent_instructions: str = DEFAULT_INSTRUCTIONS
     agent_greeting: str = DEFAULT_GREETING
     public_url: str | None = None
@@ -80,12 +93,13 @@ class Settings:
     calls_db_path: Path = Path("data/calls.db")
     database_url: str | None = field(default=None, repr=False)  # call records in PostgreSQL instead (holds a password)
     calls_api_token: str | None = field(default=None, repr=False)
-    # Estimated call cost (records.py), USD per million tokens. Defaults are assumptions
-    # (Google's Live native-audio Flash prices): set your model's.
-    price_audio_input_per_mtok: float = 3.0
-    price_audio_output_per_mtok: float = 12.0
-    price_text_input_per_mtok: float = 0.5
-    price_text_output_per_mtok: float = 2.0
+    # Estimated call cost (records.py), USD per million tokens. None = the price of
+    # GEMINI_MODEL in records.MODEL_PRICES; set them to your contract's.
+    price_audio_input_per_mtok: float | None = None
+    price_audio_output_per_mtok: float | None = None
+    price_text_input_per_mtok: float | None = None
+    price_text_output_per_mtok: float | None = None
+    price_cached_input_fraction: float | None = None  # share of the input price a cached token costs
     dtmf_timeout_s: float = 2.0
     goodbye_timeout_s: float = 15.0
     vad_start_sensitivity: str = "LOW"
@@ -143,10 +157,12 @@ class Settings:
             return value or None
 
         api_key = get("GEMINI_API_KEY") or get("GOOGLE_API_KEY")
-        if not api_key:
+        vertex = _vertex_switch(get)
+        if not api_key and not vertex:
             raise SettingsError(
                 "GEMINI_API_KEY is not set (GOOGLE_API_KEY is accepted too): "
-                "the agent cannot open a Gemini Live session without an API key"
+                "the agent cannot open a Gemini Live session without an API key "
+                "(or set GOOGLE_GENAI_USE_VERTEXAI=true to use Vertex AI)"
             )
 
         values: dict[str, object] = {"gemini_api_key": api_key}
@@ -159,12 +175,14 @@ class Settings:
             for marker, why in REFUSED_MODELS.items():
                 if marker in model:
                     raise SettingsError(f"GEMINI_MODEL={model!r} is refused: it {why}")
-            if not model.startswith(SUPPORTED_MODEL_FAMILIES):
+            if not vertex and not model.startswith(SUPPORTED_MODEL_FAMILIES):  # Vertex's ids: _vertex()
                 raise SettingsError(
                     f"GEMINI_MODEL={model!r} is not a supported Live model; use one of the "
                     f"{', '.join(SUPPORTED_MODEL_FAMILIES)} families"
                 )
             values["gemini_model"] = model
+        if vertex:
+            values.update(_vertex(get, api_key, str(values.get("gemini_model", DEFAULT_MODEL))))
 
         language = get("GEMINI_LANGUAGE")
         if language is not None:
@@ -323,6 +341,50 @@ def _security(get, auth_token: str | None) -> dict[str, object]:
     return values
 
 
+def _vertex_switch(get) -> bool:
+    """The SDK's own switch, read as it reads it: GOOGLE_GENAI_USE_ENTERPRISE (the new
+    name) wins over GOOGLE_GENAI_USE_VERTEXAI, and only "true" or "1" turn it on."""
+    for name in ("GOOGLE_GENAI_USE_ENTERPRISE", "GOOGLE_GENAI_USE_VERTEXAI"):
+        raw = get(name)
+        if raw is not None:
+            return raw.lower() in ("true", "1")
+    return False
+
+
+def _vertex(get, api_key: str | None, model: str) -> dict[str, object]:
+    """Vertex AI: ADC with a project (the API key is then not needed, and ignored as the
+    SDK ignores it), or express mode with an API key alone. Checked here because Vertex
+    refuses a model it does not serve in that location only when the first call connects."""
+    project = get("GOOGLE_CLOUD_PROJECT")
+    location = get("GOOGLE_CLOUD_LOCATION")
+    if project is not None and not _PROJECT_RE.fullmatch(project):
+        raise SettingsError(f"GOOGLE_CLOUD_PROJECT={project!r} is not a Google Cloud project id (e.g. my-project-123)")
+    if location is not None and not _LOCATION_RE.fullmatch(location):
+        raise SettingsError(f"GOOGLE_CLOUD_LOCATION={location!r} is not a Vertex AI location (e.g. us-central1, global)")
+    if project is None and not api_key:
+        raise SettingsError(
+            "GOOGLE_GENAI_USE_VERTEXAI=true needs GOOGLE_CLOUD_PROJECT (signed in with Application Default "
+            "Credentials) or, for Vertex AI express mode, GOOGLE_API_KEY"
+        )
+    if not model.startswith(VERTEX_MODEL_FAMILIES):
+        hint = " (its Vertex AI id is gemini-live-2.5-flash-native-audio)" if "native-audio" in model else ""
+        raise SettingsError(
+            f"GEMINI_MODEL={model!r} is not served by Vertex AI{hint}; use one of the "
+            f"{', '.join(VERTEX_MODEL_FAMILIES)} families"
+        )
+    where = location or "global"
+    if model.startswith("gemini-live-2.5") and where not in VERTEX_LIVE_25_LOCATIONS:
+        raise SettingsError(
+            f"GEMINI_MODEL={model!r} is not served on the Vertex AI location {where!r}; set "
+            f"GOOGLE_CLOUD_LOCATION to one of {', '.join(VERTEX_LIVE_25_LOCATIONS)}"
+        )
+    values: dict[str, object] = {"vertexai": True, "google_cloud_project": project, "google_cloud_location": location}
+    if project is not None:
+        values["gemini_api_key"] = None
+        values["google_cloud_location"] = where
+    return values
+
+
 def _bool(get, name: str) -> bool | None:
     raw = get(name)
     if raw is None:
@@ -427,6 +489,7 @@ def _prices(get) -> dict[str, object]:
     values: dict[str, object] = {}
     for kind in ("audio_input", "audio_output", "text_input", "text_output"):
         values.update(_float(get, f"PRICE_{kind.upper()}_PER_MTOK", f"price_{kind}_per_mtok", 0, 10_000))
+    values.update(_float(get, "PRICE_CACHED_INPUT_FRACTION", "price_cached_input_fraction", 0, 1))
     return values
 
 

@@ -288,7 +288,8 @@ class TestEndingACall:
         c.call.handle(ev.Transcript("agent", "Let me check."))
         summary = c.call.summary()
         assert summary["frames_in"] == 10
-        assert summary["tokens"] == {"prompt": 110, "response": 44, "total": 154, "by_modality": {"AUDIO": 99}}
+        assert summary["tokens"] == {"prompt": 110, "response": 44, "total": 154, "thoughts": 0, "tool_use_prompt": 0,
+                                     "cached": 0, "by_modality": {"AUDIO": 99}}
         c.call.handle(ev.TurnComplete())
         c.call.handle(ev.Transcript("agent", "It has shipped."))
         assert c.call.transcript == [["caller", "Where is my order?"], ["agent", "Let me check."], ["agent", "It has shipped."]]

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 
 from telephony.app import create_app
 from telephony.records import (
-    MIGRATIONS, SCHEMA_VERSION, CallRecorder, PriceTable, RecordsError, estimate_cost, get_call, list_calls, migrate,
+    MIGRATIONS, MODEL_PRICES, SCHEMA_VERSION, CallRecorder, PriceTable, RecordsError, estimate_cost, get_call, list_calls, migrate,
 )
 from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, Reply, Say, Script
@@ -170,7 +170,8 @@ class TestRecorder:
         recorder.flush()
         (call,) = list_calls(recorder.path)
         assert call["tokens"]["total"] == 350 and call["ended_at"] is None
-        assert call["estimated_cost_usd"] == pytest.approx((300 * 3.0 + 50 * 12.0) / 1e6)
+        default = PriceTable()  # gemini-3.8-live's
+        assert call["estimated_cost_usd"] == pytest.approx((300 * default.audio_input + 50 * default.audio_output) / 1e6)
 
     def test_phone_numbers_are_stored_masked_and_secret_arguments_hidden(self, recorder):
         recorder.call_started("CA5", stream_sid=None, direction="inbound", caller="+15551230101", called="client:alice", at=T0)
@@ -264,7 +265,29 @@ class TestCost:
         (0, 0, {}, 0),
     ])
     def test_the_estimate_follows_tokens_by_modality(self, prompt, response, by_modality, usd_per_mtok):
-        assert estimate_cost(prompt, response, by_modality, PriceTable()) == pytest.approx(usd_per_mtok / 1e6)
+        native_audio = MODEL_PRICES["gemini-2.5-flash-native-audio"]
+        assert estimate_cost(prompt, response, by_modality, native_audio) == pytest.approx(usd_per_mtok / 1e6)
+
+    def test_thinking_is_billed_as_output_tool_use_as_input_and_cached_tokens_at_the_cached_price(self):
+        prices = PriceTable(audio_input=3, audio_output=12, text_input=0.5, text_output=2, cached_fraction=0.25)
+        by_modality = {"AUDIO": 900, "TEXT": 100, "response:AUDIO": 200,
+                       "thoughts:TEXT": 50, "tool_use:TEXT": 30, "cached:TEXT": 80}
+        expected = (900 * 3 + 20 * 0.5 + 80 * 0.5 * 0.25  # the prompt, 80 of its text tokens cached
+                    + 30 * 0.5  # tool-use prompt, on top of the prompt
+                    + 200 * 12 + 50 * 2)  # the spoken answer, and the thinking as text output
+        assert estimate_cost(1000, 200, by_modality, prices) == pytest.approx(expected / 1e6)
+
+    def test_each_model_has_its_own_prices_and_3_8_live_is_the_default(self):
+        assert PriceTable() == MODEL_PRICES["gemini-3.8-live"] == PriceTable.from_settings(settings())
+        assert (PriceTable().text_input, PriceTable().audio_output) == (0.75, 4.50)
+        native = PriceTable.from_settings(settings(GEMINI_MODEL="gemini-2.5-flash-native-audio-preview-12-2025"))
+        assert (native.audio_input, native.audio_output, native.text_input, native.text_output) == (3, 12, 0.5, 2)
+        assert PriceTable.for_model("gemini-live-2.5-flash-native-audio") == native
+
+    def test_a_price_variable_overrides_only_its_own_price_of_the_model(self):
+        prices = PriceTable.from_settings(settings(GEMINI_MODEL="gemini-2.5-flash-native-audio-preview-12-2025",
+                                                   PRICE_AUDIO_OUTPUT_PER_MTOK="10", PRICE_CACHED_INPUT_FRACTION="0.1"))
+        assert prices == PriceTable(audio_input=3, audio_output=10, text_input=0.5, text_output=2, cached_fraction=0.1)
 
     def test_the_price_table_comes_from_the_environment(self, tmp_path):
         s = settings(PRICE_AUDIO_INPUT_PER_MTOK="1", PRICE_AUDIO_OUTPUT_PER_MTOK="2",
@@ -344,6 +367,31 @@ class TestARecordedCall:
         assert record["estimated_cost_usd"] == estimate_cost(
             tokens["prompt"], tokens["response"], tokens["by_modality"], PriceTable.from_settings(server.app.state.settings))
         assert record["estimated_cost_usd"] > 0
+
+    def test_a_call_that_thinks_uses_tools_and_hits_the_cache_costs_what_those_tokens_cost(self, phone, server,
+                                                                                            tmp_path):
+        sid = "CA" + "7" * 32
+        script = record_script()
+        script.thoughts_tokens, script.tool_use_prompt_tokens, script.cached_tokens = 40, 25, 60
+        phone.call(str(with_call_sid(FIXTURES / "order_call.jsonl", sid, tmp_path / "call.jsonl")), script, speed=2)
+        assert server.app.state.recorder.flush()
+        record = get_call(Path(os.environ["CALLS_DB_PATH"]), sid)
+
+        tokens, by = record["tokens"], record["tokens"]["by_modality"]
+        turns = by["thoughts:TEXT"] // 40
+        assert turns >= 2  # one usage report per turn that ended before the caller hung up
+        assert (by["thoughts:TEXT"], by["tool_use:TEXT"], by["cached:TEXT"]) == (40 * turns, 25 * turns, 60 * turns)
+        summed = record["summary"]["tokens"]
+        assert (summed["thoughts"], summed["tool_use_prompt"], summed["cached"]) == (40 * turns, 25 * turns, 60 * turns)
+        # 3.8 Live leaves the thinking out of the total; the bill does not.
+        assert tokens["total"] == tokens["prompt"] + tokens["response"] + 25 * turns
+        prices = PriceTable.from_settings(server.app.state.settings)
+        without_extras = {k: v for k, v in by.items() if ":" not in k or k.startswith("response:")}
+        plain = estimate_cost(tokens["prompt"], tokens["response"], without_extras, prices)
+        extras = (40 * turns * prices.text_output + 25 * turns * prices.text_input
+                  - 60 * turns * prices.text_input * (1 - prices.cached_fraction)) / 1e6
+        assert record["estimated_cost_usd"] == pytest.approx(plain + extras, abs=2e-6)
+        assert record["estimated_cost_usd"] > plain  # thinking and tool use are not free
 
     def test_the_timeline_orders_turns_tools_and_events_by_time(self, recorded_call):
         _, record, _ = recorded_call

@@ -106,6 +106,16 @@ _LIVE_PATH = re.compile(
 )
 """The SDK's URL (§1): any version, any base-URL prefix, a leading `//` allowed."""
 
+_VERTEX_PATH = re.compile(r"/ws/google\.cloud\.aiplatform\.v1(?:beta1)?\.LlmBidiService/BidiGenerateContent$")
+"""The SDK's URL in Vertex AI mode (§12)."""
+
+_VERTEX_MODEL = re.compile(r"(?:projects/([^/]+)/locations/([^/]+)/)?publishers/google/models/([^/]+)")
+"""The setup model on Vertex: projects/P/locations/L/publishers/google/models/M, or
+publishers/google/models/M in express mode (an API key, no project)."""
+
+VERTEX_MODEL_FAMILIES = ("gemini-3.8-live", "gemini-live-2.5-flash")
+"""Models the Vertex emulator serves; gemini-live-2.5-* not on `global` (§12)."""
+
 _SETUP_MODES = ("ok", "never", "close", "http403")
 
 _CLIENT_KEYS = {
@@ -248,6 +258,14 @@ class Script:
     a call not declared NON_BLOCKING) speaks at once."""
     send_usage: bool = True
     """usageMetadata after each turnComplete."""
+    thoughts_tokens: int = 0
+    """thoughtsTokenCount of each usageMetadata: billed as output, and left out of
+    totalTokenCount, as 3.8 Live reports it (gemini-live.md §12)."""
+    tool_use_prompt_tokens: int = 0
+    """toolUsePromptTokenCount of each usageMetadata (billed as input, on top of the prompt)."""
+    cached_tokens: int = 0
+    """cachedContentTokenCount of each usageMetadata: part of the prompt (capped at it),
+    reported as TEXT in cacheTokensDetails."""
     resumption_updates: bool = True
     """sessionResumptionUpdate after each turnComplete, when the setup enabled resumption."""
 
@@ -258,6 +276,9 @@ class Script:
             raise ValueError(f"Script.pace must be >= 0, got {self.pace!r}")
         if not self.audio_chunk_ms > 0:
             raise ValueError(f"Script.audio_chunk_ms must be > 0, got {self.audio_chunk_ms!r}")
+        for name in ("thoughts_tokens", "tool_use_prompt_tokens", "cached_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Script.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.late_chunks_after_interrupt < 0:
             raise ValueError(
                 f"Script.late_chunks_after_interrupt must be >= 0, got {self.late_chunks_after_interrupt!r}"
@@ -502,6 +523,10 @@ class EmulatedSession:
         self.script = script
         self.path: str = request.path if request is not None else ""
         self.api_key: str = headers.get("x-goog-api-key") or _token(headers.get("authorization", ""))
+        authorization = headers.get("authorization", "")
+        self.bearer: str = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else ""
+        """The OAuth access token of a Vertex AI session (ADC); "" otherwise."""
+        self.vertex: bool = emulator.vertex
         self.setup: dict = {}
         self.audio_in = bytearray()
         self.audio_chunks = 0
@@ -618,6 +643,10 @@ class EmulatedSession:
         self.setup = frame["setup"]
         self._record("setup", self.setup.get("model"))
         self._configure(self.setup)
+        if self.vertex and (refusal := self._emulator._vertex_model_refusal(str(self.setup.get("model")), self)):
+            self._record("model_refused", self.setup.get("model"))
+            await self._ws.close(1008, _truncate(refusal))
+            return
 
         resumption = _field(self.setup, "session_resumption")
         if isinstance(resumption, dict):
@@ -750,6 +779,9 @@ class EmulatedSession:
             for extra in ("scheduling", "will_continue"):
                 if (value := _field(response, extra)) is not None:
                     entry[extra] = value
+            if self.vertex and "will_continue" in entry:
+                raise _ClientProtocolError('Invalid JSON payload received. Unknown name "willContinue" '
+                                           'at \'tool_response.function_responses[0]\'')
             self.tool_responses.append(entry)
             self._record("tool_response", entry)
             waiter = self._pending_tools.get(entry["id"])
@@ -970,16 +1002,29 @@ class EmulatedSession:
         response = round(self._turn_audio_s * _AUDIO_TOKENS_PER_SECOND)
         prompt = audio_in + text_in + self._response_tokens
         self._response_tokens += response
-        return {
+        script = self.script
+        usage: dict[str, Any] = {
             "promptTokenCount": prompt,
             "responseTokenCount": response,
-            "totalTokenCount": prompt + response,
+            "totalTokenCount": prompt + response + script.tool_use_prompt_tokens,
             "promptTokensDetails": [
                 {"modality": "AUDIO", "tokenCount": audio_in + self._response_tokens - response},
                 {"modality": "TEXT", "tokenCount": text_in},
             ],
             "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": response}],
         }
+        if script.thoughts_tokens:
+            usage["thoughtsTokenCount"] = script.thoughts_tokens
+        if script.tool_use_prompt_tokens:
+            usage["toolUsePromptTokenCount"] = script.tool_use_prompt_tokens
+            usage["toolUsePromptTokensDetails"] = [{"modality": "TEXT", "tokenCount": script.tool_use_prompt_tokens}]
+        if cached := min(script.cached_tokens, text_in):
+            usage["cachedContentTokenCount"] = cached
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
+        if self.vertex:  # Vertex names the response as generateContent does (§12)
+            usage["candidatesTokenCount"] = usage.pop("responseTokenCount")
+            usage["candidatesTokensDetails"] = usage.pop("responseTokensDetails")
+        return usage
 
 
 def _truncate(reason: str, limit: int = 120) -> str:
@@ -1013,7 +1058,20 @@ class LiveEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         raise_server_errors: bool = True,
+        vertex: bool = False,
+        project: str = "emulator-project",
+        location: str = "us-central1",
     ) -> None:
+        self.vertex = vertex
+        """Speak Vertex AI's Live dialect (its path, Bearer auth, model form, usage names)
+        and refuse what only the Gemini API accepts, instead of the Gemini API's."""
+        self.project = project
+        self.location = location
+        self.access_token = f"emulator-token-{secrets.token_hex(8)}"
+        """The only Bearer token accepted in Vertex mode (the one in `adc_path`)."""
+        self.adc_path = ""
+        """An authorized-user credentials file carrying `access_token` until tomorrow, for
+        GOOGLE_APPLICATION_CREDENTIALS: ADC then loads without a network round trip."""
         self.script = script if script is not None else Script()
         """Applied to every session opened from now on (assign a new one between calls)."""
         self.host = host
@@ -1043,13 +1101,22 @@ class LiveEmulator:
         """The base URL to give the SDK, e.g. ``https://127.0.0.1:53187``."""
         return f"https://{self.host}:{self.port}"
 
-    def env(self) -> dict[str, str]:
+    def env(self, *, express: bool = False) -> dict[str, str]:
         """The environment a process needs to reach the emulator with an unmodified SDK.
 
-        Also unset GOOGLE_GENAI_USE_VERTEXAI and GOOGLE_GENAI_USE_ENTERPRISE there.
+        Gemini API mode: also unset GOOGLE_GENAI_USE_VERTEXAI and GOOGLE_GENAI_USE_ENTERPRISE
+        there. Vertex mode: also unset GEMINI_API_KEY and GOOGLE_API_KEY (unless `express`,
+        which gives an API key instead of a project and ADC).
         """
         if not self.cert_path:
             raise RuntimeError("start the LiveEmulator before asking for its environment")
+        if self.vertex:
+            common = {"GOOGLE_GENAI_USE_VERTEXAI": "true", "GOOGLE_VERTEX_BASE_URL": self.url,
+                      "SSL_CERT_FILE": self.cert_path, "NO_PROXY": "127.0.0.1,localhost"}
+            if express:
+                return {**common, "GOOGLE_API_KEY": "emulator-express-key", "GOOGLE_CLOUD_LOCATION": self.location}
+            return {**common, "GOOGLE_CLOUD_PROJECT": self.project, "GOOGLE_CLOUD_LOCATION": self.location,
+                    "GOOGLE_APPLICATION_CREDENTIALS": self.adc_path}
         return {
             "GOOGLE_GEMINI_BASE_URL": self.url,
             "SSL_CERT_FILE": self.cert_path,
@@ -1065,6 +1132,13 @@ class LiveEmulator:
             raise RuntimeError("this LiveEmulator is already running")
         self._tmpdir = tempfile.mkdtemp(prefix="live-emulator-")
         self.cert_path, self._key_path = write_self_signed_cert(self._tmpdir, self.host)
+        self.adc_path = str(Path(self._tmpdir) / "adc.json")
+        expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+        Path(self.adc_path).write_text(json.dumps({
+            "type": "authorized_user", "client_id": "emulator", "client_secret": "emulator",
+            "refresh_token": "emulator", "token": self.access_token, "quota_project_id": self.project,
+            "expiry": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }))
         self._ready.clear()
         self._startup_error = None
         self._thread = threading.Thread(target=self._thread_main, name="live-emulator", daemon=True)
@@ -1178,9 +1252,13 @@ class LiveEmulator:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if not _LIVE_PATH.search(path):
+        if not (_VERTEX_PATH if self.vertex else _LIVE_PATH).search(path):
             logger.warning("Live emulator: 404 for %s", request.path)
             return connection.respond(HTTPStatus.NOT_FOUND, f"No Live API endpoint at {path}\n")
+        if self.vertex:
+            authorization = request.headers.get("authorization", "")
+            if authorization != f"Bearer {self.access_token}" and not request.headers.get("x-goog-api-key"):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "Request had invalid authentication credentials.\n")
         script = self.script
         if script.setup == "http403":
             return connection.respond(HTTPStatus.FORBIDDEN, "Method doesn't allow unregistered callers.\n")
@@ -1199,6 +1277,21 @@ class LiveEmulator:
             logger.exception("Live emulator session #%d failed", session.index)
             if connection.close_code is None:
                 await connection.close(1011, "internal error")
+
+    def _vertex_model_refusal(self, model: str, session: EmulatedSession) -> str | None:
+        """Why Vertex would refuse this setup model (closed 1008), or None to serve it."""
+        match = _VERTEX_MODEL.fullmatch(model)
+        if match is None:
+            return f"Publisher model {model!r} is not a Vertex AI model name"
+        project, location, name = match.groups()
+        if project is None and not session.api_key:
+            return "A model without a project needs an API key (express mode)"
+        if project is not None and project != self.project:
+            return f"Permission denied on resource project {project}"
+        where = location or "global"
+        if not name.startswith(VERTEX_MODEL_FAMILIES) or (name.startswith("gemini-live-2.5") and where == "global"):
+            return f"Publisher Model `{name}` was not found in location {where}"
+        return None
 
     def _issue(self, handle: str, session: EmulatedSession) -> None:
         with self._lock:
