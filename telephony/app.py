@@ -51,7 +51,9 @@ from .shared_state import SharedStateUnavailable, open_shared_state
 from .tools import ToolRegistry
 from .outbound import OutboundRefs, OutboundUnavailable, parse_outbound_request, place_call
 from .twilio_rest import close_rest_client, describe_error, make_rest_client
-from .twiml import apology_twiml, busy_twiml, connect_stream_twiml, dial_twiml, hangup_twiml, over_limit_twiml
+from .twiml import (
+    AfterStream, Next, apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml,
+)
 
 log = logging.getLogger("telephony.app")
 
@@ -280,7 +282,8 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             await gate.stream_ended(identity.call_sid if identity else None)
             if bridge.call.call_sid:
                 try:
-                    await state.shared.put_after_stream(bridge.call.call_sid, bridge.after_stream, AFTER_STREAM_TTL_S)
+                    await state.shared.put_after_stream(bridge.call.call_sid, bridge.after_stream.encode(),
+                                                      AFTER_STREAM_TTL_S)
                 except SharedStateUnavailable as exc:
                     log.warning("call %s: /stream-ended will answer the apology: %s", bridge.call.call_sid, exc)
 
@@ -292,14 +295,11 @@ def create_app(settings: Settings | None = None, registry: ToolRegistry | None =
             return pairs
         call_sid = dict(pairs).get("CallSid", "")
         try:
-            after = await request.app.state.shared.pop_after_stream(call_sid) or "apology"
+            after = AfterStream.decode(await request.app.state.shared.pop_after_stream(call_sid))
         except SharedStateUnavailable as exc:
             log.warning("call %s: /stream-ended answers the apology: %s", call_sid, exc)
-            after = "apology"
-        if after.startswith("transfer:"):
-            twiml = dial_twiml(after.removeprefix("transfer:"))
-        else:
-            twiml = hangup_twiml() if after == "hangup" else apology_twiml()
+            after = AfterStream(Next.APOLOGY)
+        twiml = after.twiml()
         return Response(content=twiml, media_type="text/xml")
 
     # ------------------------------------------------------------ call records (records.py)

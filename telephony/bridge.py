@@ -31,7 +31,7 @@ from .security import CallerIdentity
 from .settings import Settings
 from .tools import CallContext, ToolRegistry
 from .twilio_rest import is_already_ended
-from .twiml import apology_twiml, dial_twiml
+from .twiml import AfterStream, apology_twiml, dial_twiml
 
 log = logging.getLogger("telephony.bridge")
 
@@ -125,7 +125,7 @@ class CallBridge:
             if self._end is None:
                 self._end = ev.EndCall("internal error", apologize=True, close_code=1011)
         finally:
-            await self._finish()
+            await self._tear_down()
             self.observer.call_ended()
             # Drop what ties this call to its finished tasks and their exceptions (which
             # point back here): a cycle would keep the call's native buffers (resamplers,
@@ -331,15 +331,9 @@ class CallBridge:
             self._tg.create_task(self._perform(self.call.handle(ev.ServerStopping())), name="stop")
 
     @property
-    def after_stream(self) -> str:
-        """What Twilio should do when it asks what follows the stream:
-        "hangup", "transfer:<destination>" or "apology"."""
-        end = self._end
-        if end is None or end.apologize:
-            return "apology"
-        if end.transfer_to:
-            return f"transfer:{end.transfer_to}"
-        return "hangup" if end.hangup else "apology"
+    def after_stream(self) -> AfterStream:
+        """What Twilio should do when it asks what follows the stream."""
+        return AfterStream.of(self._end)
 
     def inject(self, event: object) -> None:
         """Feed an event from outside the call's tasks (thread-safe): tools acting on the call."""
@@ -349,7 +343,7 @@ class CallBridge:
 
         self._loop.call_soon_threadsafe(deliver)
 
-    async def _finish(self) -> None:
+    async def _tear_down(self) -> None:
         end = self._end or ev.EndCall("stream ended")
         for task in [*self._tools.values(), *self._timers.values()]:
             task.cancel()

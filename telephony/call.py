@@ -5,10 +5,20 @@ Live session or from the adapter (`events`) and returns the actions to
 perform, in order. It never awaits and never reads a clock, so every
 transition happens in one place and can be tested by feeding events.
 
-Phases::
+Its state, each part in one place:
+
+- `Phase`, the call as a whole::
 
     AWAITING_START --start--> CONNECTING --LiveReady--> LISTENING <--> AGENT_SPEAKING
           any --stop / Live failure / abuse--> ENDING --(adapter done)--> ENDED
+
+- `LiveLink`, the Live session::
+
+    NONE --start--> CONNECTING --LiveReady--> READY --goAway / drop--> SWITCHING --LiveReady--> READY
+
+- `Turn`, the agent turn now playing (open, drained, its late audio being discarded);
+- `Watchdog` (IDLE, ARMED, NUDGED), and the `Timer`s the adapter runs for the core;
+- `Ending`, the end decided but waiting for the goodbye (or hand-off) to be heard.
 
 Playback truth comes from Twilio marks: a mark follows every chunk of agent
 audio we send, and its echo means the audio before it has been played. A
@@ -81,6 +91,50 @@ class Phase(enum.Enum):
     ENDED = "ended"
 
 
+class LiveLink(enum.Enum):
+    NONE = "none"
+    CONNECTING = "connecting"
+    READY = "ready"
+    SWITCHING = "switching"  # a replacement session is being opened (goAway, drop, refused handle)
+
+
+class Watchdog(enum.Enum):
+    IDLE = "idle"
+    ARMED = "armed"  # the model owes an answer: the timer runs
+    NUDGED = "nudged"  # it fired and the model was nudged; not again until the next arming
+
+
+class Timer(enum.StrEnum):
+    """The timers the adapter runs for the core (`StartTimer`/`TimerFired` carry these names)."""
+
+    MAX_CALL = "max_call"
+    WATCHDOG = "watchdog"
+    DISCARD = "discard"
+    DTMF = "dtmf"
+    GOAWAY = "goaway"
+    GOODBYE_GRACE = "goodbye_grace"
+
+
+@dataclass
+class Turn:
+    """The agent turn now producing audio (`number` counts every turn of the call)."""
+
+    number: int = 0
+    open: bool = False  # its audio is being forwarded
+    drained: bool = False  # its resampler tail went out (generationComplete)
+    discarding: bool = False  # interrupted: its late audio is dropped until its turnComplete
+
+
+@dataclass
+class Ending:
+    """An end decided by the agent (goodbye, transfer) or the call's limit: it takes
+    effect once the turn `after_turn` has completed and its audio has been heard."""
+
+    end: ev.EndCall
+    after_turn: int
+    turn_complete: bool = False
+
+
 @dataclass
 class _Mark:
     name: str
@@ -126,10 +180,7 @@ class Call:
         self._out: tw.Outbound | None = None
 
         # Playback accounting.
-        self.turn = 0
-        self._turn_open = False  # a model turn is producing audio we forward
-        self._turn_drained = False
-        self._discarding = False  # after `interrupted`: drop the interrupted turn's audio
+        self.current = Turn()
         self._mark_seq = 0
         self.marks_in_flight: deque[_Mark] = deque()
         self.marks_cleared: set[str] = set()
@@ -145,19 +196,15 @@ class Call:
         self._buffered: deque[bytes] = deque(maxlen=BUFFERED_FRAMES)
         self._queued_responses: list[ev.SendToolResponse] = []
 
-        # The Live session: none -> connecting -> ready <-> switching.
-        self.live_state = "none"
+        # The Live session.
+        self.link = LiveLink.NONE
         self._ever_ready = False
         self._reconnect_attempts = 0
         self._attempt_handle: str | None = None  # the handle the pending reconnection uses
         self._go_away_seen = False  # this session announced its end: any close then resumes
-        self._resume_at_boundary = False
-        self._watchdog_armed = False
-        self._nudged = False
-        # Ending on our side: what to do once the goodbye (or hand-off) has been heard.
-        self._finish: ev.EndCall | None = None
-        self._finish_after_turn: int | None = None  # a TurnComplete at or past this turn...
-        self._goodbye_spoken = False  # ...has arrived; then wait for its last mark
+        self._resume_at_boundary = False  # switch sessions at the next turn boundary (goAway)
+        self.watchdog = Watchdog.IDLE
+        self.ending: Ending | None = None
         self._keypad: list[str] = []
 
         # Facts for the summary.
@@ -186,6 +233,16 @@ class Call:
 
     # ------------------------------------------------------------ public
 
+    @property
+    def turn(self) -> int:
+        """How many agent turns the call has had."""
+        return self.current.number
+
+    @property
+    def over(self) -> bool:
+        """The call is ending or ended: nothing new starts."""
+        return self.phase is Phase.ENDING or self.phase is Phase.ENDED
+
     def handle(self, event: object) -> list[ev.Action]:
         """Advance the call by one event; return what the adapter must do, in order."""
         if self.phase is Phase.ENDED:
@@ -199,7 +256,7 @@ class Call:
         """The adapter could not parse a frame. Drop it; close the stream if it keeps happening."""
         self.bad_frames += 1
         self._warn_once(f"bad:{type(error).__name__}:{str(error)[:30]}", "dropped a bad Twilio frame: %s", error)
-        if self.bad_frames > MAX_BAD_FRAMES and self.phase is not Phase.ENDING:
+        if self.bad_frames > MAX_BAD_FRAMES and not self.over:
             return self._end(f"too many bad frames from Twilio ({self.bad_frames})", close_code=1008)
         return []
 
@@ -274,11 +331,11 @@ class Call:
             fmt = f"{event.encoding} {event.sample_rate} Hz x{event.channels}"
             return self._end(f"unsupported media format {fmt}", apologize=True)
         self.phase = Phase.CONNECTING
-        self.live_state = "connecting"
+        self.link = LiveLink.CONNECTING
         log.info("call %s started on stream %s", event.call_sid, event.stream_sid)
         actions: list[ev.Action] = [ev.ConnectLive()]
         if self.max_call_s:
-            actions.append(ev.StartTimer("max_call", self.max_call_s))
+            actions.append(ev.StartTimer(Timer.MAX_CALL, self.max_call_s))
         return actions
 
     def _on_caller_audio(self, event: tw.CallerAudio) -> list[ev.Action]:
@@ -288,7 +345,7 @@ class Call:
             return []
         if not self._same_stream(event.stream_sid):
             return self._mismatch()
-        if self.phase in (Phase.ENDING, Phase.ENDED):
+        if self.over:
             return []
         try:
             pcm = self.inbound.convert(event.payload)
@@ -298,7 +355,7 @@ class Call:
         self.speech.feed(pcm)
         if self.tap is not None:
             self.tap.caller(event.payload)
-        if self.live_state != "ready":
+        if self.link is not LiveLink.READY:
             if len(self._buffered) == self._buffered.maxlen:
                 self.frames_dropped += 1
                 self._warn_once("buffer-full", "caller audio buffer full while Live is unavailable; dropping the oldest")
@@ -322,25 +379,25 @@ class Call:
             self._turn_heard[mark.turn] = self._turn_heard.get(mark.turn, 0) + mark.nbytes
             if mark.name == event.name:
                 break
-        if not self.marks_in_flight and not self._turn_open and self.phase is Phase.AGENT_SPEAKING:
+        if not self.marks_in_flight and not self.current.open and self.phase is Phase.AGENT_SPEAKING:
             self.phase = Phase.LISTENING
-        return self._maybe_hang_up()
+        return self._end_if_goodbye_heard()
 
     def _on_dtmf(self, event: tw.DtmfPressed) -> list[ev.Action]:
         if not self._same_stream(event.stream_sid):
             return self._mismatch()
-        if self.phase in (Phase.ENDING, Phase.ENDED):
+        if self.over:
             return []
         self.digits.append(event.digit)
         self._keypad.append(event.digit)
         if event.digit == "#":  # the caller is done typing
-            return [ev.CancelTimer("dtmf"), *self._keypad_to_model()]
-        return [ev.StartTimer("dtmf", self.dtmf_timeout_s)]
+            return [ev.CancelTimer(Timer.DTMF), *self._keypad_to_model()]
+        return [ev.StartTimer(Timer.DTMF, self.dtmf_timeout_s)]
 
     def _keypad_to_model(self) -> list[ev.Action]:
         """Give the digits typed so far to the model as one short text turn."""
-        if self.live_state != "ready":
-            return [ev.StartTimer("dtmf", self.dtmf_timeout_s)] if self._keypad else []  # try again later
+        if self.link is not LiveLink.READY:
+            return [ev.StartTimer(Timer.DTMF, self.dtmf_timeout_s)] if self._keypad else []  # try again later
         digits = [d for d in self._keypad if d != "#"] or self._keypad
         self._keypad = []
         if not digits:
@@ -363,11 +420,11 @@ class Call:
     # ------------------------------------------------------- Live events
 
     def _on_live_ready(self, event: ev.LiveReady) -> list[ev.Action]:
-        if self.phase in (Phase.ENDING, Phase.ENDED, Phase.AWAITING_START):
+        if self.over or self.phase is Phase.AWAITING_START:
             return []
         first = not self._ever_ready
         self._ever_ready = True
-        self.live_state = "ready"
+        self.link = LiveLink.READY
         self._reconnect_attempts = 0
         self._go_away_seen = False
         if self.phase is Phase.CONNECTING:
@@ -385,7 +442,7 @@ class Call:
                 self.sessions_resumed += 1
             else:
                 self.sessions_fresh += 1
-            self._discarding = False  # the old session's late audio cannot reach a new one
+            self.current.discarding = False  # the old session's late audio cannot reach a new one
             log.info("Live session resumed (reconnect %d); replaying %d buffered frames", self.reconnects, len(self._buffered))
         # Nothing said or computed while switching is lost: audio first, in order, then tool results.
         actions.extend(ev.SendAudioToLive(pcm) for pcm in self._buffered)
@@ -395,7 +452,7 @@ class Call:
         return actions
 
     def _on_live_failed(self, event: ev.LiveFailed) -> list[ev.Action]:
-        if self.phase in (Phase.ENDING, Phase.ENDED):
+        if self.over:
             return []
         if not self._ever_ready:
             return self._end(f"Live session could not be opened: {event.reason}", apologize=True)
@@ -410,7 +467,7 @@ class Call:
         return self._reconnect(f"resuming failed: {event.reason}")
 
     def _on_live_closed(self, event: ev.LiveClosed) -> list[ev.Action]:
-        if self.phase in (Phase.ENDING, Phase.ENDED) or self.live_state == "switching":
+        if self.over or self.link is LiveLink.SWITCHING:
             return []
         what = f"Live session closed (code={event.code}, {event.reason or 'no reason'})"
         # After a goAway the service closes with 1000, 1011 or even 1008 ("client failed to
@@ -424,65 +481,71 @@ class Call:
         return self._end("server shutting down", apologize=True)
 
     def _on_timer(self, event: ev.TimerFired) -> list[ev.Action]:
-        if self.phase in (Phase.ENDING, Phase.ENDED):
+        if self.over:
             return []
-        if event.name == "goaway":
-            if self._resume_at_boundary and self.live_state == "ready":
-                return self._reconnect("goAway deadline reached before a turn boundary")
-        elif event.name == "watchdog":
-            self._watchdog_armed = False
-            if self.live_state == "ready" and not self._nudged:
-                self._nudged = True
-                self.watchdog_nudges += 1
-                log.warning("model silent for %.1f s; nudging it once", self.watchdog_s or 0)
-                return [ev.SendTextToLive(NUDGE_TEXT)]
-        elif event.name == "discard":
-            if self._discarding:
-                self.discards_timed_out += 1
-                log.warning(
-                    "no turnComplete %.1f s after an interruption; playing model audio again", self.discard_limit_s
-                )
-                self._discarding = False
-        elif event.name == "dtmf":
-            return self._keypad_to_model()
-        elif event.name == "max_call":
-            if self._finish is not None:
-                return []
-            log.info("call reached its %.0f s limit; asking the agent to say goodbye", self.max_call_s or 0)
-            # The goodbye is the model's answer to our prompt: a turn after the current one.
-            actions = self._finish_after_goodbye(ev.EndCall("maximum call length reached", hangup=True), self.turn + 1)
-            return [ev.SendTextToLive(GOODBYE_TEXT), *actions]
-        elif event.name == "goodbye_grace" and self._finish is not None:
-            log.info("the goodbye took longer than %.0f s; ending the call now", self.goodbye_timeout_s)
-            return self._end_with(self._finish)
+        return self._timer_handlers[Timer(event.name)](self)
+
+    def _goaway_deadline(self) -> list[ev.Action]:
+        if self._resume_at_boundary and self.link is LiveLink.READY:
+            return self._reconnect("goAway deadline reached before a turn boundary")
         return []
 
+    def _watchdog_fired(self) -> list[ev.Action]:
+        if self.watchdog is Watchdog.NUDGED or self.link is not LiveLink.READY:
+            self.watchdog = Watchdog.IDLE if self.watchdog is Watchdog.ARMED else self.watchdog
+            return []
+        self.watchdog = Watchdog.NUDGED
+        self.watchdog_nudges += 1
+        log.warning("model silent for %.1f s; nudging it once", self.watchdog_s or 0)
+        return [ev.SendTextToLive(NUDGE_TEXT)]
+
+    def _discard_expired(self) -> list[ev.Action]:
+        if self.current.discarding:
+            self.discards_timed_out += 1
+            log.warning("no turnComplete %.1f s after an interruption; playing model audio again", self.discard_limit_s)
+            self.current.discarding = False
+        return []
+
+    def _max_call_reached(self) -> list[ev.Action]:
+        if self.ending is not None:
+            return []
+        log.info("call reached its %.0f s limit; asking the agent to say goodbye", self.max_call_s or 0)
+        # The goodbye is the model's answer to our prompt: a turn after the current one.
+        actions = self._end_after_goodbye(ev.EndCall("maximum call length reached", hangup=True), self.turn + 1)
+        return [ev.SendTextToLive(GOODBYE_TEXT), *actions]
+
+    def _goodbye_overdue(self) -> list[ev.Action]:
+        if self.ending is None:
+            return []
+        log.info("the goodbye took longer than %.0f s; ending the call now", self.goodbye_timeout_s)
+        return self._end_as(self.ending.end)
+
     def _on_hangup_requested(self, event: ev.HangupRequested) -> list[ev.Action]:
-        if self.phase in (Phase.ENDING, Phase.ENDED) or self._finish is not None:
+        if self.over or self.ending is not None:
             return []
         log.info("the agent is ending the call (%s) once its goodbye has played", event.reason)
         # The goodbye is said in the turn that called the tool (or right after its result).
-        return self._finish_after_goodbye(ev.EndCall(f"agent ended the call: {event.reason}", hangup=True), self.turn)
+        return self._end_after_goodbye(ev.EndCall(f"agent ended the call: {event.reason}", hangup=True), self.turn)
 
     def _on_transfer_requested(self, event: ev.TransferRequested) -> list[ev.Action]:
-        if self.phase in (Phase.ENDING, Phase.ENDED) or self._finish is not None:
+        if self.over or self.ending is not None:
             return []
         log.info("transferring the call to %s once the hand-off has played", event.name)
         end = ev.EndCall(f"transferred to {event.name}", transfer_to=event.destination)
-        return self._finish_after_goodbye(end, self.turn)
+        return self._end_after_goodbye(end, self.turn)
 
     def _on_model_audio(self, event: ev.ModelAudio) -> list[ev.Action]:
         if self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING):
             return []
-        if self._discarding:
+        if self.current.discarding:
             self.stale_audio_dropped += 1
             return []
         actions = self._disarm_watchdog()
         payloads = self.outbound.convert(event.pcm)
-        if not self._turn_open:
-            self._turn_open = True
-            self._turn_drained = False
-            self.turn += 1
+        if not self.current.open:
+            self.current.open = True
+            self.current.drained = False
+            self.current.number += 1
         if not payloads:
             return actions
         self.phase = Phase.AGENT_SPEAKING
@@ -494,22 +557,22 @@ class Call:
 
     def _on_turn_complete(self, event: ev.TurnComplete) -> list[ev.Action]:
         actions = self._drain_turn()
-        self._turn_open = False
+        self.current.open = False
         # The interrupted turn is over: what follows is a new turn. The "discard" timer is
         # left to fire into nothing; the next interruption restarts it.
-        self._discarding = False
+        self.current.discarding = False
         self._transcript_break = True
         if not self.marks_in_flight and self.phase is Phase.AGENT_SPEAKING:
             self.phase = Phase.LISTENING
-        if self._finish_after_turn is not None and self.turn >= self._finish_after_turn:
-            self._goodbye_spoken = True
-            actions.extend(self._maybe_hang_up())
-        if self._resume_at_boundary and not self.pending_tools and self.phase is not Phase.ENDING:
+        if self.ending is not None and self.turn >= self.ending.after_turn:
+            self.ending.turn_complete = True
+            actions.extend(self._end_if_goodbye_heard())
+        if self._resume_at_boundary and not self.pending_tools and not self.over:
             actions.extend(self._reconnect("goAway: switching sessions at a turn boundary"))
         return actions
 
     def _on_interrupted(self, event: ev.ModelInterrupted) -> list[ev.Action]:
-        if self.phase in (Phase.ENDING, Phase.ENDED, Phase.AWAITING_START):
+        if self.over or self.phase is Phase.AWAITING_START:
             return []
         self.interruptions += 1
         turn_sent = self._turn_sent.get(self.turn, 0)
@@ -525,13 +588,13 @@ class Call:
         self.outbound.reset()
         if self.tap is not None:
             self.tap.cleared()
-        self._turn_open = False
-        self._discarding = True
+        self.current.open = False
+        self.current.discarding = True
         self._transcript_break = True
         self.phase = Phase.LISTENING
         # Always clear, even if everything seems played: Twilio may still be buffering.
         assert self._out is not None
-        return [ev.SendToTwilio((self._out.clear(),)), ev.StartTimer("discard", self.discard_limit_s)]
+        return [ev.SendToTwilio((self._out.clear(),)), ev.StartTimer(Timer.DISCARD, self.discard_limit_s)]
 
     def _on_transcript(self, event: ev.Transcript) -> list[ev.Action]:
         if not event.text:
@@ -550,7 +613,7 @@ class Call:
         return actions
 
     def _on_tool_call(self, event: ev.ToolCallRequested) -> list[ev.Action]:
-        if self.phase in (Phase.ENDING, Phase.ENDED):
+        if self.over:
             return []
         actions: list[ev.Action] = self._disarm_watchdog()
         for fc in event.calls:
@@ -577,10 +640,10 @@ class Call:
             return []  # cancelled meanwhile: the model must not get a response
         record.outcome = "error" if "error" in event.response else "ok"
         record.latency_ms = round(event.elapsed_s * 1000, 1)
-        if self.phase in (Phase.ENDING, Phase.ENDED):
+        if self.over:
             return []
         response = ev.SendToolResponse(event.call_id, event.name, event.response, event.scheduling)
-        if self.live_state != "ready":
+        if self.link is not LiveLink.READY:
             self._queued_responses.append(response)  # delivered on the resumed session
             return []
         if event.scheduling == "SILENT":  # the model was told not to speak: silence is expected
@@ -606,14 +669,14 @@ class Call:
     def _on_go_away(self, event: ev.GoAway) -> list[ev.Action]:
         log.info("Live session will close soon (time left: %s s)", event.time_left_s)
         self._go_away_seen = True
-        if self.live_state != "ready" or self.phase in (Phase.ENDING, Phase.ENDED):
+        if self.link is not LiveLink.READY or self.over:
             return []
         left = event.time_left_s
-        busy = self._turn_open or bool(self.pending_tools)
+        busy = self.current.open or bool(self.pending_tools)
         if busy and (left is None or left > GOAWAY_MARGIN_S + 1.0):
             # Let the agent finish its sentence; switch at the turn boundary, or at the deadline.
             self._resume_at_boundary = True
-            return [ev.StartTimer("goaway", (left - GOAWAY_MARGIN_S) if left is not None else 5.0)]
+            return [ev.StartTimer(Timer.GOAWAY, (left - GOAWAY_MARGIN_S) if left is not None else 5.0)]
         return self._reconnect("goAway: switching sessions now")
 
     # ------------------------------------------------------------ helpers
@@ -636,9 +699,9 @@ class Call:
 
     def _drain_turn(self) -> list[ev.Action]:
         """Flush the resampler tail and partial frame so the last syllable plays now."""
-        if not self._turn_open or self._turn_drained or self._discarding:
+        if not self.current.open or self.current.drained or self.current.discarding:
             return []
-        self._turn_drained = True
+        self.current.drained = True
         payloads = self.outbound.end_turn()
         if not payloads or self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING):
             return []
@@ -648,9 +711,9 @@ class Call:
     def _reconnect(self, reason: str) -> list[ev.Action]:
         """Replace the Live session, keeping the conversation through the resumption handle."""
         actions = self._drain_turn()  # what the old session said still plays
-        self._turn_open = False
+        self.current.open = False
         self._resume_at_boundary = False
-        self.live_state = "switching"
+        self.link = LiveLink.SWITCHING
         self._attempt_handle = self.resumption_handle
         self._reconnect_attempts += 1
         if self._reconnect_attempts > len(RECONNECT_BACKOFF_S):
@@ -658,42 +721,41 @@ class Call:
                 f"could not restore the Live session after {len(RECONNECT_BACKOFF_S)} attempts ({reason})", apologize=True
             )
         delay = RECONNECT_BACKOFF_S[self._reconnect_attempts - 1]
-        actions.append(ev.CancelTimer("goaway"))
+        actions.append(ev.CancelTimer(Timer.GOAWAY))
         actions.append(ev.ResumeLive(reason, delay))
         return actions
 
     def _arm_watchdog(self) -> list[ev.Action]:
-        if not self.watchdog_s or self.live_state != "ready":
+        if not self.watchdog_s or self.link is not LiveLink.READY:
             return []
-        self._watchdog_armed = True
-        self._nudged = False
-        return [ev.StartTimer("watchdog", self.watchdog_s)]
+        self.watchdog = Watchdog.ARMED
+        return [ev.StartTimer(Timer.WATCHDOG, self.watchdog_s)]
 
     def _disarm_watchdog(self) -> list[ev.Action]:
-        if not self._watchdog_armed:
+        if self.watchdog is not Watchdog.ARMED:
             return []
-        self._watchdog_armed = False
-        return [ev.CancelTimer("watchdog")]
+        self.watchdog = Watchdog.IDLE
+        return [ev.CancelTimer(Timer.WATCHDOG)]
 
-    def _finish_after_goodbye(self, end: ev.EndCall, after_turn: int) -> list[ev.Action]:
-        self._finish = end
-        self._finish_after_turn = after_turn
-        return [ev.StartTimer("goodbye_grace", self.goodbye_timeout_s)]
+    def _end_after_goodbye(self, end: ev.EndCall, after_turn: int) -> list[ev.Action]:
+        self.ending = Ending(end, after_turn)
+        return [ev.StartTimer(Timer.GOODBYE_GRACE, self.goodbye_timeout_s)]
 
-    def _maybe_hang_up(self) -> list[ev.Action]:
-        """After the goodbye has been heard (its last mark echoed), finish the call."""
-        if self._finish is not None and self._goodbye_spoken and not self.marks_in_flight and not self._turn_open:
-            return self._end_with(self._finish)
+    def _end_if_goodbye_heard(self) -> list[ev.Action]:
+        """The end waits for the goodbye's turn to complete and its last mark to echo."""
+        ending = self.ending
+        if ending is not None and ending.turn_complete and not self.marks_in_flight and not self.current.open:
+            return self._end_as(ending.end)
         return []
 
-    def _end_with(self, end: ev.EndCall) -> list[ev.Action]:
+    def _end_as(self, end: ev.EndCall) -> list[ev.Action]:
         return self._end(end.reason, apologize=end.apologize, hangup=end.hangup, transfer_to=end.transfer_to)
 
     def _end(
         self, reason: str, *, apologize: bool = False, close_code: int = 1000, hangup: bool = False,
         transfer_to: str | None = None,
     ) -> list[ev.Action]:
-        if self.phase in (Phase.ENDING, Phase.ENDED):
+        if self.over:
             return []
         self.phase = Phase.ENDING
         self.end_reason = reason
@@ -714,6 +776,15 @@ class Call:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(msg, *args)
+
+    _timer_handlers = {
+        Timer.GOAWAY: _goaway_deadline,
+        Timer.WATCHDOG: _watchdog_fired,
+        Timer.DISCARD: _discard_expired,
+        Timer.DTMF: _keypad_to_model,
+        Timer.MAX_CALL: _max_call_reached,
+        Timer.GOODBYE_GRACE: _goodbye_overdue,
+    }
 
     _handlers = {
         tw.Connected: _on_connected,

@@ -7,7 +7,7 @@
     │   └── StreamMismatch       a streamSid that is not this call's
     ├── LiveError                the Gemini Live side failed
     │   ├── LiveSetupTimeout     no setupComplete in time
-    │   └── LiveClosed           the session closed (code, retryable)
+    │   └── LiveRefused          the session could not be opened (close code, reason)
     ├── ToolError                a business tool could not answer
     │   ├── UnknownTool
     │   ├── InvalidArguments
@@ -52,12 +52,13 @@ class LiveSetupTimeout(LiveError):
     pass
 
 
-class LiveClosed(LiveError):
-    def __init__(self, code: int | None, reason: str = "", retryable: bool = False):
-        super().__init__(f"Live session closed (code={code}, reason={reason!r})")
+class LiveRefused(LiveError):
+    """Opening a session failed: refused at setup (a close code), or never reached."""
+
+    def __init__(self, code: int | None, reason: str = ""):
+        super().__init__(f"Live session refused (code={code}, reason={reason!r})")
         self.code = code
         self.reason = reason
-        self.retryable = retryable
 
 
 class ToolError(TelephonyError):

@@ -24,8 +24,6 @@ from .settings import Settings
 log = logging.getLogger("telephony.live")
 
 INPUT_MIME = "audio/pcm;rate=16000"
-#: Close codes that mean the request itself is wrong: never retried in a loop.
-FATAL_CLOSE_CODES = frozenset({1007, 1008})
 #: Consecutive unparseable frames from Live before we give up on the session.
 MAX_BAD_LIVE_FRAMES = 20
 
@@ -181,8 +179,8 @@ class LiveSession:
 async def open_session(
     client: genai.Client, settings: Settings, config: types.LiveConnectConfig
 ) -> AsyncIterator[LiveSession]:
-    """Connect within `live_connect_timeout_s`; raise LiveSetupTimeout or LiveClosed otherwise."""
-    from .errors import LiveClosed, LiveSetupTimeout
+    """Connect within `live_connect_timeout_s`; raise LiveSetupTimeout or LiveRefused otherwise."""
+    from .errors import LiveRefused, LiveSetupTimeout
 
     cm = client.aio.live.connect(model=settings.gemini_model, config=config)
     try:
@@ -191,11 +189,11 @@ async def open_session(
     except TimeoutError:
         raise LiveSetupTimeout(f"no setupComplete within {settings.live_connect_timeout_s:g} s") from None
     except genai_errors.APIError as exc:
-        raise LiveClosed(exc.code if isinstance(exc.code, int) else None, _reason(exc)) from None
+        raise LiveRefused(exc.code if isinstance(exc.code, int) else None, _reason(exc)) from None
     except OSError as exc:  # refused, unreachable, TLS failure
-        raise LiveClosed(None, f"{type(exc).__name__}: {exc}") from None
+        raise LiveRefused(None, f"{type(exc).__name__}: {exc}") from None
     except Exception as exc:  # websockets.InvalidStatus (HTTP 4xx at upgrade), bad first frame
-        raise LiveClosed(None, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise LiveRefused(None, f"{type(exc).__name__}: {str(exc)[:200]}") from None
     try:
         yield LiveSession(session)
     finally:

@@ -76,7 +76,6 @@ RETRY_MIN_S = 0.25
 RETRY_MAX_S = 10.0
 
 ROLES = ("caller", "agent")
-DIRECTIONS = ("inbound", "outbound")
 
 # ----------------------------------------------------------------------------- schema
 

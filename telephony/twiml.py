@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
+
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 APOLOGY = "Sorry, our phone assistant is not available right now. Please call again later. Goodbye."
@@ -73,3 +76,48 @@ def over_limit_twiml() -> str:
     response.say(OVER_LIMIT)
     response.hangup()
     return str(response)
+
+
+class Next(enum.Enum):
+    HANGUP = "hangup"
+    APOLOGY = "apology"
+    TRANSFER = "transfer"
+
+
+@dataclass(frozen=True)
+class AfterStream:
+    """What Twilio should do once our server closed a call's stream (the `<Connect action>`
+    request, `/stream-ended`), which may reach another instance: so it travels through the
+    shared state as text (`encode`/`decode`), and anything unreadable means an apology."""
+
+    next: Next
+    destination: str | None = None  # the transfer's number or sip: URI
+
+    @classmethod
+    def of(cls, end) -> "AfterStream":
+        """For a call that ended with this `events.EndCall` (None: it never decided)."""
+        if end is None or end.apologize:
+            return cls(Next.APOLOGY)
+        if end.transfer_to:
+            return cls(Next.TRANSFER, end.transfer_to)
+        return cls(Next.HANGUP) if end.hangup else cls(Next.APOLOGY)
+
+    def encode(self) -> str:
+        return f"{self.next.value}:{self.destination}" if self.destination else self.next.value
+
+    @classmethod
+    def decode(cls, text: str | None) -> "AfterStream":
+        kind, _, destination = (text or "").partition(":")
+        try:
+            after = cls(Next(kind), destination or None)
+        except ValueError:
+            return cls(Next.APOLOGY)
+        if (after.next is Next.TRANSFER) != bool(after.destination):
+            return cls(Next.APOLOGY)
+        return after
+
+    def twiml(self) -> str:
+        if self.next is Next.TRANSFER:
+            assert self.destination is not None
+            return dial_twiml(self.destination)
+        return hangup_twiml() if self.next is Next.HANGUP else apology_twiml()

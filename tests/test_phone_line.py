@@ -139,3 +139,16 @@ def test_a_hang_up_for_a_call_that_already_ended_counts_as_done(line, emulator, 
     line.standin.wait_for("calls.update", call_sid=call_sid)
     assert call.close_code == 1000
     assert not [r for r in caplog.records if "could not hang up" in r.getMessage()]
+
+
+@pytest.mark.parametrize("text, twiml_has", [
+    ("hangup", "<Hangup />"), ("apology", "<Say>"), ("transfer:+15551230001", "<Dial>+15551230001</Dial>"),
+    ("transfer:sip:desk@example.com", "<Sip>sip:desk@example.com</Sip>"),
+    (None, "<Say>"), ("transfer:", "<Say>"), ("something else", "<Say>"),
+])
+def test_what_follows_the_stream_survives_the_shared_state_as_text(text, twiml_has):
+    from telephony.twiml import AfterStream
+
+    after = AfterStream.decode(text)
+    assert twiml_has in after.twiml()
+    assert AfterStream.decode(after.encode()) == after
