@@ -72,12 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(host: str, port: int, workers: int = 1) -> int:
     import uvicorn
 
-    from .app import configure_logging, create_app
-    from .settings import Settings
-
-    from .app import check_storage
+    from .app import create_app
+    from .lifecycle import check_storage, configure_logging
     from .records import RecordsError
     from .security import check_deployment
+    from .settings import Settings
 
     try:
         settings = Settings.from_env()

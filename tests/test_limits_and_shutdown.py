@@ -13,7 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from telephony.app import create_app, drain
+from telephony.app import create_app
+from telephony.lifecycle import drain
 from telephony.settings import Settings
 from telephony.testing.emulator import Say, Script
 from telephony.testing.server import ServerThread

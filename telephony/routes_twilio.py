@@ -1,0 +1,194 @@
+"""What Twilio asks over HTTP: the voice webhooks and its callbacks.
+
+Each request is verified by `security.Gatekeeper` before anything is spent:
+Twilio's signature (403 otherwise), single use for the webhooks that mint a
+stream token, then the caller's limits (a spoken refusal otherwise)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
+
+from .lifecycle import busy_for_webhook, why_busy
+from .security import MAX_IDENTITY_CHARS, TOKEN_PARAMETER, Gatekeeper, Rejected, webhook_urls
+from .settings import Settings
+from .shared_state import SharedStateUnavailable
+from .twiml import AfterStream, Next, apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml
+
+log = logging.getLogger("telephony.app")
+
+#: Twilio's voice webhooks are a few hundred bytes; anything far bigger is not Twilio.
+MAX_WEBHOOK_BYTES = 64 * 1024
+
+router = APIRouter()
+
+
+@router.post("/incoming-call")
+async def incoming_call(request: Request) -> Response:
+    """Twilio's voice webhook: answer with TwiML that connects the call to our stream."""
+    s: Settings = request.app.state.settings
+    gate: Gatekeeper = request.app.state.gate
+    pairs = await twilio_form(request)
+    if isinstance(pairs, Response):
+        return pairs
+    form = dict(pairs)
+    call_sid = form.get("CallSid", "")
+    caller, called = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
+    busy = await busy_for_webhook(request.app.state)
+    if busy is not None:
+        gate.rejected[busy] += 1
+        log.warning("call %s turned away: %s", call_sid or "(no CallSid)", busy.replace("_", " "))
+        return Response(content=busy_twiml(), media_type="text/xml")
+    try:
+        why = await gate.admit_call(call_sid, caller)
+    except Rejected as exc:
+        log.warning("call %s turned away (busy message): %s", call_sid or "(no CallSid)", exc.detail)
+        return Response(content=busy_twiml(), media_type="text/xml")
+    if why is not None:
+        log.warning("call %s from %s turned away: %s", call_sid or "(no CallSid)", gate.show(caller), why)
+        return Response(content=over_limit_twiml(), media_type="text/xml")
+    host = s.public_host or request.headers.get("host", "")
+    twiml = stream_twiml(gate, host, call_sid, caller, called)
+    log.info("incoming call %s from %s: connecting to wss://%s/media-stream",
+             call_sid or "(no CallSid)", gate.show(caller), host)
+    return Response(content=twiml, media_type="text/xml")
+
+
+@router.post("/outbound-answer")
+async def outbound_answer(request: Request) -> Response:
+    """Twilio's webhook when the callee of an outbound call answers: connect them to our stream.
+
+    Verified like /incoming-call (Twilio signs the URL with its `?ref=`); the ref
+    says whom we called and why. The stream's From is the callee and its To our
+    number, so tools see the person on the line as the caller; `direction` and
+    `purpose` travel as <Parameter>s.
+    """
+    state = request.app.state
+    s: Settings = state.settings
+    gate: Gatekeeper = state.gate
+    pairs = await twilio_form(request)
+    if isinstance(pairs, Response):
+        return pairs
+    form = dict(pairs)
+    call_sid = form.get("CallSid", "")
+    ours, callee = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
+    try:
+        outbound = await state.outbound_refs.open(request.query_params.get("ref"), callee=callee)
+    except SharedStateUnavailable as exc:
+        gate.rejected["shared_state_unavailable"] += 1
+        log.warning("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
+        return Response(content=apology_twiml(), media_type="text/xml")
+    except Rejected as exc:
+        gate.rejected[exc.reason] += 1
+        log.warning("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
+        return Response(content=apology_twiml(), media_type="text/xml")
+    answered_by = form.get("AnsweredBy", "")
+    if answered_by == "fax":
+        log.info("outbound call %s was answered by a fax machine: hanging up", call_sid)
+        return Response(content=hangup_twiml(), media_type="text/xml")
+    busy = why_busy(state)
+    if busy is not None:
+        gate.rejected[busy] += 1
+        log.warning("outbound call %s answered while %s", call_sid, busy.replace("_", " "))
+        return Response(content=busy_twiml(), media_type="text/xml")
+    host = s.public_host or request.headers.get("host", "")
+    twiml = stream_twiml(gate, host, call_sid, callee, ours,
+                          {"direction": "outbound-api", "purpose": outbound.purpose, "answered_by": answered_by})
+    log.info("outbound call %s answered by %s%s: connecting to wss://%s/media-stream", call_sid,
+             gate.show(callee), f" ({answered_by})" if answered_by else "", host)
+    return Response(content=twiml, media_type="text/xml")
+
+
+@router.post("/stream-ended")
+async def stream_ended(request: Request) -> Response:
+    """Twilio asks what follows <Connect> once our server closed a call's stream."""
+    pairs = await twilio_form(request, once=False)
+    if isinstance(pairs, Response):
+        return pairs
+    call_sid = dict(pairs).get("CallSid", "")
+    try:
+        after = AfterStream.decode(await request.app.state.shared.pop_after_stream(call_sid))
+    except SharedStateUnavailable as exc:
+        log.warning("call %s: /stream-ended answers the apology: %s", call_sid, exc)
+        after = AfterStream(Next.APOLOGY)
+    twiml = after.twiml()
+    return Response(content=twiml, media_type="text/xml")
+
+
+@router.post("/twilio/status")
+async def twilio_status(request: Request) -> Response:
+    """Twilio's call-status and stream-status callbacks, stored with the call's record.
+
+    A call sends several (ringing, in-progress, completed; stream-started,
+    stream-stopped), so a CallSid seen before is not a replay here.
+    """
+    pairs = await twilio_form(request, once=False)
+    if isinstance(pairs, Response):
+        return pairs
+    form = dict(pairs)
+    call_sid = form.get("CallSid", "")
+    if not call_sid:
+        return Response(status_code=400, content="CallSid is required", media_type="text/plain")
+    kind = "stream" if form.get("StreamEvent") or form.get("StreamSid") else "call"
+    request.app.state.recorder.status_callback(call_sid, kind, form, time.time())
+    return Response(status_code=204)
+
+
+def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called: str,
+                  extra: dict[str, str] | None = None) -> str:
+    """The <Connect><Stream> TwiML of every call, inbound or outbound.
+
+    The stream token is minted for this CallSid and these numbers; `caller` is the
+    other party (the callee, on an outbound call) and `called` our line. `extra`
+    parameters (direction, purpose, ...) travel beside them but cannot replace them.
+    """
+    parameters = {"CallSid": call_sid, "From": caller, "To": called,
+                  TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called)}
+    for name, value in (extra or {}).items():
+        parameters.setdefault(name, value)
+    return connect_stream_twiml(
+        f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended", f"https://{host}/twilio/status"
+    )
+
+
+async def twilio_form(request: Request, *, once: bool = True) -> list[tuple[str, str]] | Response:
+    """A Twilio webhook's form fields, once its signature checks out; else the refusal to send.
+
+    `once=False` for callbacks Twilio sends several times per call (status, stream end).
+    """
+    state = request.app.state
+    raw = await read_body(request, MAX_WEBHOOK_BYTES)
+    if raw is None:
+        log.warning("rejected %s: body over %d bytes", request.url.path, MAX_WEBHOOK_BYTES)
+        return Response(status_code=413)
+    pairs = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+    try:
+        await state.gate.check_webhook(
+            urls=webhook_urls(state.settings.public_url, str(request.url)), form=pairs,
+            signature=request.headers.get(SIGNATURE_HEADER),
+            signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER), once=once,
+        )
+    except Rejected as exc:
+        if exc.reason == "shared_state_unavailable":  # cannot tell a replay: refuse politely
+            log.warning("turned away %s (busy message): %s", request.url.path, exc.detail)
+            return Response(content=busy_twiml(), media_type="text/xml")
+        log.warning("rejected %s (403): %s", request.url.path, exc)
+        return Response(status_code=403, content="Forbidden", media_type="text/plain")
+    return pairs
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it exceeds `limit` bytes (not read further)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
