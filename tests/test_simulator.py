@@ -246,17 +246,19 @@ class TestCallerSide:
         assert sum(e.detail["count"] for e in call.of_kind("sent_media")) == 265
         assert call.protocol_errors == []
 
-    def test_speed_4_plays_a_call_several_times_faster_than_real_time_and_still_paced(self):
+    def test_speed_4_plays_a_call_four_times_faster_than_real_time_and_still_paced(self):
+        """Read on the simulator's own schedule, never the wall clock: at speed 4 each frame is
+        due a quarter as far into the call, and none leaves before it is due."""
         runs = {}
         for speed in (1, 4):
             agent = StandInAgent()
             call = simulate(agent, quiet(1.5), speed=speed)
-            media_times = [t for t, m in agent.received if m["event"] == "media"]
-            runs[speed] = (call.of_kind("sent_stop")[0].t, media_times[-1] - media_times[0])
-        # Compared within one run, not against the wall clock: 4x faster, give or take load.
-        assert runs[4][0] < runs[1][0] / 2
-        # ...and the media was still paced, not dumped: it spans ~(n-1) frames / speed.
-        assert runs[4][1] >= 0.9 * 74 * 0.02 / 4
+            (media,) = call.of_kind("sent_media")
+            (stop,) = call.of_kind("sent_stop")
+            assert media.t >= media.detail["first_due"] and stop.t >= stop.detail["due"]  # paced, not dumped
+            runs[speed] = (media.detail["last_due"] - media.detail["first_due"], stop.detail["due"] - media.detail["first_due"])
+        assert runs[1][0] == pytest.approx(74 * 0.02, abs=1e-3) and runs[4][0] == pytest.approx(74 * 0.02 / 4, abs=1e-3)
+        assert runs[4][1] == pytest.approx(runs[1][1] / 4, abs=1e-3)
 
     def test_server_hanging_up_mid_call_ends_the_run_cleanly(self):
         async def hang_up(agent, ws):

@@ -377,22 +377,26 @@ class _Run:
                     ts = int(msg["media"]["timestamp"])
                     if first_ts is None:
                         first_ts, first_at = ts, self.loop.time()
-                    await self.sleep_until(first_at + (ts - first_ts) / 1000 / self.sim.speed)
+                    due = first_at + (ts - first_ts) / 1000 / self.sim.speed
+                    await self.sleep_until(due)
                     last_ts = ts
                     await self.send(ws, msg)
-                    if self.sent_media is None:
-                        self.sent_media = self.record("sent_media", count=0)
+                    if self.sent_media is None:  # the run's schedule, on this simulator's clock
+                        self.sent_media = self.record("sent_media", count=0, first_due=round(due - self.t0, 4))
                     self.sent_media.detail["count"] += 1
+                    self.sent_media.detail["last_due"] = round(due - self.t0, 4)
                     continue
                 self.sent_media = None  # a later media run gets its own aggregate event
+                due = None
                 if event == "stop" and first_ts is not None and last_ts is not None:
                     frame_s = FRAME_BYTES / SAMPLE_RATE
-                    await self.sleep_until(first_at + ((last_ts - first_ts) / 1000 + frame_s) / self.sim.speed)
+                    due = first_at + ((last_ts - first_ts) / 1000 + frame_s) / self.sim.speed
+                    await self.sleep_until(due)
                 await self.send(ws, msg)
                 if event == "dtmf":
                     self.record("sent_dtmf", digit=msg.get("dtmf", {}).get("digit"))
                 elif event == "stop":
-                    self.record("sent_stop")
+                    self.record("sent_stop", **({"due": round(due - self.t0, 4)} if due is not None else {}))
         except ConnectionClosed:
             pass  # the server hung up mid-call: the receiver records how
 
