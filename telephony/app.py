@@ -33,26 +33,46 @@ from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocketState
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
-from . import __version__
+from . import __version__, dashboard, metrics
 from . import twilio_protocol as tw
+from .audio_recording import AudioRecordings
 from .bridge import CallBridge
 from .errors import MalformedMessage, SettingsError
 from .live import make_client
-from . import dashboard, metrics
-from .audio_recording import AudioRecordings
 from .observe import Watch
-from .records import CallRecorder, RecordsError, RecordsUnavailable, get_call, list_calls, open_records
+from .outbound import (
+    OutboundRefs,
+    OutboundUnavailable,
+    parse_outbound_request,
+    place_call,
+)
+from .records import CallRecorder, open_records
+from .records_query import get_call, list_calls
+from .records_schema import RecordsError, RecordsUnavailable
 from .security import (
-    MAX_IDENTITY_CHARS, TOKEN_PARAMETER, CallerIdentity, DestinationNotAllowed, Gatekeeper, Rejected, check_deployment,
-    install_log_redaction, stream_urls, webhook_urls,
+    MAX_IDENTITY_CHARS,
+    TOKEN_PARAMETER,
+    CallerIdentity,
+    DestinationNotAllowed,
+    Gatekeeper,
+    Rejected,
+    check_deployment,
+    install_log_redaction,
+    stream_urls,
+    webhook_urls,
 )
 from .settings import Settings
 from .shared_state import SharedStateUnavailable, open_shared_state
 from .tools import ToolRegistry
-from .outbound import OutboundRefs, OutboundUnavailable, parse_outbound_request, place_call
 from .twilio_rest import close_rest_client, describe_error, make_rest_client
 from .twiml import (
-    AfterStream, Next, apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml,
+    AfterStream,
+    Next,
+    apology_twiml,
+    busy_twiml,
+    connect_stream_twiml,
+    hangup_twiml,
+    over_limit_twiml,
 )
 
 log = logging.getLogger("telephony.app")
