@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--out", help="write the audio the caller heard to this WAV file")
     simulate.add_argument("--speed", type=float, default=1.0, help="play faster than real time (e.g. 2)")
 
-    # Call records (records.py): reads DATABASE_URL or CALLS_DB_PATH only, so no GEMINI_API_KEY is needed.
+    # Call records (records_cli.py): reads DATABASE_URL or CALLS_DB_PATH only, so no GEMINI_API_KEY is needed.
     calls = sub.add_parser("calls", help="list recent call records; `calls show CALLSID` prints one call")
     calls.add_argument("--limit", type=int, default=20, help="how many calls to list (default 20)")
     calls_sub = calls.add_subparsers(dest="calls_command")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args.host, args.port, args.workers)
     if args.command == "calls":
-        from .records import calls_command
+        from .records_cli import calls_command
 
         return calls_command(args)
     from .simulate import main as simulate_main
@@ -74,7 +74,7 @@ def _serve(host: str, port: int, workers: int = 1) -> int:
 
     from .app import create_app
     from .lifecycle import check_storage, configure_logging
-    from .records import RecordsError
+    from .records_schema import RecordsError
     from .security import check_deployment
     from .settings import Settings
 

@@ -32,7 +32,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from .metrics import OUTCOMES, call_outcome
-from .records import RecordsUnavailable, get_call, list_calls
+from .records_query import get_call, list_calls
+from .records_schema import RecordsUnavailable
 
 __all__ = ["install", "COOKIE"]
 

@@ -28,7 +28,8 @@ from .errors import SettingsError
 from .live import make_client
 from .observe import Watch
 from .outbound import OutboundRefs
-from .records import CallRecorder, RecordsError, open_records
+from .records import CallRecorder, open_records
+from .records_schema import RecordsError
 from .security import Gatekeeper, check_deployment, install_log_redaction
 from .settings import Settings
 from .shared_state import SharedStateUnavailable, open_shared_state

@@ -6,7 +6,7 @@ The recorder (records.py) is the same: its writer thread owns one psycopg
 connection, applies each batch in one transaction and commits it, so what was
 said before a crash is already stored; the event loop never waits.
 
-The schema is records.py's MIGRATIONS, translated (`postgres_sql`): the
+The schema is records_schema.py's MIGRATIONS, translated (`postgres_sql`): the
 statements are written in SQLite's spelling, and the column types whose
 meaning differs are rewritten: `INTEGER PRIMARY KEY` becomes an identity
 column, INTEGER becomes BIGINT (SQLite's integers have 64 bits), and REAL
@@ -40,7 +40,14 @@ import re
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
-from .records import MIGRATIONS, SCHEMA_VERSION, RecordRejected, RecordsError, RecordsStore, RecordsUnavailable
+from .records_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    RecordRejected,
+    RecordsError,
+    RecordsStore,
+    RecordsUnavailable,
+)
 from .settings import is_postgres_url
 
 try:

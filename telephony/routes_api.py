@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, Response
 
 from . import dashboard, metrics
 from .outbound import OutboundUnavailable, parse_outbound_request, place_call
-from .records import RecordsUnavailable, get_call, list_calls
+from .records_query import get_call, list_calls
+from .records_schema import RecordsUnavailable
 from .routes_twilio import MAX_WEBHOOK_BYTES, read_body
 from .security import DestinationNotAllowed
 from .shared_state import SharedStateUnavailable

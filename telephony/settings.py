@@ -93,8 +93,8 @@ class Settings:
     calls_db_path: Path = Path("data/calls.db")
     database_url: str | None = field(default=None, repr=False)  # call records in PostgreSQL instead (holds a password)
     calls_api_token: str | None = field(default=None, repr=False)
-    # Estimated call cost (records.py), USD per million tokens. None = the price of
-    # GEMINI_MODEL in records.MODEL_PRICES; set them to your contract's.
+    # Estimated call cost (pricing.py), USD per million tokens. None = the price of
+    # GEMINI_MODEL in pricing.MODEL_PRICES; set them to your contract's.
     price_audio_input_per_mtok: float | None = None
     price_audio_output_per_mtok: float | None = None
     price_text_input_per_mtok: float | None = None

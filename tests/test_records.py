@@ -26,9 +26,10 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
 from telephony.app import create_app
-from telephony.records import (
-    MIGRATIONS, MODEL_PRICES, SCHEMA_VERSION, CallRecorder, PriceTable, RecordsError, estimate_cost, get_call, list_calls, migrate,
-)
+from telephony.pricing import MODEL_PRICES, PriceTable, estimate_cost
+from telephony.records import CallRecorder
+from telephony.records_query import get_call, list_calls
+from telephony.records_schema import MIGRATIONS, SCHEMA_VERSION, RecordsError, migrate
 from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, Reply, Say, Script
 from telephony.testing.server import ServerThread
@@ -240,7 +241,7 @@ class TestRecorder:
 
 
 def test_the_printed_timeline_shows_status_callbacks_and_a_call_cut_off_mid_way(recorder):
-    from telephony.records import format_call
+    from telephony.records_cli import format_call
 
     recorder.call_started("CA11", stream_sid="MZ11", direction="inbound", caller="+15551230101", called=None, at=T0)
     recorder.transcript("CA11", "agent", "Hello", T0 + 0.5)

@@ -28,11 +28,15 @@ from psycopg.rows import dict_row
 
 from telephony.app import create_app
 from telephony.errors import SettingsError
-from telephony.records import (
-    RecordsUnavailable,
-    MIGRATIONS, SCHEMA_VERSION, CallRecorder, RecordsError, SqliteRecords, get_call, list_calls, open_records,
-)
+from telephony.records import CallRecorder, SqliteRecords, open_records
 from telephony.records_postgres import PostgresRecords, migrate, schema_version
+from telephony.records_query import get_call, list_calls
+from telephony.records_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    RecordsError,
+    RecordsUnavailable,
+)
 from telephony.settings import Settings
 from telephony.testing.postgres_server import PostgresServer
 from telephony.testing.server import ServerThread

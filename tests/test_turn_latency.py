@@ -16,10 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from telephony.records import CallRecorder, get_call
-from telephony.settings import Settings
 from watched import authorized, place_call, watched_server
+
+from telephony.records import CallRecorder
+from telephony.records_query import get_call
+from telephony.settings import Settings
 
 ROOT = Path(__file__).parent.parent
 
@@ -79,7 +80,7 @@ class TestEachAgentTurnHasItsLatency:
 
 
 def test_an_older_records_file_gains_the_turn_timings_table(tmp_path):
-    from telephony.records import MIGRATIONS, migrate
+    from telephony.records_schema import MIGRATIONS, migrate
 
     db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
     db.row_factory = sqlite3.Row

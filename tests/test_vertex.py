@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from telephony.errors import SettingsError
-from telephony.records import PriceTable, estimate_cost, get_call
+from telephony.pricing import PriceTable, estimate_cost
+from telephony.records_query import get_call
 from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, LiveEmulator, Reply, Say, Script
 from telephony.testing.server import ServerThread
