@@ -13,6 +13,7 @@ import json
 import os
 
 from telephony.testing.emulator import Say, Script
+from telephony.testing.twilio_signing import media_message, start_message
 
 SID = "MZ" + "1" * 32
 CALL_SID = "CA" + "2" * 32
@@ -20,16 +21,11 @@ SILENCE = base64.b64encode(b"\xff" * 160).decode()
 
 
 def start_msg(stream_sid: str = SID) -> str:
-    return json.dumps({
-        "event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
-        "start": {"accountSid": "AC" + "3" * 32, "streamSid": stream_sid, "callSid": CALL_SID, "tracks": ["inbound"],
-                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}, "customParameters": {}},
-    })
+    return start_message(stream_sid, CALL_SID, "AC" + "3" * 32)
 
 
 def media_msg(payload: str = SILENCE, stream_sid: str = SID, ts: int = 20) -> str:
-    return json.dumps({"event": "media", "streamSid": stream_sid,
-                       "media": {"track": "inbound", "chunk": "1", "timestamp": str(ts), "payload": payload}})
+    return media_message(payload, stream_sid, ts)
 
 
 CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})

@@ -19,10 +19,11 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from .ports import free_port
 
 __all__ = ["PostgresServer", "PostgresServerError", "find_bindir"]
 
@@ -59,12 +60,6 @@ def find_bindir() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found via pg_config --bindir or in "
         "/usr/lib/postgresql/*/bin: install them (Debian: apt-get install postgresql)"
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:
@@ -129,7 +124,7 @@ class PostgresServer:
         if self._as_root:
             for path in (self.dir, self.socket_dir):
                 os.chown(path, self._user.pw_uid, self._user.pw_gid)
-        self.port = _free_port()
+        self.port = free_port()
         self._run("initdb", "-D", str(self.data_dir), "-U", self._superuser(), "--auth=trust", "--no-sync",
                   "--encoding=UTF8", "--locale=C")
 

@@ -16,17 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from .ports import free_port
+
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 
 
 class NginxMissing(RuntimeError):
     """nginx is not installed (Debian: apt-get install nginx-light)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def loopback_config(text: str, upstreams: list[str], port: int) -> str:
@@ -47,7 +43,7 @@ class NginxProxy:
         binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         if binary is None:
             raise NginxMissing("nginx is not installed (Debian: apt-get install nginx-light)")
-        self.port = _free_port()
+        self.port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="nginx-"))
         self._dir.chmod(0o755)
         (self._dir / "nginx.conf").write_text(loopback_config(config.read_text(), upstreams, self.port))

@@ -15,17 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from .ports import free_port
+
 __all__ = ["RedisServer", "RedisServerMissing"]
 
 
 class RedisServerMissing(RuntimeError):
     """No `redis-server` binary on PATH or in /usr/bin."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _answers_ping(port: int) -> bool:
@@ -47,7 +43,7 @@ class RedisServer:
             raise RedisServerMissing("redis-server is not installed (not on PATH, not /usr/bin/redis-server)")
         self.binary = found
         self.startup_timeout_s = startup_timeout_s
-        self.port = _free_port()
+        self.port = free_port()
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -7,7 +7,6 @@ same one production runs, reached over a real socket.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
@@ -15,14 +14,13 @@ import uvicorn
 from fastapi import FastAPI
 
 from ..cli import UVICORN_OPTIONS
+from .ports import free_port
 
 
 class ServerThread:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", ws=None):
         if port == 0:
-            with socket.socket() as sock:
-                sock.bind((host, 0))
-                port = sock.getsockname()[1]
+            port = free_port(host)
         self.app = app
         self.host, self.port = host, port
         options = {**UVICORN_OPTIONS, **({"ws": ws} if ws else {})}
@@ -93,9 +91,7 @@ class ServerProcess:
         import sys
         from pathlib import Path
 
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port(host)
         self.host = host
         self.log_path = log_path
         self._log = open(log_path, "w")

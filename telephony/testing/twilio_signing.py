@@ -1,4 +1,4 @@
-"""What Twilio sends, signed: for tests and simulations of a verifying server.
+"""What Twilio sends, and signed as Twilio signs it: for tests and simulations.
 
 A verifying server (TWILIO_AUTH_TOKEN set) answers only requests carrying
 Twilio's `X-Twilio-Signature`, and streams carrying the token its webhook
@@ -8,6 +8,7 @@ minted. These build them the way Twilio would, from the same auth token.
 from __future__ import annotations
 
 import copy
+import json
 import xml.etree.ElementTree as ET
 from typing import Any, Iterable
 
@@ -43,3 +44,19 @@ def readdress(messages: Iterable[dict[str, Any]], call_sid: str, account_sid: st
             m["start"]["accountSid"] = account_sid
             m["start"]["customParameters"] = dict(parameters)
     return out
+
+
+def start_message(stream_sid: str, call_sid: str, account_sid: str, parameters: dict[str, str] | None = None) -> str:
+    """A media stream's `start`, as Twilio writes it (μ-law, 8 kHz, inbound track)."""
+    return json.dumps({
+        "event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
+        "start": {"accountSid": account_sid, "streamSid": stream_sid, "callSid": call_sid, "tracks": ["inbound"],
+                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                  "customParameters": dict(parameters or {})},
+    })
+
+
+def media_message(payload: str, stream_sid: str, ts: int) -> str:
+    """One 20 ms `media` message of the caller's audio (`payload`: base64 μ-law)."""
+    return json.dumps({"event": "media", "streamSid": stream_sid,
+                       "media": {"track": "inbound", "chunk": "1", "timestamp": str(ts), "payload": payload}})
