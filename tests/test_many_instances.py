@@ -120,6 +120,20 @@ def eventually(condition, timeout: float = 15.0) -> bool:
     return True
 
 
+def a_call_in_progress(server: ServerProcess, emulator, greeting_s: float):
+    """A call playing in the background, its greeting under way:
+    (CallSid, its thread, {"call": the SimulatedCall once it has ended})."""
+    emulator.script = Script(greeting=[Say(seconds=greeting_s)], replies=[])
+    call_sid = new_call_sid()
+    parameters = stream_parameters(answer(server, call_sid, new_caller()).text)
+    before = len(emulator.sessions)
+    result: dict[str, SimulatedCall] = {}
+    talking = threading.Thread(target=lambda: result.setdefault("call", stream(server, call_sid, parameters, speed=1.0)))
+    talking.start()
+    assert eventually(lambda: len(emulator.sessions) > before and "turn_start" in emulator.sessions[before].kinds())
+    return call_sid, talking, result
+
+
 def rejected(server: ServerProcess) -> dict[str, int]:
     return httpx.get(f"{server.http_url}/healthz", timeout=5).json()["rejected"]
 
@@ -186,14 +200,8 @@ def test_after_the_agent_ends_the_call_at_one_instance_stream_ended_at_the_other
 def test_redis_stopping_mid_call_lets_the_call_go_on_refuses_new_calls_and_service_returns_with_it(
         instances, emulator, redis):
     a, b = instances["a"], instances["b"]
-    emulator.script = Script(greeting=[Say(seconds=5.0)], replies=[])
-    call_sid = new_call_sid()
-    parameters = stream_parameters(answer(a, call_sid, new_caller()).text)
-    result: dict[str, SimulatedCall] = {}
-    talking = threading.Thread(target=lambda: result.setdefault("call", stream(a, call_sid, parameters, speed=1.0)))
-    talking.start()
+    call_sid, talking, result = a_call_in_progress(a, emulator, greeting_s=5.0)
     try:
-        time.sleep(1.0)  # the greeting is playing
         redis.stop()
         refused = answer(b, new_call_sid(), new_caller())
         assert "<Stream" not in refused.text and "<Say" in refused.text  # the busy message, no stream token
@@ -224,14 +232,8 @@ def test_every_instance_lists_the_calls_of_both(instances, emulator):
 def test_postgresql_stopping_mid_call_loses_no_call_and_its_record_arrives_when_it_returns(
         instances, emulator, postgres):
     a = instances["a"]
-    emulator.script = Script(greeting=[Say(seconds=3.0)], replies=[])
-    call_sid = new_call_sid()
-    parameters = stream_parameters(answer(a, call_sid, new_caller()).text)
-    result: dict[str, SimulatedCall] = {}
-    talking = threading.Thread(target=lambda: result.setdefault("call", stream(a, call_sid, parameters, speed=1.0)))
-    talking.start()
+    call_sid, talking, result = a_call_in_progress(a, emulator, greeting_s=3.0)
     try:
-        time.sleep(0.5)
         postgres.stop()
         talking.join(timeout=30)
         call = result["call"]

@@ -1,4 +1,4 @@
-"""A free loopback port, for the servers the tests and benchmarks start."""
+"""Loopback addresses of the servers the tests and benchmarks start."""
 
 from __future__ import annotations
 
@@ -10,3 +10,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class LoopbackAddress:
+    """`http_url` and `ws_url` (the media stream) of a server at `self.host`:`self.port`."""
+
+    host: str
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/media-stream"

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .ports import free_port
+from .ports import LoopbackAddress, free_port
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 
@@ -38,12 +38,12 @@ def loopback_config(text: str, upstreams: list[str], port: int) -> str:
     return text
 
 
-class NginxProxy:
+class NginxProxy(LoopbackAddress):
     def __init__(self, upstreams: list[str], config: Path = CONFIG):
         binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         if binary is None:
             raise NginxMissing("nginx is not installed (Debian: apt-get install nginx-light)")
-        self.port = free_port()
+        self.host, self.port = "127.0.0.1", free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="nginx-"))
         self._dir.chmod(0o755)
         (self._dir / "nginx.conf").write_text(loopback_config(config.read_text(), upstreams, self.port))
@@ -63,14 +63,6 @@ class NginxProxy:
                     self.stop()
                     raise RuntimeError(f"nginx did not start: {log[-1000:]}")
                 time.sleep(0.05)
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/media-stream"
 
     def stop(self) -> None:
         if self._proc.poll() is None:

@@ -14,10 +14,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from ..cli import UVICORN_OPTIONS
-from .ports import free_port
+from .ports import LoopbackAddress, free_port
 
 
-class ServerThread:
+class ServerThread(LoopbackAddress):
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", ws=None):
         if port == 0:
             port = free_port(host)
@@ -29,14 +29,6 @@ class ServerThread:
         self._thread = threading.Thread(target=self._run, name="telephony-server", daemon=True)
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/media-stream"
 
     def _run(self) -> None:
         try:
@@ -79,7 +71,7 @@ class ServerThread:
         self.stop()
 
 
-class ServerProcess:
+class ServerProcess(LoopbackAddress):
     """`telephony serve` as a real process on a free loopback port, its output in a file.
 
     For what a thread cannot show: several instances side by side, `--workers`,
@@ -100,14 +92,6 @@ class ServerProcess:
             command += ["--workers", str(workers)]
         self.proc = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[2],
                                      stdout=self._log, stderr=subprocess.STDOUT, text=True)
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/media-stream"
 
     def output(self) -> str:
         self._log.flush()
