@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from telephony.audio import InboundAudio, inbound_resampler
@@ -109,6 +111,34 @@ def test_a_refused_handle_opens_a_fresh_session_that_knows_the_conversation_and_
     summary = server.app.state.recent_calls[-1]
     assert summary["live_sessions_fresh"] == 1 and summary["end_reason"] == "caller hung up"
     assert call.close_code == 1000
+
+
+def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(phone, emulator, server):
+    """Only a fresh session's refused setup is fatal: retrying it would loop."""
+    script = Script(greeting=[Say(text="Hi, thanks for calling Acme!", seconds=1.0)], replies=[], refuse_resumption=1008)
+    before = len(emulator.sessions)
+
+    def drop_after_the_greeting() -> None:
+        emulator.wait_for(lambda: "turn_complete" in emulator.sessions[before].kinds(), timeout=20)
+        # From now on Live refuses every setup: the resumed one, and the fresh one after it.
+        emulator.script = dataclasses.replace(script, setup="close", setup_close_code=1008,
+                                              setup_close_reason="model not found")
+        emulator.sessions[before].close(1011, "internal error")
+
+    thread = threading.Thread(target=drop_after_the_greeting, daemon=True)
+    thread.start()
+    call = phone.call("order_call.jsonl", script, speed=2)
+    thread.join(timeout=10)
+    first, refused, fresh = emulator.sessions[before : before + 3]
+    assert first.close_code == 1011 and refused.close_code == 1008 and fresh.close_code == 1008
+    assert not key(fresh.setup, "sessionResumption", "session_resumption").get("handle")
+    assert len(emulator.sessions) == before + 3, "no fourth attempt"
+    summary = server.app.state.recent_calls[-1]
+    assert summary["end_reason"].startswith("Live session could not be opened")
+    assert summary["live_sessions_fresh"] == 0
+    assert call.of_kind("closed")[-1].detail["by"] == "server"
+    r = httpx.post(f"{server.http_url}/stream-ended", data={"CallSid": summary["call_sid"]})
+    assert "<Say>" in r.text  # Twilio plays the apology, not silence
 
 
 def test_a_1008_close_after_go_away_is_resumed_like_any_other(phone, emulator, server):
