@@ -78,7 +78,7 @@ class Settings:
     public_url: str | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
-    # Security (issue 5; see SECURITY.md). None = auto: required when PUBLIC_URL is set.
+    # Security (see SECURITY.md). None = auto: required when PUBLIC_URL is set.
     require_twilio_signature: bool | None = None
     stream_token_secret: str | None = field(default=None, repr=False)
     stream_token_ttl_s: float = 60.0
@@ -86,7 +86,7 @@ class Settings:
     max_calls_per_caller_per_hour: int = 20
     mask_phone_numbers: bool = True
     allowed_destinations: tuple[str, ...] = ()
-    # Phone-line features (issue 6).
+    # Phone-line features.
     transfer_targets: tuple[tuple[str, str], ...] = ()  # (name, E.164 number or sip: URI)
     twilio_phone_number: str | None = None
     twilio_api_base_url: str | None = None  # tests and simulations only: a stand-in for api.twilio.com
@@ -117,7 +117,7 @@ class Settings:
     resampler: str = "fir"
     # Running more than one process (shared_state.py): unset = this process's memory.
     redis_url: str | None = field(default=None, repr=False)
-    # Watching the line (issue 14): /metrics, traces, call audio.
+    # Watching the line: /metrics, traces, call audio.
     metrics_open: bool = False  # serve /metrics without the CALLS_API_TOKEN (private networks only)
     otel_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces are exported when set
     record_audio: bool = False

@@ -4,7 +4,7 @@ How long does a sample wait inside a resampler fed 20 ms chunks? Two parts: the
 count deficit (samples the input implies minus samples that came out) and the
 group delay (where the output lines up with a zero-delay one-shot reference,
 soxr VHQ, found from the peak of their cross-correlation). Their sum is the
-hold-back that issue 3 bounds at 3 ms.
+hold-back, which the tests bound at 3 ms.
 """
 
 from __future__ import annotations
