@@ -1,4 +1,4 @@
-"""Issue 5, "Let no one in": signed webhooks and streams, caller-bound data, abuse limits, quiet logs.
+"""Let no one in: signed webhooks and streams, caller-bound data, abuse limits, quiet logs.
 
 The server tests run a second real server (module-scoped) with TWILIO_AUTH_TOKEN and a
 PUBLIC_URL that differs from the loopback address it is reached on, as behind a proxy or

@@ -1,4 +1,4 @@
-"""Issue 6: Twilio's REST API, outbound calls and number setup, against a stand-in for api.twilio.com.
+"""Twilio's REST API, outbound calls and number setup, against a stand-in for api.twilio.com.
 
 twilio's real client sends its real requests (path, form, Basic auth) to
 `TwilioStandIn` through TWILIO_API_BASE_URL, so the tests read exactly what Twilio

@@ -1,5 +1,5 @@
 """A server to watch: the real app on a loopback port with the calls API token set,
-reaching the session's Live emulator, for the tests of issue 14 ("See every call")."""
+reaching the session's Live emulator, for the tests that watch calls (metrics, timings, traces, dashboard)."""
 
 from __future__ import annotations
 
