@@ -13,7 +13,7 @@ import pytest
 
 from telephony.audio import ulaw_encode
 from telephony.audio_recording import AudioRecordings, CallAudio
-from watched import authorized, place_call, watched_server
+from telephony.testing.watched import authorized, place_call, watched_server
 
 
 def frame(value: int) -> str:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from telephony.dashboard import COOKIE
-from watched import API_TOKEN, place_call, watched_server
+from telephony.testing.watched import API_TOKEN, place_call, watched_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

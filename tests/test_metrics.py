@@ -18,7 +18,14 @@ from telephony.metrics import OUTCOMES, call_outcome, replacement_cause
 from telephony.speech import SpeechEndDetector
 from telephony.testing.redis_server import RedisServer
 from telephony.testing.server import ServerProcess
-from watched import API_TOKEN, authorized, place_call, scrape, value, watched_server
+from telephony.testing.watched import (
+    API_TOKEN,
+    authorized,
+    place_call,
+    scrape,
+    value,
+    watched_server,
+)
 
 RATE = 16_000
 

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from telephony.settings import Settings
 from telephony.tracing import CALL_SID, CallTracing, from_settings
-from watched import place_call, watched_server
+from telephony.testing.watched import place_call, watched_server
 
 
 @pytest.fixture(scope="module")

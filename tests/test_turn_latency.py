@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from watched import authorized, place_call, watched_server
+from telephony.testing.watched import authorized, place_call, watched_server
 
 from telephony.records import CallRecorder
 from telephony.records_query import get_call

@@ -20,7 +20,7 @@ from telephony.testing.server import ServerThread
 from telephony.testing.simulator import CallSimulator, SimulatedCall
 from telephony.testing.twilio_signing import readdress
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 API_TOKEN = "watch-the-line-token-0123"
 _serial = itertools.count(0x14000)
 
