@@ -570,6 +570,7 @@ def run_step(n: int, duration: float, opts: dict, log) -> Step:
                 procs[name] = (proc, here)
             env = expect(procs["emulator"], 60, "the emulator did not start")[1]
             extra = {"REDIS_URL": opts["redis_url"]} if opts.get("redis_url") else {}
+            extra.update(opts.get("server_env", {}))
             server = start_server(server_env(
                 env, os.path.join(tmp, "orders.db"), tree=opts["server_tree"], RESAMPLER=opts["resampler"],
                 MAX_CONCURRENT_CALLS="100000", MODEL_WATCHDOG_SECONDS="0", DRAIN_TIMEOUT_SECONDS="1", **extra,
@@ -922,6 +923,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="server worker processes (`telephony serve --workers`); above 1 they share a redis-server "
                              "this benchmark starts, whose CPU is shown as redis%%")
     parser.add_argument("--redis", action="store_true", help="share state through Redis even with one worker")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the server (repeatable), e.g. RECORD_AUDIO=true")
     parser.add_argument("--compare", metavar="TREE", default=None,
                         help="another checkout (e.g. `git worktree add /tmp/old <commit>`): --find-max runs on both, "
                              "alternating tree by tree, and prints them side by side")
@@ -937,7 +940,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = {"seed": args.seed, "resampler": args.resampler, "ramp": args.ramp, "caller_procs": args.caller_procs,
             "turn_every": args.turn_every, "turn_chunks": turn_chunks,
             "compression": None if args.no_deflate else "deflate", "server_cpus": set(), "generator_cpus": set(),
-            "server_tree": str(ROOT), "workers": args.workers, "redis_url": None, "redis_pid": None}
+            "server_tree": str(ROOT), "workers": args.workers, "redis_url": None, "redis_pid": None,
+            "server_env": dict(item.split("=", 1) for item in args.server_env)}
     cpus = sorted(os.sched_getaffinity(0))
     if not args.no_pin and len(cpus) >= 2:
         opts["server_cpus"], opts["generator_cpus"] = {cpus[0]}, set(cpus[1:])
