@@ -42,12 +42,13 @@ def explode(order_id: str) -> dict:
 
 
 async def slow(order_id: str) -> dict:
-    """A tool that takes a few seconds.
+    """A tool still running when the caller hangs up (it finishes only when cancelled;
+    its own timeout, 30 s, is far beyond the call).
 
     Args:
         order_id: any order number.
     """
-    await asyncio.sleep(5)
+    await asyncio.Event().wait()
     return {"ok": True}
 
 
@@ -95,7 +96,7 @@ def test_a_tool_that_raises_becomes_an_error_response(faulty, emulator):
 
 
 def test_caller_hanging_up_mid_tool_call_cancels_the_tool(faulty, emulator):
-    # tone_call: the "caller" sounds at 1.0-2.0 s and hangs up at 3.5 s, while the 5 s tool still runs.
+    # tone_call: the "caller" sounds at 1.0-2.0 s and hangs up at 3.5 s, while the tool still runs.
     script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[CallTool("slow", {"order_id": "A1"}, wait=30)])])
     _, sessions, summary = play(faulty, emulator, "tone_call.jsonl", script, speed=1.0)
     assert [t["outcome"] for t in summary["tool_calls"]] == ["cancelled"]
