@@ -73,7 +73,7 @@ def _serve(host: str, port: int, workers: int = 1) -> int:
     import uvicorn
 
     from .app import create_app
-    from .lifecycle import check_storage, configure_logging
+    from .lifecycle import check_storage, check_workers, configure_logging
     from .records_schema import RecordsError
     from .security import check_deployment
     from .settings import Settings
@@ -121,18 +121,6 @@ def metrics_folder():
     finally:
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def check_workers(workers: int, settings) -> None:
-    """Several processes must share what calls agree on (shared_state.py); without Redis
-    each would keep its own replay memory, caller limits and /stream-ended answers."""
-    if workers < 1:
-        raise SettingsError(f"--workers {workers}: at least 1")
-    if workers > 1 and not settings.redis_url:
-        raise SettingsError(
-            f"--workers {workers} needs REDIS_URL: without a shared store each process would keep its own "
-            "replay memory, caller limits and /stream-ended answers (see \"Running more than one instance\")"
-        )
 
 
 if __name__ == "__main__":

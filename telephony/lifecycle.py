@@ -55,6 +55,27 @@ def configure_logging(level: str = "INFO") -> None:
         root.addHandler(handler)
 
 
+def check_workers(workers: int, settings, label: str | None = None) -> None:
+    """Several processes must share what calls agree on (shared_state.py); without Redis
+    each would keep its own replay memory, caller limits and /stream-ended answers."""
+    label = label or f"--workers {workers}"
+    if workers < 1:
+        raise SettingsError(f"{label}: at least 1")
+    if workers > 1 and not settings.redis_url:
+        raise SettingsError(
+            f"{label} needs REDIS_URL: without a shared store each process would keep its own "
+            "replay memory, caller limits and /stream-ended answers (see \"Running more than one instance\")"
+        )
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+
+
 def default_registry() -> ToolRegistry:
     from tools import registry
 
@@ -70,6 +91,9 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     install_log_redaction(s)
     try:
         check_deployment(s)
+        # Plain `uvicorn --workers N` (or a host's WEB_CONCURRENCY) skips `telephony serve`'s own check.
+        workers = _int_env("WEB_CONCURRENCY", 1)
+        check_workers(workers, s, label=f"WEB_CONCURRENCY={workers}")
     except SettingsError as exc:
         log.error("configuration error: %s", exc)
         raise

@@ -288,3 +288,20 @@ def test_serve_refuses_more_than_one_worker_without_redis(tmp_path):
         "telephony: configuration error: --workers 2 needs REDIS_URL: without a shared store each process would "
         "keep its own replay memory, caller limits and /stream-ended answers (see \"Running more than one instance\")"
     ]
+
+
+def test_plain_uvicorn_with_several_workers_but_no_redis_refuses_to_start(tmp_path, monkeypatch):
+    """`uvicorn telephony.app:app --workers N` (WEB_CONCURRENCY on many hosts) skips
+    `telephony serve`; the app itself refuses, naming the variable."""
+    from fastapi.testclient import TestClient
+
+    from telephony.app import create_app
+    from telephony.errors import SettingsError
+    from telephony.settings import Settings
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    settings = Settings.from_env({"GEMINI_API_KEY": "test-api-key-123", "ORDERS_DB_PATH": str(tmp_path / "o.db"),
+                                  "CALLS_DB_PATH": str(tmp_path / "c.db")})
+    with pytest.raises(SettingsError, match=r"^WEB_CONCURRENCY=3 needs REDIS_URL"):
+        with TestClient(create_app(settings)):
+            pass
