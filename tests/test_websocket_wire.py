@@ -15,17 +15,9 @@ import os
 from telephony.testing.emulator import Say, Script
 from telephony.testing.twilio_signing import media_message, start_message
 
-SID = "MZ" + "1" * 32
-CALL_SID = "CA" + "2" * 32
+SID = "MZ" + "5" * 32
+START = start_message(SID, "CA" + "5" * 32, "AC" + "5" * 32)
 SILENCE = base64.b64encode(b"\xff" * 160).decode()
-
-
-def start_msg(stream_sid: str = SID) -> str:
-    return start_message(stream_sid, CALL_SID, "AC" + "3" * 32)
-
-
-def media_msg(payload: str = SILENCE, stream_sid: str = SID, ts: int = 20) -> str:
-    return media_message(payload, stream_sid, ts)
 
 
 CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -99,12 +91,12 @@ def test_frames_cut_every_way_still_make_the_call(server, emulator):
         connected = client_frame(CONNECTED.encode())
         await stream.write(connected[:3])                      # a frame split across writes
         await stream.write(connected[3:])
-        start = start_msg().encode()
+        start = START.encode()
         await stream.write(client_frame(start[:40], fin=False))  # a fragmented message
         await stream.write(client_frame(start[40:], opcode=0x0))
         await stream.write(client_frame(b"are you there", opcode=0x9))  # ping
         for i in range(0, 20, 4):                              # several frames per write
-            await stream.write(b"".join(client_frame(media_msg(ts=20 * (k + 1)).encode()) for k in range(i, i + 4)))
+            await stream.write(b"".join(client_frame(media_message(SILENCE, SID, 20 * (k + 1)).encode()) for k in range(i, i + 4)))
         frames = await stream.frames(lambda f: any(op == 0x1 and b'"media"' in p for op, p, _ in f))
         await stream.write(client_frame(json.dumps({"event": "stop", "streamSid": SID, "stop": {}}).encode()))
         stream.close()
@@ -120,7 +112,7 @@ def test_a_frame_cut_right_after_its_header_is_not_mistaken_for_a_new_one(server
     websockets' buffer is empty. This mask makes them look like a whole frame ("e");
     they must still be read as the rest of `start`: the call starts, no bad frame."""
     emulator.script = Script(greeting=[Say(seconds=0.3, freq=440.0)], replies=[])
-    start = client_frame(start_msg().encode(), mask=b"\x81\x81\x00\x00")
+    start = client_frame(START.encode(), mask=b"\x81\x81\x00\x00")
     assert start[1] == 0x80 | 126  # a 2-byte length: the header is 4 bytes
 
     async def scenario() -> tuple[list[tuple[int, bytes, int]], int]:
@@ -132,7 +124,7 @@ def test_a_frame_cut_right_after_its_header_is_not_mistaken_for_a_new_one(server
         (bridge,) = [b for b in list(server.app.state.active_calls) if b.call.stream_sid == SID]
         before = bridge.call.frames_in
         for cut in range(1, 10):  # every cut inside a media frame's 8-byte header, and one past it
-            media = client_frame(media_msg(ts=20 * cut).encode(), mask=b"\x81\x81\x00\x00")
+            media = client_frame(media_message(SILENCE, SID, 20 * cut).encode(), mask=b"\x81\x81\x00\x00")
             await stream.write(media[:cut])
             await stream.write(media[cut:])
         async with asyncio.timeout(5):  # until the server has read all nine, whole
