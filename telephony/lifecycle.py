@@ -158,8 +158,8 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     metrics.process_stopped()
     if app.state.watch.tracing is not None:
         await asyncio.to_thread(app.state.watch.tracing.shutdown)
-    with contextlib.suppress(asyncio.CancelledError, SharedStateUnavailable):
-        await heartbeat
+    await asyncio.gather(heartbeat, retention, return_exceptions=True)  # both cancelled above
+    with contextlib.suppress(SharedStateUnavailable):  # else its heartbeat lapses by itself
         await shared.forget_instance(app.state.instance_id)
     with contextlib.suppress(Exception):
         await shared.aclose()

@@ -305,3 +305,28 @@ def test_plain_uvicorn_with_several_workers_but_no_redis_refuses_to_start(tmp_pa
     with pytest.raises(SettingsError, match=r"^WEB_CONCURRENCY=3 needs REDIS_URL"):
         with TestClient(create_app(settings)):
             pass
+
+
+def test_an_instance_that_stops_leaves_the_registry_at_once(emulator, redis, tmp_path):
+    """The others must not count a stopped instance as able to take calls while it drains away."""
+    from telephony.shared_state import RedisState
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PUBLIC_URL", "TWILIO_AUTH_TOKEN", "DATABASE_URL")}
+    env.update(emulator.env())
+    env.update({"GEMINI_API_KEY": "test-api-key-123", "REDIS_URL": redis.url.replace("/0", "/4"),
+                "ORDERS_DB_PATH": str(tmp_path / "orders.db"), "CALLS_DB_PATH": str(tmp_path / "calls.db")})
+
+    async def registered() -> list[str]:
+        state = RedisState(env["REDIS_URL"])
+        try:
+            return [i.instance_id for i in await state.instances()]
+        finally:
+            await state.aclose()
+
+    server = ServerProcess(env, str(tmp_path / "one.log"))
+    try:
+        me = server.wait_healthy() and httpx.get(f"{server.http_url}/healthz", timeout=5).json()["instance"]
+        assert eventually(lambda: asyncio.run(registered()) == [me])
+    finally:
+        server.stop()
+    assert asyncio.run(registered()) == []  # gone now, not when its heartbeat would have lapsed (15 s)
