@@ -929,6 +929,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="another checkout (e.g. `git worktree add /tmp/old <commit>`): --find-max runs on both, "
                              "alternating tree by tree, and prints them side by side")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env takes NAME=VALUE")
     duration = args.duration if args.duration is not None else (10.0 if args.find_max else 20.0)
     turn_chunks = round(args.turn_seconds / CHUNK_S)
     steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})

@@ -25,8 +25,8 @@ from . import live as live_mod
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call
-from .observe import Watch
 from .errors import LiveError, MalformedMessage
+from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
 from .tools import CallContext, ToolRegistry
@@ -109,6 +109,7 @@ class CallBridge:
         self._recorded_start = False
         self._new_turn = False
         self.observer = (watch or Watch()).observe(self.call, recorder)  # metrics, timings, traces (observe.py)
+
     async def run(self) -> dict[str, object]:
         """Run the call to its end; return its summary. Never raises for call-level problems."""
         self.observer.call_began()
@@ -181,10 +182,8 @@ class CallBridge:
         try:
             async with live_mod.open_session(self.client, self.settings, config) as session:
                 self.live = session
-                log.info(
-                    "Live session %s for call %s (model %s)",
-                    "resumed" if handle else ("replaced" if self.call.carry_over else "open"), self.call.call_sid, self.settings.gemini_model,
-                )
+                how = "resumed" if handle else ("replaced" if self.call.carry_over else "open")
+                log.info("Live session %s for call %s (model %s)", how, self.call.call_sid, self.settings.gemini_model)
                 self.observer.live_opened(resumed=bool(handle))
                 await self._perform(self.call.handle(ev.LiveReady()))
                 pump = asyncio.create_task(self._pump_live(session), name="live-reader")

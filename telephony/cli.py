@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = sub.add_parser("serve", help="run the server Twilio connects to")
     serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+    # String defaults go through `type` too: a bad PORT or WEB_CONCURRENCY is one argparse line, not a traceback.
+    serve.add_argument("--port", type=int, default=os.environ.get("PORT", "8000"))
+    serve.add_argument("--workers", type=int, default=os.environ.get("WEB_CONCURRENCY", "1"),
                        help="server processes on this port (more than 1 needs REDIS_URL; default WEB_CONCURRENCY or 1)")
 
     simulate = sub.add_parser("simulate", help="run a whole call offline from a recorded Twilio stream")

@@ -74,6 +74,7 @@ async def calls_index(request: Request) -> Response:
         return _records_unavailable(exc)
     return JSONResponse({"calls": calls})
 
+
 @router.get("/calls/{call_sid}")
 async def calls_show(request: Request, call_sid: str) -> Response:
     """One call's record: transcript turns, tool calls, events, status callbacks and their timeline."""
@@ -87,6 +88,7 @@ async def calls_show(request: Request, call_sid: str) -> Response:
     if record is None:
         return JSONResponse({"detail": f"no call {call_sid}"}, status_code=404)
     return JSONResponse(record)
+
 
 @router.get("/calls/{call_sid}/audio")
 async def calls_audio(request: Request, call_sid: str) -> Response:
