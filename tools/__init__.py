@@ -46,7 +46,7 @@ from .orders import ensure_orders_db, lookup_order
 __all__ = ["registry", "CallContext", "ensure_orders_db", "lookup_order"]
 
 registry = ToolRegistry()
-# When the model speaks after the result (gemini-live.md §8): NON_BLOCKING, 3.8 Live's
+# When the model speaks after the result (docs/gemini-live.md §8): NON_BLOCKING, 3.8 Live's
 # default, said out loud (the model may say "one moment" while it runs, and new caller
 # speech does not cancel it), and INTERRUPT: the answer is what the caller is waiting for.
 # WHEN_IDLE is never used: it has been reported never to fire in voice calls. end_call and
