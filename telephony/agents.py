@@ -533,7 +533,7 @@ def _with_call_control(business: ToolRegistry | None, targets: tuple, timeout: f
     registry = ToolRegistry(default_timeout=timeout)
     if business is not None:
         registry.include(business)
-    # When the model speaks after each result (gemini-live.md §8): end_call is SILENT once the
+    # When the model speaks after each result (docs/gemini-live.md §8): end_call is SILENT once the
     # call is ending (the goodbye was said in the turn that called it), INTERRUPT when it
     # could not end it; transfer_call INTERRUPT, the hand-off sentence comes now.
     if "end_call" not in registry:
