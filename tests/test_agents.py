@@ -27,7 +27,7 @@ from telephony.testing.emulator import CallTool, Reply, Say, Script
 from telephony.testing.recordings import read_recording
 from telephony.testing.simulator import CallSimulator
 from telephony.testing.twilio_signing import readdress
-from telephony.testing.watched import FIXTURES, authorized, new_call_sid, watched_server
+from telephony.testing.watched import API_TOKEN, FIXTURES, authorized, new_call_sid, scrape, value, watched_server
 
 ENGLISH, SPANISH = "+15550001001", "+15550001002"
 CALLER = "+15551230101"
@@ -200,9 +200,39 @@ class TestTwoAgentsOnTwoNumbers:
         assert not (folder / "orders.db").exists()
         assert not list(folder.rglob("orders.db"))
 
-    def test_the_dashboard_lists_the_agents_to_filter_by(self, clinic):
+    def test_the_dashboard_and_the_metrics_name_the_agent(self, clinic, emulator):
         server, _ = clinic
-        assert server.app.state.agents.names() == ["bright-smile-en", "bright-smile-es"]
+        call_number(server, emulator, ENGLISH, booking_script())
+        with httpx.Client(base_url=server.http_url, timeout=10) as browser:
+            browser.post("/dashboard/login", data={"token": API_TOKEN})
+            listed = browser.get("/dashboard/api/calls?agent=bright-smile-en").json()
+        assert listed["agents"] == ["bright-smile-en", "bright-smile-es"]
+        assert listed["calls"] and {c["agent"] for c in listed["calls"]} == {"bright-smile-en"}
+        samples = scrape(server.http_url)
+        assert value(samples, "phone_calls_total", agent="bright-smile-en") >= 1
+        assert value(samples, "phone_calls_total", agent="bright-smile-es") >= 1
+
+
+def test_telephony_agents_prints_the_table(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from telephony.agents_cli import agents_command
+
+    folder = tmp_path / "project"
+    clinic_project(folder, f"bright_smile_{uuid.uuid4().hex[:8]}")
+    import os
+
+    os.environ["BRIGHT_SMILE_TEST_KEY"] = "k"
+    try:
+        assert agents_command(SimpleNamespace(file=str(folder / "agents.toml"))) == 0
+    finally:
+        os.environ.pop("BRIGHT_SMILE_TEST_KEY")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NUMBER", "AGENT", "VOICE", "LANGUAGE", "TOOLS"]
+    assert lines[1].split()[:4] == [ENGLISH, "bright-smile-en", "Aoede", "en-US"]
+    assert lines[2].split()[:4] == [SPANISH, "bright-smile-es", "Puck", "es-ES"]
+    assert agents_command(SimpleNamespace(file=str(folder / "missing.toml"))) == 2
+    assert "AGENTS_FILE=" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- bad agents files
