@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -111,7 +112,9 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     app.state.outbound_refs = OutboundRefs(s, state=shared)  # what each outbound call is for (POST /outbound-call)
     app.state.active_calls = set()
     app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
-    app.state.gate = Gatekeeper(s, shared)
+    # A stream's slot lapses after the longest call any agent allows (0: an agent without a limit).
+    limits = [a.max_call_s for a in book]
+    app.state.gate = Gatekeeper(dataclasses.replace(s, max_call_s=0.0 if 0 in limits else max(limits)), shared)
     app.state.draining = False
     try:
         app.state.watch = make_watch(s, book, tracing)  # metrics, traces, call audio (observe.py)
