@@ -148,6 +148,8 @@ class Agent:
     say_language: str | None = None
     #: Twilio's `<Say voice=...>` (e.g. Polly.Lucia); None: Twilio's default voice for the language.
     say_voice: str | None = None
+    #: The tools module's `prepare(settings, tool_settings)`, run once at server start-up.
+    prepare: Any = field(default=None, compare=False, repr=False)
     vad_start_sensitivity: str = "LOW"
     vad_end_sensitivity: str = "HIGH"
     vad_prefix_padding_ms: int = 40
@@ -203,6 +205,22 @@ class AgentBook:
     def names(self) -> list[str]:
         return list(self._by_name)
 
+    def prepare(self, settings: Settings) -> None:
+        """Run each tools module's `prepare` hook once (a database to create, a key to check),
+        when the server starts. Its failure is one SettingsError line naming the agent."""
+        done: set[int] = set()
+        for agent in self.agents:
+            if agent.prepare is None or id(agent.prepare) in done:
+                continue
+            done.add(id(agent.prepare))
+            try:
+                agent.prepare(settings, agent.tool_settings)
+            except SettingsError:
+                raise
+            except Exception as exc:
+                raise SettingsError(f"agent {agent.name!r}: tools {agent.tools_module!r} could not start: "
+                                    f"{type(exc).__name__}: {str(exc).strip()[:200]}") from None
+
     def tool_names(self) -> frozenset[str]:
         return frozenset(n for a in self.agents for n in a.tools.names())
 
@@ -248,12 +266,13 @@ def agent_from_settings(settings: Settings, *, tools: ToolRegistry | None = None
     from the working directory (a checkout of the repository); else only end_call.
     """
     module = settings.agent_tools
+    prepare = None
     if tools is not None:
         business = tools
     elif module is not None:
-        business, _ = _import_tools(module, f"AGENT_TOOLS={module!r}")
+        business, _, prepare = _import_tools(module, f"AGENT_TOOLS={module!r}")
     else:
-        business = _demo_tools()
+        business, prepare = _demo_tools()
         module = DEMO_TOOLS_MODULE if business is not None else None
     language = settings.gemini_language
     messages = messages_for(language) or DEFAULT_MESSAGES["en"]
@@ -262,14 +281,14 @@ def agent_from_settings(settings: Settings, *, tools: ToolRegistry | None = None
         greeting=settings.agent_greeting, voice=settings.gemini_voice, language=language, messages=messages,
         tools=_with_call_control(business, settings.transfer_targets, settings.tool_timeout_s, name),
         transfer_targets=settings.transfer_targets, tools_module=module,
-        say_language=_say_language(language), tool_settings=_pytypes.MappingProxyType({}),
+        say_language=_say_language(language), tool_settings=_pytypes.MappingProxyType({}), prepare=prepare,
         vad_start_sensitivity=settings.vad_start_sensitivity, vad_end_sensitivity=settings.vad_end_sensitivity,
         vad_prefix_padding_ms=settings.vad_prefix_padding_ms, vad_silence_duration_ms=settings.vad_silence_duration_ms,
         model_watchdog_s=settings.model_watchdog_s, max_call_s=settings.max_call_s,
     )
 
 
-def _demo_tools() -> ToolRegistry | None:
+def _demo_tools() -> tuple[ToolRegistry | None, Any]:
     _import_path(None)
     try:
         module = importlib.import_module(DEMO_TOOLS_MODULE)
@@ -278,9 +297,11 @@ def _demo_tools() -> ToolRegistry | None:
             raise SettingsError(f"the demo tools ({DEMO_TOOLS_MODULE}/) do not import: {exc}") from None
         log.info("the demo tools (%s/) are not importable from here: the agent has call-control tools only; "
                  "set AGENT_TOOLS or AGENTS_FILE to give it yours", DEMO_TOOLS_MODULE)
-        return None
+        return None, None
     registry = getattr(module, "registry", None)
-    return registry if isinstance(registry, ToolRegistry) else None
+    if not isinstance(registry, ToolRegistry):  # some other package named `tools`
+        return None, None
+    return registry, _prepare_hook(module, f"the demo tools ({DEMO_TOOLS_MODULE}/)")
 
 
 _KEYS = {"name", "numbers", "instructions", "instructions_file", "greeting", "voice", "language", "tools",
@@ -347,9 +368,9 @@ def _agent_from_table(t: dict, index: int, folder: Path, settings: Settings, too
     if module is not None:
         if not isinstance(module, str) or not _MODULE_RE.fullmatch(module):
             raise SettingsError(f"{where}: tools must be a module name such as 'clinic.tools', got {module!r}")
-        business, settings_type = _import_tools(module, f"{where}: tools {module!r}", folder)
+        business, settings_type, prepare = _import_tools(module, f"{where}: tools {module!r}", folder)
     else:
-        business = None
+        business, prepare = None, None
     if tools is not None:
         business = tools
     tool_settings = _tool_settings(t.get("tool_settings"), settings_type, where, module)
@@ -365,7 +386,7 @@ def _agent_from_table(t: dict, index: int, folder: Path, settings: Settings, too
         language=language, messages=messages,
         tools=_with_call_control(business, targets, settings.tool_timeout_s, name),
         transfer_targets=targets, tools_module=module, tool_settings=tool_settings,
-        say_language=say_language, say_voice=say_voice,
+        say_language=say_language, say_voice=say_voice, prepare=prepare,
         vad_start_sensitivity=_sensitivity(call, "vad_start_sensitivity", settings.vad_start_sensitivity, where),
         vad_end_sensitivity=_sensitivity(call, "vad_end_sensitivity", settings.vad_end_sensitivity, where),
         vad_prefix_padding_ms=int(_ranged(call, "vad_prefix_padding_ms", settings.vad_prefix_padding_ms, 0, 2000, where, int)),
@@ -498,8 +519,9 @@ def _import_path(folder: Path | None) -> None:
             sys.path.insert(0, entry)
 
 
-def _import_tools(module_name: str, where: str, folder: Path | None = None) -> tuple[ToolRegistry, type | None]:
-    """The module's `registry` (a ToolRegistry) and its `ToolSettings` dataclass, if any."""
+def _import_tools(module_name: str, where: str, folder: Path | None = None) -> tuple[ToolRegistry, type | None, Any]:
+    """The module's `registry` (a ToolRegistry), its `ToolSettings` dataclass and its
+    `prepare` hook, if any."""
     _import_path(folder)
     try:
         module = importlib.import_module(module_name)
@@ -523,7 +545,14 @@ def _import_tools(module_name: str, where: str, folder: Path | None = None) -> t
     settings_type = getattr(module, "ToolSettings", None)
     if settings_type is not None and not (isinstance(settings_type, type) and dataclasses.is_dataclass(settings_type)):
         raise SettingsError(f"{where}: ToolSettings must be a dataclass")
-    return registry, settings_type
+    return registry, settings_type, _prepare_hook(module, where)
+
+
+def _prepare_hook(module: Any, where: str) -> Any:
+    prepare = getattr(module, "prepare", None)
+    if prepare is not None and not callable(prepare):
+        raise SettingsError(f"{where}: prepare must be a function prepare(settings, tool_settings)")
+    return prepare
 
 
 def _with_call_control(business: ToolRegistry | None, targets: tuple, timeout: float, agent: str) -> ToolRegistry:

@@ -97,6 +97,7 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
         # Who answers which number, with which tools (agents.py); `registry` replaces every
         # agent's business tools (tests, embedding).
         book = agents or load_agents(s, tools=registry)
+        book.prepare(s)  # each tools module's start-up hook (the demo creates its orders database)
         warn_about_demo(book, s)
         app.state.client = make_client(s)  # on Vertex AI, loads the credentials: may refuse to start
         app.state.recorder = CallRecorder(open_records(s), s)  # call records (records.py)
@@ -197,7 +198,7 @@ def check_storage(settings: Settings) -> None:
     PostgreSQL (DATABASE_URL) is not connected to here: being unreachable does not
     stop the server (records.py), and the app's start-up migrates it.
     """
-    load_agents(settings)
+    load_agents(settings).prepare(settings)
     open_records(settings).check()
 
 

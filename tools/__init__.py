@@ -41,9 +41,13 @@ which allows only the numbers in ALLOWED_DESTINATIONS.
 
 from telephony.tool_registry import CallContext, ToolRegistry
 
+import sqlite3
+
+from telephony.errors import SettingsError
+
 from .orders import ensure_orders_db, lookup_order
 
-__all__ = ["registry", "CallContext", "ensure_orders_db", "lookup_order"]
+__all__ = ["registry", "prepare", "CallContext", "ensure_orders_db", "lookup_order"]
 
 registry = ToolRegistry()
 # When the model speaks after the result (docs/gemini-live.md §8): NON_BLOCKING, 3.8 Live's
@@ -52,3 +56,14 @@ registry = ToolRegistry()
 # WHEN_IDLE is never used: it has been reported never to fire in voice calls. end_call and
 # transfer_call are the product's (telephony.call_control), added to every agent's tools.
 registry.register(lookup_order, behavior="NON_BLOCKING", scheduling="INTERRUPT")
+
+
+def prepare(settings, tool_settings) -> None:
+    """Run once when a server with this agent starts: create and seed the demo orders database,
+    or say in one line why ORDERS_DB_PATH cannot be used."""
+    try:
+        ensure_orders_db(settings.orders_db_path)
+    except (OSError, sqlite3.Error) as exc:
+        raise SettingsError(
+            f"ORDERS_DB_PATH={str(settings.orders_db_path)!r}: cannot create the orders database: {exc}"
+        ) from None
