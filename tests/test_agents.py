@@ -391,3 +391,21 @@ def test_init_makes_a_project_whose_agent_loads_and_whose_tool_test_passes(tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
     with pytest.raises(SettingsError, match="already exists"):
         create_project(folder)
+
+
+def test_telephony_calls_lists_and_filters_by_agent(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from telephony.records import CallRecorder
+    from telephony.records_cli import calls_command
+
+    db = tmp_path / "calls.db"
+    recorder = CallRecorder(db, Settings(gemini_api_key="k"))
+    for sid, agent in (("CA" + "1" * 32, "bright-smile-en"), ("CA" + "2" * 32, "bright-smile-es")):
+        recorder.call_started(sid, stream_sid=None, direction="inbound", caller=CALLER, called=ENGLISH, at=1.0,
+                              agent=agent)
+    assert recorder.flush()
+    recorder.close()
+    assert calls_command(SimpleNamespace(db=str(db), limit=20, agent="bright-smile-es", calls_command=None)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "AGENT" in lines[0].split() and len(lines) == 2 and "bright-smile-es" in lines[1].split()
