@@ -37,7 +37,7 @@ from . import events as ev
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio
 from .errors import InvalidCallState, MalformedMessage, StreamMismatch
-from .speech import SpeechEndDetector
+from .speech_end import SpeechEndDetector
 
 log = logging.getLogger("telephony.call")
 

@@ -9,7 +9,7 @@ call. It reads the core's public facts (`Call.turn`, `frames_out`,
 `sent_bytes`, `interruptions`, `speech`) and never changes them.
 
 A turn's response latency runs from the end of the caller's speech, as
-`speech.SpeechEndDetector` saw it on the audio we relay, to the moment the
+`speech_end.SpeechEndDetector` saw it on the audio we relay, to the moment the
 agent's first audio of the turn has been handed to Twilio's socket. A turn
 with no caller speech before it (the greeting, a nudge) has no latency.
 """
