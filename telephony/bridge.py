@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import WebSocket
 from starlette.websockets import WebSocketState
 
+from . import actions as act
 from . import events as ev
 from . import live as live_mod
 from . import twilio_protocol as tw
@@ -101,8 +102,8 @@ class CallBridge:
         self._tools: dict[str, asyncio.Task] = {}
         self._timers: dict[str, asyncio.Task] = {}
         self._switch = asyncio.Event()
-        self._resume: ev.ResumeLive | None = None
-        self._end: ev.EndCall | None = None
+        self._resume: act.ResumeLive | None = None
+        self._end: act.EndCall | None = None
         self._started = time.monotonic()
         self._ws_closed = False
         self._loop = asyncio.get_running_loop()
@@ -124,7 +125,7 @@ class CallBridge:
                 log.error("call %s failed: %r", self.call.call_sid, exc, exc_info=exc)
             _forget_frames(group)
             if self._end is None:
-                self._end = ev.EndCall("internal error", apologize=True, close_code=1011)
+                self._end = act.EndCall("internal error", apologize=True, close_code=1011)
         finally:
             await self._tear_down()
             self.observer.call_ended()
@@ -150,7 +151,7 @@ class CallBridge:
             if actions:
                 await self._perform(actions)
 
-    def _twilio_frame(self, frame: str | bytes) -> list[ev.Action]:
+    def _twilio_frame(self, frame: str | bytes) -> list[act.Action]:
         try:
             event = tw.parse(frame)
         except MalformedMessage as exc:
@@ -223,7 +224,7 @@ class CallBridge:
         self._timers.pop(name, None)
         await self._perform(self.call.handle(ev.TimerFired(name)))
 
-    async def _run_tool(self, action: ev.RunTool) -> None:
+    async def _run_tool(self, action: act.RunTool) -> None:
         ctx = CallContext(
             call_sid=self.call.call_sid or "",
             caller=self.identity.caller if self.identity else None,
@@ -253,23 +254,23 @@ class CallBridge:
 
     # ----------------------------------------------------------- actions
 
-    async def _perform(self, actions: list[ev.Action]) -> None:
+    async def _perform(self, actions: list[act.Action]) -> None:
         """Each action in order, awaited: what the core asked for happens in that order."""
         for action in actions:
             kind = type(action)
-            if kind is ev.SendAudioToLive:
+            if kind is act.SendAudioToLive:
                 if self.live is not None:
                     await self._to_live(self.live.send_audio(action.pcm))
-            elif kind is ev.SendToTwilio:
+            elif kind is act.SendToTwilio:
                 await self._send_twilio(action.messages)
-            elif kind is ev.RunTool:
+            elif kind is act.RunTool:
                 assert self._tg is not None
                 self._tools[action.call_id] = self._tg.create_task(self._run_tool(action), name=f"tool-{action.name}")
-            elif kind is ev.CancelTool:
+            elif kind is act.CancelTool:
                 task = self._tools.pop(action.call_id, None)
                 if task is not None:
                     task.cancel()
-            elif kind is ev.StartTimer:
+            elif kind is act.StartTimer:
                 assert self._tg is not None
                 old = self._timers.pop(action.name, None)
                 if old is not None:
@@ -277,29 +278,29 @@ class CallBridge:
                 self._timers[action.name] = self._tg.create_task(
                     self._timer(action.name, action.seconds), name=f"timer-{action.name}"
                 )
-            elif kind is ev.CancelTimer:
+            elif kind is act.CancelTimer:
                 task = self._timers.pop(action.name, None)
                 if task is not None:
                     task.cancel()
-            elif kind is ev.SendTextToLive:
+            elif kind is act.SendTextToLive:
                 if self.live is not None:
                     await self._to_live(self.live.send_text(action.text))
-            elif kind is ev.SendToolResponse:
+            elif kind is act.SendToolResponse:
                 if self.live is not None:
                     await self._to_live(self.live.send_tool_response(
                         action.call_id, action.name, action.response, action.scheduling
                     ))
-            elif kind is ev.ResumeLive:
+            elif kind is act.ResumeLive:
                 log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
                 self.observer.live_replaced(action.reason)
                 if self.recorder is not None and self.call.call_sid:
                     self.recorder.event(self.call.call_sid, "reconnect", {"reason": action.reason}, time.time())
                 self._resume = action
                 self._switch.set()
-            elif kind is ev.ConnectLive:
+            elif kind is act.ConnectLive:
                 assert self._tg is not None
                 self._tg.create_task(self._run_live(), name="live")
-            elif kind is ev.EndCall:
+            elif kind is act.EndCall:
                 self._end = action
                 raise _CallEnded
             else:
@@ -343,7 +344,7 @@ class CallBridge:
         self._loop.call_soon_threadsafe(deliver)
 
     async def _tear_down(self) -> None:
-        end = self._end or ev.EndCall("stream ended")
+        end = self._end or act.EndCall("stream ended")
         for task in [*self._tools.values(), *self._timers.values()]:
             task.cancel()
         if self.call.end_reason is None:
