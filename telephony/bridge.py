@@ -34,7 +34,7 @@ from .tools import CallContext, ToolRegistry
 from .twilio_rest import is_already_ended
 from .twiml import AfterStream, apology_twiml, dial_twiml
 
-log = logging.getLogger("telephony.bridge")
+log = logging.getLogger(__name__)
 
 
 class _CallEnded(Exception):

@@ -40,7 +40,7 @@ from .audio import InboundAudio, OutboundAudio
 from .errors import InvalidCallState, MalformedMessage, StreamMismatch
 from .speech_end import SpeechEndDetector
 
-log = logging.getLogger("telephony.call")
+log = logging.getLogger(__name__)
 
 #: Bytes of 8 kHz mu-law per second: the unit of "how much the caller heard".
 ULAW_BYTES_PER_SECOND = 8000

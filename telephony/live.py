@@ -21,7 +21,7 @@ from google.genai import types
 from . import events as ev
 from .settings import Settings
 
-log = logging.getLogger("telephony.live")
+log = logging.getLogger(__name__)
 
 INPUT_MIME = "audio/pcm;rate=16000"
 #: Consecutive unparseable frames from Live before we give up on the session.

@@ -28,7 +28,7 @@ from .audio_recording import AudioRecordings, CallAudio
 
 __all__ = ["Watch", "CallObserver", "TurnTiming"]
 
-log = logging.getLogger("telephony.observe")
+log = logging.getLogger(__name__)
 
 ULAW_BYTES_PER_SECOND = 8000
 

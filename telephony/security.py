@@ -56,7 +56,7 @@ __all__ = [
     "check_deployment", "destination_allowed", "check_destination", "install_log_redaction", "LogRedactor", "REDACTOR",
 ]
 
-log = logging.getLogger("telephony.security")
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
