@@ -79,7 +79,7 @@ class CallBridge:
         watch: Watch | None = None,
     ):
         self.ws = websocket
-        # Who is calling, as the app's Gatekeeper vouched for it (security.py): tools
+        # Who is calling, as the app's Gatekeeper vouched for it (security.gatekeeper): tools
         # learn the caller only from here, never from the stream's own parameters.
         self.identity = identity
         self.settings = settings

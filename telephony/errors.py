@@ -8,6 +8,7 @@
     ├── LiveError                the Gemini Live side failed
     │   ├── LiveSetupTimeout     no setupComplete in time
     │   └── LiveRefused          the session could not be opened (close code, reason)
+    ├── Rejected                 a request or stream failed an admission check (security)
     ├── ToolError                a business tool could not answer
     │   ├── UnknownTool
     │   ├── InvalidArguments
@@ -59,6 +60,16 @@ class LiveRefused(LiveError):
         super().__init__(f"Live session refused (code={code}, reason={reason!r})")
         self.code = code
         self.reason = reason
+
+
+class Rejected(TelephonyError):
+    """A request or stream failed a check. `reason` is its counter name; the
+    message says why, for the log (never shown to the peer)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class ToolError(TelephonyError):
