@@ -110,6 +110,7 @@ class CallBridge:
         self._recorded_start = False
         self._new_turn = False
         self.observer = (watch or Watch()).observe(self.call, recorder)  # metrics, timings, traces (observe.py)
+        self.call.tap = self.observer.audio  # both sides' audio, when RECORD_AUDIO is on
 
     async def run(self) -> dict[str, object]:
         """Run the call to its end; return its summary. Never raises for call-level problems."""
@@ -257,54 +258,81 @@ class CallBridge:
     async def _perform(self, actions: list[act.Action]) -> None:
         """Each action in order, awaited: what the core asked for happens in that order."""
         for action in actions:
-            kind = type(action)
-            if kind is act.SendAudioToLive:
-                if self.live is not None:
-                    await self._to_live(self.live.send_audio(action.pcm))
-            elif kind is act.SendToTwilio:
-                await self._send_twilio(action.messages)
-            elif kind is act.RunTool:
-                assert self._tg is not None
-                self._tools[action.call_id] = self._tg.create_task(self._run_tool(action), name=f"tool-{action.name}")
-            elif kind is act.CancelTool:
-                task = self._tools.pop(action.call_id, None)
-                if task is not None:
-                    task.cancel()
-            elif kind is act.StartTimer:
-                assert self._tg is not None
-                old = self._timers.pop(action.name, None)
-                if old is not None:
-                    old.cancel()
-                self._timers[action.name] = self._tg.create_task(
-                    self._timer(action.name, action.seconds), name=f"timer-{action.name}"
-                )
-            elif kind is act.CancelTimer:
-                task = self._timers.pop(action.name, None)
-                if task is not None:
-                    task.cancel()
-            elif kind is act.SendTextToLive:
-                if self.live is not None:
-                    await self._to_live(self.live.send_text(action.text))
-            elif kind is act.SendToolResponse:
-                if self.live is not None:
-                    await self._to_live(self.live.send_tool_response(
-                        action.call_id, action.name, action.response, action.scheduling
-                    ))
-            elif kind is act.ResumeLive:
-                log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
-                self.observer.live_replaced(action.reason)
-                if self.recorder is not None and self.call.call_sid:
-                    self.recorder.event(self.call.call_sid, "reconnect", {"reason": action.reason}, time.time())
-                self._resume = action
-                self._switch.set()
-            elif kind is act.ConnectLive:
-                assert self._tg is not None
-                self._tg.create_task(self._run_live(), name="live")
-            elif kind is act.EndCall:
-                self._end = action
-                raise _CallEnded
-            else:
+            performer = self._performers.get(type(action))
+            if performer is None:
                 raise TypeError(f"unknown action {action!r}")
+            await performer(self, action)
+
+    async def _send_audio_to_live(self, action: act.SendAudioToLive) -> None:
+        if self.live is not None:
+            await self._to_live(self.live.send_audio(action.pcm))
+
+    async def _send_text_to_live(self, action: act.SendTextToLive) -> None:
+        if self.live is not None:
+            await self._to_live(self.live.send_text(action.text))
+
+    async def _send_tool_response(self, action: act.SendToolResponse) -> None:
+        if self.live is not None:
+            await self._to_live(self.live.send_tool_response(
+                action.call_id, action.name, action.response, action.scheduling
+            ))
+
+    async def _send_to_twilio(self, action: act.SendToTwilio) -> None:
+        await self._send_twilio(action.messages)
+
+    async def _start_tool(self, action: act.RunTool) -> None:
+        assert self._tg is not None
+        self._tools[action.call_id] = self._tg.create_task(self._run_tool(action), name=f"tool-{action.name}")
+
+    async def _cancel_tool(self, action: act.CancelTool) -> None:
+        task = self._tools.pop(action.call_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _start_timer(self, action: act.StartTimer) -> None:
+        assert self._tg is not None
+        old = self._timers.pop(action.name, None)
+        if old is not None:
+            old.cancel()
+        self._timers[action.name] = self._tg.create_task(
+            self._timer(action.name, action.seconds), name=f"timer-{action.name}"
+        )
+
+    async def _cancel_timer(self, action: act.CancelTimer) -> None:
+        task = self._timers.pop(action.name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _resume_live(self, action: act.ResumeLive) -> None:
+        log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
+        self.observer.live_replaced(action.reason)
+        if self.recorder is not None and self.call.call_sid:
+            self.recorder.event(self.call.call_sid, "reconnect", {"reason": action.reason}, time.time())
+        self._resume = action
+        self._switch.set()
+
+    async def _connect_live(self, action: act.ConnectLive) -> None:
+        assert self._tg is not None
+        self._tg.create_task(self._run_live(), name="live")
+
+    async def _end_call(self, action: act.EndCall) -> None:
+        self._end = action
+        raise _CallEnded
+
+    #: How each kind of action is carried out (the core's events go through `Call._handlers` alike).
+    _performers = {
+        act.SendAudioToLive: _send_audio_to_live,
+        act.SendToTwilio: _send_to_twilio,
+        act.RunTool: _start_tool,
+        act.CancelTool: _cancel_tool,
+        act.StartTimer: _start_timer,
+        act.CancelTimer: _cancel_timer,
+        act.SendTextToLive: _send_text_to_live,
+        act.SendToolResponse: _send_tool_response,
+        act.ResumeLive: _resume_live,
+        act.ConnectLive: _connect_live,
+        act.EndCall: _end_call,
+    }
 
     async def _send_twilio(self, messages: tuple[str, ...]) -> None:
         if self._ws_closed:
