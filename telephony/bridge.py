@@ -26,7 +26,7 @@ from . import live as live_mod
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call
-from .errors import LiveError, MalformedMessage
+from .errors import LiveError, LiveSendError, MalformedMessage
 from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
@@ -39,6 +39,19 @@ log = logging.getLogger(__name__)
 
 class _CallEnded(Exception):
     """Raised inside the task group to stop every task of the call."""
+
+
+class _LiveSendFailed(Exception):
+    """A send to `session` raised `error`; `_perform` hands it to the core."""
+
+    def __init__(self, session: live_mod.LiveSession, error: LiveSendError):
+        super().__init__(str(error))
+        self.session = session
+        self.error = error
+
+
+#: The actions that send to the Live session.
+_LIVE_SENDS = (act.SendAudioToLive, act.SendTextToLive, act.SendToolResponse)
 
 
 def _forget_frames(group: BaseExceptionGroup) -> None:
@@ -103,6 +116,7 @@ class CallBridge:
         self._timers: dict[str, asyncio.Task] = {}
         self._switch = asyncio.Event()
         self._resume: act.ResumeLive | None = None
+        self._failed_session: live_mod.LiveSession | None = None  # the last session a send failed on
         self._end: act.EndCall | None = None
         self._started = time.monotonic()
         self._ws_closed = False
@@ -257,23 +271,44 @@ class CallBridge:
 
     async def _perform(self, actions: list[act.Action]) -> None:
         """Each action in order, awaited: what the core asked for happens in that order."""
-        for action in actions:
+        for index, action in enumerate(actions):
             performer = self._performers.get(type(action))
             if performer is None:
                 raise TypeError(f"unknown action {action!r}")
-            await performer(self, action)
+            try:
+                await performer(self, action)
+            except _LiveSendFailed as failure:
+                await self._live_send_failed(failure, action, actions[index + 1:])
+                return
+
+    async def _live_send_failed(self, failure: _LiveSendFailed, action: act.Action, rest: list[act.Action]) -> None:
+        """A send to Live raised: one error line per session, then the core decides
+        (a fresh session, or the end with the apology) and keeps what did not go out.
+
+        The core hears of it before anything else is awaited, so it stops sending to
+        the broken session at once; the rest of the batch follows, the core's answer
+        last (a replacement cancels the Live reader, which may be this very task)."""
+        unsent = (action, *(a for a in rest if isinstance(a, _LIVE_SENDS)))
+        if failure.session is not self._failed_session:
+            self._failed_session = failure.session
+            log.error("call %s: sending to Live failed (%s); %d send(s) kept for the next session",
+                      self.call.call_sid, failure, len(unsent))
+        if self.live is failure.session:
+            self.live = None
+        answer = self.call.handle(ev.LiveSendFailed(str(failure), unsent, failure.error.code))
+        await self._perform([a for a in rest if not isinstance(a, _LIVE_SENDS)] + answer)
 
     async def _send_audio_to_live(self, action: act.SendAudioToLive) -> None:
-        if self.live is not None:
-            await self._to_live(self.live.send_audio(action.pcm))
+        if (session := self.live) is not None:
+            await self._to_live(session, session.send_audio(action.pcm))
 
     async def _send_text_to_live(self, action: act.SendTextToLive) -> None:
-        if self.live is not None:
-            await self._to_live(self.live.send_text(action.text))
+        if (session := self.live) is not None:
+            await self._to_live(session, session.send_text(action.text))
 
     async def _send_tool_response(self, action: act.SendToolResponse) -> None:
-        if self.live is not None:
-            await self._to_live(self.live.send_tool_response(
+        if (session := self.live) is not None:
+            await self._to_live(session, session.send_tool_response(
                 action.call_id, action.name, action.response, action.scheduling
             ))
 
@@ -344,12 +379,15 @@ class CallBridge:
             self._ws_closed = True
             log.info("Twilio socket closed while sending (%s)", type(exc).__name__)
 
-    async def _to_live(self, coro) -> None:
-        """Sends to a session the server just closed fail; the reader reports the close."""
+    @staticmethod
+    async def _to_live(session: live_mod.LiveSession, send) -> None:
+        """Whatever a send raises (`live` makes it a `LiveSendError`: a socket closed
+        under it, an SDK that changed) is a `_LiveSendFailed` for `_perform`: caller
+        audio must never vanish silently."""
         try:
-            await coro
-        except Exception as exc:
-            log.debug("send to Live failed: %s", exc)
+            await send
+        except LiveSendError as exc:
+            raise _LiveSendFailed(session, exc) from None
 
     # ----------------------------------------------------------- the end
 

@@ -50,6 +50,12 @@ BUFFERED_FRAMES = 250
 FATAL_LIVE_CODES = frozenset({1007, 1008})
 #: Delays before each reconnection attempt; past the last one the call ends with an apology.
 RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+#: Sessions in a row whose sends fail before the call ends with the apology: a send that
+#: raises on every fresh session (an SDK that no longer speaks our calls) must not loop.
+MAX_SEND_FAILURES = 3
+#: A session that relayed this many caller frames (5 s) before a send failed was healthy:
+#: its failure starts a new count.
+HEALTHY_SESSION_FRAMES = 250
 #: Switch sessions this long before a goAway deadline at the latest.
 GOAWAY_MARGIN_S = 2.0
 #: How long the goodbye at MAX_CALL_SECONDS may take before we hang up regardless.
@@ -195,13 +201,17 @@ class Call:
         self.pending_tools: dict[str, ToolRecord] = {}
         self.tool_calls: list[ToolRecord] = []
         self._buffered: deque[bytes] = deque(maxlen=BUFFERED_FRAMES)
-        self._queued_responses: list[act.SendToolResponse] = []
+        self._queued_responses: list[act.SendToolResponse | act.SendTextToLive] = []
 
         # The Live session.
         self.link = LiveLink.NONE
         self._ever_ready = False
         self._reconnect_attempts = 0
         self._attempt_handle: str | None = None  # the handle the pending reconnection uses
+        self._send_failures = 0  # sessions in a row whose sends failed
+        self._frames_to_live = 0  # caller frames sent on the current session
+        self._kept_frames = 0  # frames at the front of `_buffered` whose send failed
+        self._kept_sends = 0  # the same at the front of `_queued_responses`
         self._go_away_seen = False  # this session announced its end: any close then resumes
         self._resume_at_boundary = False  # switch sessions at the next turn boundary (goAway)
         self.watchdog = Watchdog.IDLE
@@ -217,6 +227,7 @@ class Call:
         self.stale_audio_dropped = 0  # chunks of interrupted turns that never reached Twilio
         self.discards_timed_out = 0  # interrupted turns whose turnComplete never came
         self.reconnects = 0
+        self.live_send_failures = 0
         self.sessions_resumed = 0  # reconnections that kept the context through a handle
         self.sessions_fresh = 0  # reconnections without one (refused or never issued)
         self.watchdog_nudges = 0
@@ -362,6 +373,7 @@ class Call:
                 self._warn_once("buffer-full", "caller audio buffer full while Live is unavailable; dropping the oldest")
             self._buffered.append(pcm)
             return []
+        self._frames_to_live += 1
         return [act.SendAudioToLive(pcm)]
 
     def _on_mark(self, event: tw.MarkEchoed) -> list[act.Action]:
@@ -427,6 +439,7 @@ class Call:
         self._ever_ready = True
         self.link = LiveLink.READY
         self._reconnect_attempts = 0
+        self._frames_to_live = self._kept_frames = self._kept_sends = 0
         self._go_away_seen = False
         if self.phase is Phase.CONNECTING:
             self.phase = Phase.LISTENING
@@ -466,6 +479,41 @@ class Call:
             self.resumption_handle = None
             return self._reconnect(f"resumption refused, opening a fresh session: {event.reason}")
         return self._reconnect(f"resuming failed: {event.reason}")
+
+    def _on_live_send_failed(self, event: ev.LiveSendFailed) -> list[act.Action]:
+        if self.over:
+            return []
+        self.live_send_failures += 1
+        self._keep_for_next_session(event.unsent)
+        if self.link is not LiveLink.READY:
+            return []  # already being replaced: the next session gets what was kept
+        if event.code in FATAL_LIVE_CODES and not self._go_away_seen:  # as `_on_live_closed`
+            return self._end(f"Live session closed (code={event.code}): {event.error}", apologize=True)
+        if self._frames_to_live >= HEALTHY_SESSION_FRAMES:
+            self._send_failures = 0
+        self._send_failures += 1
+        if self._send_failures > MAX_SEND_FAILURES:
+            return self._end(
+                f"sending to Live failed on {MAX_SEND_FAILURES + 1} sessions in a row ({event.error})", apologize=True
+            )
+        return self._reconnect(f"sending to Live failed: {event.error}")
+
+    def _keep_for_next_session(self, unsent: tuple) -> None:
+        """What did not go out is older than anything buffered since the failure, and
+        newer than what earlier failures kept: it goes between the two. The buffer keeps
+        the newest `BUFFERED_FRAMES`, as it does while Live is away."""
+        audio = [a.pcm for a in unsent if isinstance(a, act.SendAudioToLive)]
+        if audio:
+            frames = list(self._buffered)
+            kept = min(self._kept_frames, len(frames))
+            frames[kept:kept] = audio
+            self._kept_frames = kept + len(audio)
+            self.frames_dropped += max(0, len(frames) - BUFFERED_FRAMES)
+            self._buffered.clear()
+            self._buffered.extend(frames)
+        others = [a for a in unsent if isinstance(a, (act.SendTextToLive, act.SendToolResponse))]
+        self._queued_responses[self._kept_sends:self._kept_sends] = others
+        self._kept_sends += len(others)
 
     def _on_live_closed(self, event: ev.LiveClosed) -> list[act.Action]:
         if self.over or self.link is LiveLink.SWITCHING:
@@ -799,6 +847,7 @@ class Call:
         ev.LiveReady: _on_live_ready,
         ev.LiveFailed: _on_live_failed,
         ev.LiveClosed: _on_live_closed,
+        ev.LiveSendFailed: _on_live_send_failed,
         ev.ModelAudio: _on_model_audio,
         ev.GenerationComplete: _on_generation_complete,
         ev.TurnComplete: _on_turn_complete,

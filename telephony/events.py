@@ -97,6 +97,16 @@ class GoAway:
 
 
 @dataclass(frozen=True)
+class LiveSendFailed:
+    """Sending to the Live session raised (the adapter has logged it). `unsent` holds
+    the sends that did not go out, the failed one first, so the next session gets them."""
+
+    error: str
+    unsent: tuple[Any, ...] = ()
+    code: int | None = None  # the close code, when the send found the socket closed
+
+
+@dataclass(frozen=True)
 class LiveClosed:
     code: int | None
     reason: str = ""

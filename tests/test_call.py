@@ -12,7 +12,9 @@ from telephony import actions as act
 from telephony import events as ev
 from telephony import twilio_protocol as tw
 from telephony.audio import ulaw_encode
-from telephony.call import GOODBYE_TEXT, MAX_BAD_FRAMES, NUDGE_TEXT, Call, Phase
+from telephony.call import (
+    GOODBYE_TEXT, HEALTHY_SESSION_FRAMES, MAX_BAD_FRAMES, MAX_SEND_FAILURES, NUDGE_TEXT, Call, Phase,
+)
 from telephony.errors import InvalidCallState, MalformedMessage
 
 SID = "MZ" + "a" * 32
@@ -364,6 +366,50 @@ class TestLongCallsAndLiveFailures:
             if any(isinstance(a, act.EndCall) for a in actions):
                 break
         assert delays == sorted(delays) and delays[0] == 0.0 and delays[-1] > delays[1]
+        assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
+
+    def test_a_failed_send_replaces_the_session_and_what_did_not_go_out_goes_to_the_next(self):
+        c = CallScript()
+        c.start()
+        c.caller_speaks(2)
+        greeting, *audio = c.live_ready()
+        actions = c.call.handle(ev.LiveSendFailed("TypeError: boom", (greeting, *audio)))
+        assert act.ResumeLive("sending to Live failed: TypeError: boom", 0.0) in actions
+        assert c.caller_speaks(3) == []  # buffered behind what was kept
+        ready = c.live_ready()
+        sent = [a.pcm for a in ready if isinstance(a, act.SendAudioToLive)]
+        assert sent[:2] == [a.pcm for a in audio] and len(sent) == 5  # oldest first, nothing lost
+        assert ready[-1] == greeting  # the greeting that never went out is not forgotten
+        assert c.call.live_send_failures == 1 and c.call.reconnects == 1
+
+    def test_a_second_failure_while_switching_only_keeps_its_sends(self):
+        c = CallScript().connected()
+        c.call.handle(ev.LiveSendFailed("boom", (act.SendAudioToLive(b"\x01\x00"),)))
+        assert c.call.handle(ev.LiveSendFailed("boom", (act.SendAudioToLive(b"\x02\x00"),))) == []
+        assert [a.pcm for a in c.live_ready()] == [b"\x01\x00", b"\x02\x00"]
+
+    def test_sends_failing_on_every_fresh_session_end_with_the_apology(self):
+        c = CallScript().connected()
+        for _ in range(MAX_SEND_FAILURES):
+            actions = c.call.handle(ev.LiveSendFailed("AttributeError: gone", ()))
+            assert any(isinstance(a, act.ResumeLive) for a in actions)
+            c.live_ready()
+        actions = c.call.handle(ev.LiveSendFailed("AttributeError: gone", ()))
+        assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
+        assert actions[-1].reason.startswith(f"sending to Live failed on {MAX_SEND_FAILURES + 1} sessions in a row")
+
+    def test_a_session_that_relayed_audio_before_its_send_failed_starts_a_new_count(self):
+        c = CallScript().connected()
+        for _ in range(MAX_SEND_FAILURES + 2):
+            c.caller_speaks(HEALTHY_SESSION_FRAMES)
+            actions = c.call.handle(ev.LiveSendFailed("ConnectionResetError", ()))
+            assert any(isinstance(a, act.ResumeLive) for a in actions)
+            c.live_ready()
+        assert not c.call.over
+
+    def test_a_send_that_found_the_socket_closed_fatally_ends_like_the_close(self):
+        c = CallScript().connected()
+        actions = c.call.handle(ev.LiveSendFailed("the socket had closed (code=1008, policy)", (), code=1008))
         assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
 
     def test_a_resume_refused_as_invalid_is_not_retried(self):
