@@ -57,7 +57,7 @@ def agents_command(args: Any, out=None, err=None) -> int:
 _AGENTS_TOML = '''\
 # The agents of {title}: which number reaches which agent, and how it speaks.
 # Every key is described in the package's docs/agents.md.
-# Check it with `telephony agents`; serve it with AGENTS_FILE=agents.toml telephony serve.
+# Check it with `telephony agents` and serve it with `telephony serve`, run from this folder.
 
 [[agents]]
 name = "{slug}"
@@ -176,7 +176,8 @@ Your agent, your files: this folder is yours, and upgrading the `telephony` pack
 
 Check the configuration with `telephony agents`, hear a call offline with
 `telephony simulate CALL.jsonl --out agent.wav`, and serve it with
-`telephony serve` (all run from this folder, with `AGENTS_FILE=agents.toml`).
+`telephony serve`, all run from this folder (its `agents.toml` is read without setting
+`AGENTS_FILE`; elsewhere, set `AGENTS_FILE=/path/to/agents.toml`).
 '''
 
 
@@ -219,6 +220,6 @@ def init_command(args: Any, out=None, err=None) -> int:
         return 2
     for path in written:
         print(f"created {path}", file=out)
-    print(f"\nNext: cd {folder} && edit instructions.md and agents.toml, then\n"
-          f"  AGENTS_FILE=agents.toml telephony agents", file=out)
+    print(f"\nNext: cd {folder}, edit instructions.md and agents.toml, then run `telephony agents` there\n"
+          f"(agents.toml in the working directory is read without setting AGENTS_FILE)", file=out)
     return 0
