@@ -50,11 +50,12 @@ BUFFERED_FRAMES = 250
 FATAL_LIVE_CODES = frozenset({1007, 1008})
 #: Delays before each reconnection attempt; past the last one the call ends with an apology.
 RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-#: Sessions in a row whose sends fail before the call ends with the apology: a send that
-#: raises on every fresh session (an SDK that no longer speaks our calls) must not loop.
-MAX_SEND_FAILURES = 3
-#: A session that relayed this many caller frames (5 s) before a send failed was healthy:
-#: its failure starts a new count.
+#: Sessions in a row that end before they are healthy (closed, a send failed, goAway)
+#: before the call ends with the apology: a model that closes every session at once, or
+#: a send that raises on every fresh one, must not keep the call and its Live minutes spinning.
+MAX_UNHEALTHY_SESSIONS = 3
+#: A session is healthy once it relayed this many caller frames (5 s) or completed a turn:
+#: its end starts a new count.
 HEALTHY_SESSION_FRAMES = 250
 #: Switch sessions this long before a goAway deadline at the latest.
 GOAWAY_MARGIN_S = 2.0
@@ -211,7 +212,8 @@ class Call:
         self._ever_ready = False
         self._reconnect_attempts = 0
         self._attempt_handle: str | None = None  # the handle the pending reconnection uses
-        self._send_failures = 0  # sessions in a row whose sends failed
+        self._unhealthy_sessions = 0  # sessions in a row that ended before they were healthy
+        self._turn_completed = False  # the current session completed a turn: it is healthy
         self._frames_to_live = 0  # caller frames sent on the current session
         self._kept_frames = 0  # frames at the front of `_buffered` whose send failed
         self._kept_sends = 0  # the same at the front of `_queued_responses`
@@ -443,7 +445,7 @@ class Call:
         self.link = LiveLink.READY
         self._reconnect_attempts = 0
         self._frames_to_live = self._kept_frames = self._kept_sends = 0
-        self._go_away_seen = False
+        self._turn_completed = self._go_away_seen = False
         if self.phase is Phase.CONNECTING:
             self.phase = Phase.LISTENING
         actions: list[act.Action] = []
@@ -492,13 +494,6 @@ class Call:
             return []  # already being replaced: the next session gets what was kept
         if event.code in FATAL_LIVE_CODES and not self._go_away_seen:  # as `_on_live_closed`
             return self._end(f"Live session closed (code={event.code}): {event.error}", apologize=True)
-        if self._frames_to_live >= HEALTHY_SESSION_FRAMES:
-            self._send_failures = 0
-        self._send_failures += 1
-        if self._send_failures > MAX_SEND_FAILURES:
-            return self._end(
-                f"sending to Live failed on {MAX_SEND_FAILURES + 1} sessions in a row ({event.error})", apologize=True
-            )
         return self._reconnect(f"sending to Live failed: {event.error}")
 
     def _keep_for_next_session(self, unsent: tuple) -> None:
@@ -614,6 +609,7 @@ class Call:
         # left to fire into nothing; the next interruption restarts it.
         self.current.discarding = False
         self._transcript_break = True
+        self._turn_completed = True
         if not self.marks_in_flight and self.phase is Phase.AGENT_SPEAKING:
             self.phase = Phase.LISTENING
         if self.ending is not None and self.turn >= self.ending.after_turn:
@@ -763,6 +759,13 @@ class Call:
     def _reconnect(self, reason: str) -> list[act.Action]:
         """Replace the Live session, keeping the conversation through the resumption handle."""
         actions = self._drain_turn()  # what the old session said still plays
+        if self.link is LiveLink.READY:  # a session ends (a failure to open one is an attempt, below)
+            healthy = self._turn_completed or self._frames_to_live >= HEALTHY_SESSION_FRAMES
+            self._unhealthy_sessions = 0 if healthy else self._unhealthy_sessions + 1
+            if self._unhealthy_sessions > MAX_UNHEALTHY_SESSIONS:
+                why = f"{self._unhealthy_sessions} Live sessions in a row ended before they were healthy (the last: {reason})"
+                log.error("call %s: %s; ending it with the apology", self.call_sid, why)
+                return actions + self._end(why, apologize=True)
         self.current.open = False
         self._resume_at_boundary = False
         self.link = LiveLink.SWITCHING

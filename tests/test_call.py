@@ -13,7 +13,7 @@ from telephony import events as ev
 from telephony import twilio_protocol as tw
 from telephony.audio import ulaw_encode
 from telephony.call import (
-    GOODBYE_TEXT, HEALTHY_SESSION_FRAMES, MAX_BAD_FRAMES, MAX_SEND_FAILURES, NUDGE_TEXT, Call, Phase,
+    GOODBYE_TEXT, HEALTHY_SESSION_FRAMES, MAX_BAD_FRAMES, MAX_UNHEALTHY_SESSIONS, NUDGE_TEXT, Call, Phase,
 )
 from telephony.errors import InvalidCallState, MalformedMessage
 
@@ -390,22 +390,66 @@ class TestLongCallsAndLiveFailures:
 
     def test_sends_failing_on_every_fresh_session_end_with_the_apology(self):
         c = CallScript().connected()
-        for _ in range(MAX_SEND_FAILURES):
+        for _ in range(MAX_UNHEALTHY_SESSIONS):
             actions = c.call.handle(ev.LiveSendFailed("AttributeError: gone", ()))
             assert any(isinstance(a, act.ResumeLive) for a in actions)
             c.live_ready()
         actions = c.call.handle(ev.LiveSendFailed("AttributeError: gone", ()))
         assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
-        assert actions[-1].reason.startswith(f"sending to Live failed on {MAX_SEND_FAILURES + 1} sessions in a row")
+        assert actions[-1].reason == (f"{MAX_UNHEALTHY_SESSIONS + 1} Live sessions in a row ended before they were "
+                                      "healthy (the last: sending to Live failed: AttributeError: gone)")
 
     def test_a_session_that_relayed_audio_before_its_send_failed_starts_a_new_count(self):
         c = CallScript().connected()
-        for _ in range(MAX_SEND_FAILURES + 2):
+        for _ in range(MAX_UNHEALTHY_SESSIONS + 2):
             c.caller_speaks(HEALTHY_SESSION_FRAMES)
             actions = c.call.handle(ev.LiveSendFailed("ConnectionResetError", ()))
             assert any(isinstance(a, act.ResumeLive) for a in actions)
             c.live_ready()
         assert not c.call.over
+
+    def test_sessions_closed_right_after_setup_end_the_call_with_the_apology_and_one_error_line(self, caplog):
+        c = CallScript().connected()
+        with caplog.at_level("INFO", logger="telephony"):
+            for _ in range(MAX_UNHEALTHY_SESSIONS):
+                actions = c.call.handle(ev.LiveClosed(1011, "internal error"))
+                assert any(isinstance(a, act.ResumeLive) for a in actions)
+                c.live_ready()
+            actions = c.call.handle(ev.LiveClosed(1011, "internal error"))
+        assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
+        assert not any(isinstance(a, act.ResumeLive) for a in actions)
+        assert actions[-1].reason == (f"{MAX_UNHEALTHY_SESSIONS + 1} Live sessions in a row ended before they were "
+                                      "healthy (the last: Live session closed (code=1011, internal error))")
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and CALL in errors[0] and actions[-1].reason in errors[0]
+
+    def test_closes_and_failed_sends_count_toward_the_same_bound(self):
+        c = CallScript().connected()
+        failures = [ev.LiveClosed(1011, "internal error"), ev.LiveSendFailed("ConnectionClosedError", ())]
+        for i in range(MAX_UNHEALTHY_SESSIONS):
+            assert any(isinstance(a, act.ResumeLive) for a in c.call.handle(failures[i % 2]))
+            c.live_ready()
+        assert isinstance(c.call.handle(failures[MAX_UNHEALTHY_SESSIONS % 2])[-1], act.EndCall)
+
+    def test_a_session_that_completed_a_turn_before_it_dropped_starts_a_new_count(self):
+        c = CallScript().connected()
+        for _ in range(MAX_UNHEALTHY_SESSIONS):
+            c.call.handle(ev.LiveClosed(1011, "internal error"))
+            c.live_ready()
+        c.agent_says(0.2)
+        c.call.handle(ev.TurnComplete())  # this session worked for a while
+        for _ in range(MAX_UNHEALTHY_SESSIONS + 1):
+            assert any(isinstance(a, act.ResumeLive) for a in c.call.handle(ev.LiveClosed(1011, "internal error")))
+            c.live_ready()
+        assert not c.call.over
+        assert isinstance(c.call.handle(ev.LiveClosed(1011, "internal error"))[-1], act.EndCall)
+
+    def test_sessions_ended_by_go_away_before_they_were_healthy_are_bounded_too(self):
+        c = CallScript().connected()
+        for _ in range(MAX_UNHEALTHY_SESSIONS):
+            assert any(isinstance(a, act.ResumeLive) for a in c.call.handle(ev.GoAway(50.0)))
+            c.live_ready()
+        assert isinstance(c.call.handle(ev.GoAway(50.0))[-1], act.EndCall)
 
     def test_a_send_that_found_the_socket_closed_fatally_ends_like_the_close(self):
         c = CallScript().connected()
