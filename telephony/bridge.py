@@ -25,7 +25,7 @@ from . import events as ev
 from . import live as live_mod
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
-from .call import Call
+from .call import Call, LiveLink
 from .errors import LiveError, LiveSendError, MalformedMessage
 from .observe import Watch
 from .security import CallerIdentity
@@ -295,12 +295,19 @@ class CallBridge:
 
         The core hears of it before anything else is awaited, so it stops sending to
         the broken session at once; the rest of the batch follows, the core's answer
-        last (a replacement cancels the Live reader, which may be this very task)."""
+        last (a replacement cancels the Live reader, which may be this very task).
+
+        A send that fails after the reader saw the session close is no news: the core
+        is already replacing it, so the close's own line is the one that counts."""
         unsent = (action, *(a for a in rest if isinstance(a, _LIVE_SENDS)))
         if failure.session is not self._failed_session:
             self._failed_session = failure.session
-            log.error("call %s: sending to Live failed (%s); %d send(s) kept for the next session",
-                      self.call.call_sid, failure, len(unsent))
+            if self.call.link is LiveLink.READY and not self.call.over:
+                log.error("call %s: sending to Live failed (%s); %d send(s) kept for the next session",
+                          self.call.call_sid, failure, len(unsent))
+            else:
+                log.info("call %s: a send to the closing Live session failed too; %d send(s) kept for the next session",
+                         self.call.call_sid, len(unsent))
         if self.live is failure.session:
             self.live = None
         answer = self.call.handle(ev.LiveSendFailed(str(failure), unsent, failure.error.code))

@@ -141,8 +141,24 @@ def test_sends_that_fail_on_every_session_end_the_call_with_the_apology(faulty, 
     with caplog.at_level("INFO", logger="telephony"):
         call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == len(sessions) == 4  # one line per broken session, then the call ends
+    assert len(sessions) == 4 and len(errors) == 5  # one line per broken session, one for the end
     assert all("sending to Live failed" in e and summary["call_sid"] in e for e in errors)
-    assert summary["end_reason"].startswith("sending to Live failed on 4 sessions in a row")
+    assert summary["end_reason"].startswith("4 Live sessions in a row ended before they were healthy")
+    assert summary["end_reason"] in errors[-1] and "apology" in errors[-1]
+    assert faulty.app.state.recent_calls[-1]["end_reason"] == summary["end_reason"]
+    assert no_call_tasks(faulty)
+
+
+def test_a_model_that_closes_every_session_after_setup_ends_the_call_with_the_apology(faulty, emulator, caplog):
+    script = Script(greeting=[Say(seconds=0.3)], close_after_setup=100, close_after_first_message=True,
+                    setup_close_code=1011, setup_close_reason="internal error")
+    with caplog.at_level("INFO", logger="telephony"):
+        call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    assert len(sessions) == script.closed_after_setup == 4
+    assert summary["end_reason"].startswith("4 Live sessions in a row ended before they were healthy")
+    assert len(errors) == 1 and summary["call_sid"] in errors[0] and summary["end_reason"] in errors[0]
     assert faulty.app.state.recent_calls[-1]["end_reason"] == summary["end_reason"]
     assert no_call_tasks(faulty)

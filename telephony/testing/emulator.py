@@ -233,6 +233,11 @@ class Script:
     """The first this many sessions opened under this script answer setupComplete and,
     in the same write, a close with `setup_close_code`: the client learns of both at
     once, so its first send (the greeting) finds the socket closed, before any read does."""
+    close_after_first_message: bool = False
+    """With `close_after_setup`: setupComplete goes alone, and the close follows once the
+    client's first message has arrived. That send succeeded, so the client learns of the
+    end by reading the close (or by a later send finding the socket closing): a model that
+    fails just after it started, rather than a socket dead before anything was sent."""
     closed_after_setup: int = field(default=0, init=False, repr=False, compare=False)
     """How many sessions `close_after_setup` has closed so far."""
     refuse_resumption: int | None = None
@@ -677,6 +682,11 @@ class EmulatedSession:
         elif self.script.closed_after_setup < self.script.close_after_setup:
             self.script.closed_after_setup += 1
             self._record("closed_after_setup", self.script.setup_close_code)
+            if self.script.close_after_first_message:
+                await self._send({"setupComplete": {}})
+                await self._ws.recv()
+                await self._ws.close(self.script.setup_close_code, self.script.setup_close_reason)
+                return
             # One write for both frames, so no read of the client can fall between them.
             protocol = self._ws.protocol
             protocol.send_text(json.dumps({"setupComplete": {}}).encode())
