@@ -238,6 +238,10 @@ class Script:
     client's first message has arrived. That send succeeded, so the client learns of the
     end by reading the close (or by a later send finding the socket closing): a model that
     fails just after it started, rather than a socket dead before anything was sent."""
+    close_after_setup_spares: int = 0
+    """The first this many sessions are served as usual before `close_after_setup` starts:
+    a call that worked for a while, then sessions that fail at once."""
+    sessions_set_up: int = field(default=0, init=False, repr=False, compare=False)
     closed_after_setup: int = field(default=0, init=False, repr=False, compare=False)
     """How many sessions `close_after_setup` has closed so far."""
     refuse_resumption: int | None = None
@@ -675,11 +679,13 @@ class EmulatedSession:
                 self._record("resumed", handle)
 
         mode = self.script.setup
+        self.script.sessions_set_up += 1
         if mode == "never":
             await self._ws.wait_closed()
         elif mode == "close":
             await self._ws.close(self.script.setup_close_code, self.script.setup_close_reason)
-        elif self.script.closed_after_setup < self.script.close_after_setup:
+        elif (self.script.sessions_set_up > self.script.close_after_setup_spares
+              and self.script.closed_after_setup < self.script.close_after_setup):
             self.script.closed_after_setup += 1
             self._record("closed_after_setup", self.script.setup_close_code)
             if self.script.close_after_first_message:
