@@ -242,6 +242,7 @@ class Script:
     """The first this many sessions are served as usual before `close_after_setup` starts:
     a call that worked for a while, then sessions that fail at once."""
     sessions_set_up: int = field(default=0, init=False, repr=False, compare=False)
+    """How many sessions have sent their setup under this script (what `close_after_setup_spares` counts)."""
     closed_after_setup: int = field(default=0, init=False, repr=False, compare=False)
     """How many sessions `close_after_setup` has closed so far."""
     refuse_resumption: int | None = None
