@@ -775,7 +775,9 @@ class Call:
             return actions + self._end(
                 f"could not restore the Live session after {len(RECONNECT_BACKOFF_S)} attempts ({reason})", apologize=True
             )
-        delay = RECONNECT_BACKOFF_S[self._reconnect_attempts - 1]
+        # Sessions that fail at once back off as failed attempts do: a passing fault gets time to clear.
+        step = self._reconnect_attempts - 1 + max(self._unhealthy_sessions - 1, 0)
+        delay = RECONNECT_BACKOFF_S[min(step, len(RECONNECT_BACKOFF_S) - 1)]
         actions.append(act.CancelTimer(Timer.GOAWAY))
         actions.append(act.ResumeLive(reason, delay))
         return actions

@@ -423,6 +423,17 @@ class TestLongCallsAndLiveFailures:
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and CALL in errors[0] and actions[-1].reason in errors[0]
 
+    def test_sessions_that_fail_at_once_back_off_and_a_healthy_one_resumes_at_once(self):
+        c = CallScript().connected()
+        delays = []
+        for _ in range(MAX_UNHEALTHY_SESSIONS):
+            actions = c.call.handle(ev.LiveClosed(1011, "internal error"))
+            delays += [a.delay_s for a in actions if isinstance(a, act.ResumeLive)]
+            c.live_ready()
+        assert delays == [0.0, 0.25, 0.5]
+        c.caller_speaks(HEALTHY_SESSION_FRAMES)
+        assert act.ResumeLive("Live session closed (code=1006, abnormal)", 0.0) in c.call.handle(ev.LiveClosed(1006, "abnormal"))
+
     def test_closes_and_failed_sends_count_toward_the_same_bound(self):
         c = CallScript().connected()
         failures = [ev.LiveClosed(1011, "internal error"), ev.LiveSendFailed("ConnectionClosedError", ())]

@@ -652,6 +652,17 @@ class EmulatedSession:
             self.closed = True
             self._record("closed", self.close_code)
 
+    async def _close_while_reading(self, code: int, reason: str) -> None:
+        """Close, reading on meanwhile: what the client sent before it saw the close would
+        fill the receive queue, which stops reading, and its close reply would go unread."""
+        closing = asyncio.create_task(self._ws.close(code, reason))
+        try:
+            async for _ in self._ws:
+                pass
+        except ConnectionClosed:
+            pass
+        await closing
+
     async def _handshake(self) -> None:
         frame = self._parse(await self._ws.recv())
         if list(frame) != ["setup"] or not isinstance(frame["setup"], dict):
@@ -692,7 +703,7 @@ class EmulatedSession:
             if self.script.close_after_first_message:
                 await self._send({"setupComplete": {}})
                 await self._ws.recv()
-                await self._ws.close(self.script.setup_close_code, self.script.setup_close_reason)
+                await self._close_while_reading(self.script.setup_close_code, self.script.setup_close_reason)
                 return
             # One write for both frames, so no read of the client can fall between them.
             protocol = self._ws.protocol
