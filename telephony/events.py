@@ -120,10 +120,24 @@ class HangupRequested:
 
 @dataclass(frozen=True)
 class TransferRequested:
-    """A tool (transfer_call) asked to hand the caller to `destination` after the hand-off."""
+    """A tool (transfer_call) asked to hand the caller to `destination` after the hand-off.
+
+    `warm`: hold the caller in a conference and brief the human with `summary` first
+    (transfer.py); otherwise a cold `<Dial>`."""
 
     name: str
     destination: str
+    warm: bool = False
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class AnsweredBy:
+    """Twilio's asynchronous answering-machine verdict for this outbound call (its
+    AnsweredBy: human, machine_start, machine_end_beep, machine_end_silence,
+    machine_end_other, fax, unknown), routed here by CallSid from any instance."""
+
+    verdict: str
 
 
 @dataclass(frozen=True)
@@ -221,6 +235,8 @@ class EndCall:
     close_code: int = 1000
     hangup: bool = False  # end the phone call itself, not only our stream
     transfer_to: str | None = None  # hand the call to this number instead
+    transfer_name: str | None = None  # the team's name, for the warm transfer's briefing and the record
+    transfer_summary: str | None = None  # set (possibly empty) for a warm transfer: the human's briefing
 
 
 Action = (

@@ -117,6 +117,7 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
     app.state.gate = Gatekeeper(s, shared)
     app.state.draining = False
+    app.state.transfers = make_transfers(app.state)  # warm transfers (transfer.py)
     try:
         app.state.watch = make_watch(s, reg, tracing)  # metrics, traces, call audio (observe.py)
     except SettingsError as exc:
@@ -309,3 +310,17 @@ def drain_on_sigterm(app: FastAPI) -> None:
         pass
 
 
+def make_transfers(state) -> "WarmTransfers | None":
+    """Warm transfers need REST credentials, our number and PUBLIC_URL (Settings checks them)."""
+    from .routes_twilio import stream_twiml
+    from .transfer import Ticket, WarmTransfers
+
+    s = state.settings
+    if not s.warm_transfer_targets or state.rest is None:
+        return None
+
+    def return_twiml(ticket: Ticket) -> str:
+        return stream_twiml(state.gate, s.public_host or "", ticket.caller_sid, ticket.caller or "", ticket.called or "",
+                            {"leg": f"return-{ticket.id}", "direction": ticket.direction})
+
+    return WarmTransfers(s, state.shared, state.rest, state.recorder, return_twiml)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote
 
-from twilio.base import values
 from twilio.rest import Client
 
 from .errors import TelephonyError
@@ -50,7 +49,9 @@ OUTBOUND_REF_TTL_S = 600.0
 MAX_PURPOSE_CHARS = 400
 #: Status-callback events requested for outbound calls (the /twilio/status route records them).
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
-MACHINE_DETECTION = "Enable"
+#: Asynchronous detection that waits for the end of a machine's greeting (its beep), so a
+#: message can be left; the call connects at once and the verdict comes to /twilio/amd.
+MACHINE_DETECTION = "DetectMessageEnd"
 _REF_LABEL = b"telephony outbound ref v1"
 _REF_PREFIX = "o1."
 
@@ -75,6 +76,7 @@ class OutboundCall:
     to: str
     purpose: str
     expires: int
+    detect_machine: bool = False
 
 
 def parse_outbound_request(body: bytes) -> OutboundRequest:
@@ -130,10 +132,11 @@ class OutboundRefs:
         self._clock = clock
         self._state = state if state is not None else InProcessState(clock)
 
-    def seal(self, to: str, purpose: str) -> str:
+    def seal(self, to: str, purpose: str, detect_machine: bool = False) -> str:
         nonce = secrets.token_bytes(12)
         expires = math.ceil(self._clock() + self.ttl_s)
-        plain = json.dumps([to, purpose, expires], separators=(",", ":")).encode("utf-8")
+        fields = [to, purpose, expires, 1] if detect_machine else [to, purpose, expires]
+        plain = json.dumps(fields, separators=(",", ":")).encode("utf-8")
         return _REF_PREFIX + _b64(nonce + self._aead.encrypt(nonce, plain, _REF_LABEL))
 
     async def open(self, ref: str | None, callee: str | None = None) -> OutboundCall:
@@ -146,7 +149,7 @@ class OutboundRefs:
         try:
             raw = _unb64(ref[len(_REF_PREFIX):])
             plain = self._aead.decrypt(raw[:12], raw[12:], _REF_LABEL)
-            to, purpose, expires = json.loads(plain)
+            to, purpose, expires, *rest = json.loads(plain)
         except (ValueError, InvalidTag, TypeError):
             raise Rejected("outbound_bad_ref", "the answer URL's ref was not made by this deployment") from None
         if self._clock() >= expires:
@@ -155,7 +158,7 @@ class OutboundRefs:
             raise Rejected("outbound_wrong_callee", "the answered call is not the one the ref was made for")
         if not await self._state.take_once("outbound_ref", _b64(raw[:12]), expires + 1 - self._clock()):
             raise Rejected("outbound_replayed_ref", "the outbound call's ref was already used")
-        return OutboundCall(to, purpose, int(expires))
+        return OutboundCall(to, purpose, int(expires), bool(rest and rest[0]))
 
 
 def answer_url(public_url: str, ref: str) -> str:
@@ -180,12 +183,13 @@ async def place_call(client: Client | None, settings: Settings, request: Outboun
     call = await client.calls.create_async(
         to=to,
         from_=settings.twilio_phone_number,
-        url=answer_url(public, refs.seal(to, request.purpose)),
+        url=answer_url(public, refs.seal(to, request.purpose, request.machine_detection)),
         method="POST",
         status_callback=f"{public}/twilio/status",
         status_callback_method="POST",
         status_callback_event=STATUS_EVENTS,
-        machine_detection=MACHINE_DETECTION if request.machine_detection else values.unset,
+        **({"machine_detection": MACHINE_DETECTION, "async_amd": "true", "async_amd_status_callback": f"{public}/twilio/amd",
+            "async_amd_status_callback_method": "POST"} if request.machine_detection else {}),
     )
     log.info("outbound call %s to %s created (%s)%s", call.sid, mask_phone(to), call.status,
              " with answering-machine detection" if request.machine_detection else "")

@@ -440,7 +440,10 @@ class Gatekeeper:
                                          claimed_call_sid=parameters.get("CallSid"))
             except Rejected as exc:
                 raise self._reject(exc.reason, exc.detail) from None
-            if not await self.state.take_once("streamed", call_sid, WEBHOOK_MEMORY_S):
+            # A call has one stream, plus one per return from a warm transfer (its `leg`,
+            # under a token minted by us for that return).
+            leg = parameters.get("leg", "")
+            if not await self.state.take_once("streamed", f"{call_sid}/{leg}" if leg else call_sid, WEBHOOK_MEMORY_S):
                 raise self._reject("stream_duplicate", f"call {call_sid} already has a stream")
             await self.state.caller_streaming(call_sid, self.max_stream_s)
         except SharedStateUnavailable as exc:

@@ -58,6 +58,8 @@ DEFAULT_GREETING = (
 )
 
 _SENSITIVITY = {"low": "LOW", "high": "HIGH"}
+#: Twilio's own hold music (the default waitUrl of <Conference> plays from the same collection).
+HOLD_MUSIC_URL = "http://com.twilio.sounds.music.s3.amazonaws.com/MARKOVICHAMP-Borghestral.mp3"
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,12 @@ class Settings:
     allowed_destinations: tuple[str, ...] = ()
     # Phone-line features.
     transfer_targets: tuple[tuple[str, str], ...] = ()  # (name, E.164 number or sip: URI)
+    # Contact centre (docs/contact-centre.md): which targets get a warm transfer (held caller,
+    # briefed human), how long their phone rings, what the held caller hears; voicemail.
+    warm_transfer_targets: frozenset[str] = frozenset()
+    transfer_ring_s: int = 25
+    hold_music_url: str = HOLD_MUSIC_URL
+    voicemail_message: str | None = None
     twilio_phone_number: str | None = None
     twilio_api_base_url: str | None = None  # tests and simulations only: a stand-in for api.twilio.com
     calls_db_path: Path = Path("data/calls.db")
@@ -279,6 +287,14 @@ class Settings:
                 raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix:// (value not shown)")
             values["redis_url"] = redis_url
 
+        if values.get("warm_transfer_targets"):
+            missing = [name for name, key in (("TWILIO_PHONE_NUMBER", "twilio_phone_number"), ("PUBLIC_URL", "public_url"),
+                                              ("TWILIO_AUTH_TOKEN", "twilio_auth_token")) if not values.get(key)]
+            if missing:
+                raise SettingsError(f"warm transfers ({', '.join(sorted(values['warm_transfer_targets']))}) need "
+                                    f"{' and '.join(missing)}: Twilio calls the human from our number and asks us "
+                                    "what to play them")
+
         level = get("LOG_LEVEL")
         if level is not None:
             if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -424,15 +440,38 @@ def _phone_line(get) -> dict[str, object]:
     raw = get("TRANSFER_TARGETS")
     if raw is not None:
         targets = []
+        warm = set()
+        mode = (get("TRANSFER_MODE") or "cold").lower()
+        if mode not in ("cold", "warm"):
+            raise SettingsError(f"TRANSFER_MODE={mode!r} must be 'cold' or 'warm'")
         for item in (part.strip() for part in raw.split(",") if part.strip()):
             name, sep, dest = item.partition("=")
-            name, dest = name.strip().lower(), dest.strip()
+            dest, _, own_mode = dest.partition(";")
+            name, dest, own_mode = name.strip().lower(), dest.strip(), own_mode.strip().lower() or mode
+            if own_mode not in ("cold", "warm"):
+                raise SettingsError(f"TRANSFER_TARGETS entry {item!r}: the mode after ';' must be cold or warm")
+            if own_mode == "warm":
+                warm.add(name)
             if not sep or not re.fullmatch(r"[a-z][a-z0-9_ -]{0,39}", name) or not _DESTINATION_RE.fullmatch(dest):
                 raise SettingsError(
                     f"TRANSFER_TARGETS entry {item!r} must be name=+15551230001 (or name=sip:desk@example.com)"
                 )
             targets.append((name, dest))
         values["transfer_targets"] = tuple(targets)
+        values["warm_transfer_targets"] = frozenset(warm)
+    elif get("TRANSFER_MODE") is not None and get("TRANSFER_MODE").lower() not in ("cold", "warm"):
+        raise SettingsError(f"TRANSFER_MODE={get('TRANSFER_MODE')!r} must be 'cold' or 'warm'")
+    values.update(_int(get, "TRANSFER_RING_SECONDS", "transfer_ring_s", 5, 120))
+    music = get("HOLD_MUSIC_URL")
+    if music is not None:
+        if urlsplit(music).scheme not in ("http", "https") or not urlsplit(music).netloc:
+            raise SettingsError(f"HOLD_MUSIC_URL={music!r} must be an http(s) URL of an audio file Twilio can fetch")
+        values["hold_music_url"] = music
+    voicemail = get("VOICEMAIL_MESSAGE")
+    if voicemail is not None:
+        if len(voicemail) > 1000:
+            raise SettingsError(f"VOICEMAIL_MESSAGE is {len(voicemail)} characters; keep it under 1000")
+        values["voicemail_message"] = voicemail
     number = get("TWILIO_PHONE_NUMBER")
     if number is not None:
         if not re.fullmatch(r"\+[1-9][0-9]{6,14}", number):

@@ -500,7 +500,7 @@ class TestPhoneLine:
         c.call.handle(ev.TransferRequested("sales", "+15551230001"))
         messages = twilio_messages(c.agent_says(0.3) + c.call.handle(ev.TurnComplete()))
         last = [m["mark"]["name"] for m in messages if m["event"] == "mark"][-1]
-        assert c.echo(last) == [ev.EndCall("transferred to sales", transfer_to="+15551230001")]
+        assert c.echo(last) == [ev.EndCall("transferred to sales", transfer_to="+15551230001", transfer_name="sales")]
 
     def test_an_outbound_call_greets_with_its_purpose(self):
         call = Call(greeting="inbound greeting")
