@@ -83,6 +83,9 @@ MAX_BAD_FRAMES = 50
 #: How long an outbound call waits for Twilio's answering-machine verdict before going on
 #: as if a person answered: Twilio's MachineDetectionTimeout (30 s) plus its callback's way here.
 AMD_TIMEOUT_S = 40.0
+#: How long a warm transfer waits, once the hand-off has been heard, for a resumption handle
+#: that covers it (the caller may come back to this session); past it, the last handle serves.
+HANDLE_WAIT_S = 2.0
 #: How long the voicemail message may take before we hang up regardless.
 VOICEMAIL_GRACE_S = 60.0
 #: Verdicts that mean an answering machine (with DetectMessageEnd, after its greeting).
@@ -126,6 +129,7 @@ class Timer(enum.StrEnum):
     GOAWAY = "goaway"
     GOODBYE_GRACE = "goodbye_grace"
     AMD = "amd"
+    HANDLE_WAIT = "handle_wait"
 
 
 class Detection(enum.Enum):
@@ -157,6 +161,9 @@ class Ending:
     after_turn: int
     turn_complete: bool = False
     voicemail: bool = False  # the turn is the message left on an answering machine
+    needs_handle: bool = False  # a warm transfer: wait for a handle issued after the hand-off
+    handle_seen: bool = False
+    waiting_for_handle: bool = False
 
 
 @dataclass
@@ -637,6 +644,10 @@ class Call:
         if event.warm:
             end = ev.EndCall(f"warm transfer to {event.name}", transfer_to=event.destination,
                              transfer_name=event.name, transfer_summary=event.summary)
+            actions = self._end_after_goodbye(end, self.turn)
+            assert self.ending is not None
+            self.ending.needs_handle = True
+            return actions
         else:
             end = ev.EndCall(f"transferred to {event.name}", transfer_to=event.destination, transfer_name=event.name)
         return self._end_after_goodbye(end, self.turn)
@@ -771,7 +782,17 @@ class Call:
     def _on_resumption(self, event: ev.ResumptionUpdate) -> list[ev.Action]:
         if event.resumable and event.handle:
             self.resumption_handle = event.handle
+            if self.ending is not None and self.ending.needs_handle and self.ending.turn_complete:
+                self.ending.handle_seen = True
+                return self._end_if_goodbye_heard()
         return []
+
+    def _handle_overdue(self) -> list[ev.Action]:
+        if self.ending is None or not self.ending.needs_handle:
+            return []
+        log.info("no resumption handle after the hand-off; the caller would come back to the last one")
+        self.ending.handle_seen = True
+        return self._end_if_goodbye_heard()
 
     def _on_go_away(self, event: ev.GoAway) -> list[ev.Action]:
         log.info("Live session will close soon (time left: %s s)", event.time_left_s)
@@ -852,6 +873,11 @@ class Call:
         """The end waits for the goodbye's turn to complete and its last mark to echo."""
         ending = self.ending
         if ending is not None and ending.turn_complete and not self.marks_in_flight and not self.current.open:
+            if ending.needs_handle and not ending.handle_seen and self.link is LiveLink.READY:
+                if ending.waiting_for_handle:
+                    return []
+                ending.waiting_for_handle = True
+                return [ev.StartTimer(Timer.HANDLE_WAIT, HANDLE_WAIT_S)]
             if ending.voicemail:
                 self.message_left = True
             return self._end_as(ending.end)
@@ -898,6 +924,7 @@ class Call:
         Timer.MAX_CALL: _max_call_reached,
         Timer.GOODBYE_GRACE: _goodbye_overdue,
         Timer.AMD: _amd_overdue,
+        Timer.HANDLE_WAIT: _handle_overdue,
     }
 
     _handlers = {

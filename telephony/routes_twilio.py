@@ -238,7 +238,7 @@ async def transfer_human_status(request: Request) -> Response:
 @router.post("/transfer/conference")
 async def transfer_conference(request: Request) -> Response:
     """The held caller's conference events (start, end, join, leave)."""
-    pairs = await twilio_form(request, once=False)
+    pairs = await twilio_form(request, once=False, about="ConferenceSid")
     if isinstance(pairs, Response):
         return pairs
     transfers = _transfers(request)
@@ -267,7 +267,7 @@ def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called
     )
 
 
-async def twilio_form(request: Request, *, once: bool = True) -> list[tuple[str, str]] | Response:
+async def twilio_form(request: Request, *, once: bool = True, about: str = "CallSid") -> list[tuple[str, str]] | Response:
     """A Twilio webhook's form fields, once its signature checks out; else the refusal to send.
 
     `once=False` for callbacks Twilio sends several times per call (status, stream end).
@@ -282,7 +282,7 @@ async def twilio_form(request: Request, *, once: bool = True) -> list[tuple[str,
         await state.gate.check_webhook(
             urls=webhook_urls(state.settings.public_url, str(request.url)), form=pairs,
             signature=request.headers.get(SIGNATURE_HEADER),
-            signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER), once=once,
+            signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER), once=once, about=about,
         )
     except Rejected as exc:
         if exc.reason == "shared_state_unavailable":  # cannot tell a replay: refuse politely

@@ -357,9 +357,11 @@ class Gatekeeper:
 
     async def check_webhook(
         self, *, urls: Sequence[str], form: Sequence[tuple[str, str]], signature: str | None,
-        signature_settings: str | None = None, once: bool = True,
+        signature_settings: str | None = None, once: bool = True, about: str = "CallSid",
     ) -> None:
-        """Verify a Twilio webhook; raise `Rejected` (-> 403) if it is unsigned, forged or replayed."""
+        """Verify a Twilio webhook; raise `Rejected` (-> 403) if it is unsigned, forged or replayed.
+
+        `about`: the field the request must carry (a conference's start and end name no call)."""
         if not self.verifying:
             return
         assert self._validator is not None
@@ -374,8 +376,8 @@ class Gatekeeper:
         if account and fields.get("AccountSid") != account:
             raise self._reject("webhook_wrong_account", "the webhook is for another Twilio account")
         call_sid = fields.get("CallSid", "")
-        if not call_sid:
-            raise self._reject("webhook_no_call", "a signed request without a CallSid")
+        if not fields.get(about, ""):
+            raise self._reject("webhook_no_call", f"a signed request without a {about}")
         if not once:
             return  # e.g. /stream-ended: answering it twice gives nothing away
         try:
