@@ -1,5 +1,5 @@
 """What a contact centre expects of the line: warm transfer and voicemail, played through the
-Twilio stand-in as Twilio documents its callbacks (twilio-media-streams.md §9)."""
+Twilio stand-in as Twilio documents its callbacks (docs/contact-centre.md, docs/twilio-media-streams.md §9)."""
 
 from __future__ import annotations
 
