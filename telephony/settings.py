@@ -289,6 +289,7 @@ class Settings:
 
         if values.get("warm_transfer_targets"):
             missing = [name for name, key in (("TWILIO_PHONE_NUMBER", "twilio_phone_number"), ("PUBLIC_URL", "public_url"),
+                                              ("TWILIO_ACCOUNT_SID", "twilio_account_sid"),
                                               ("TWILIO_AUTH_TOKEN", "twilio_auth_token")) if not values.get(key)]
             if missing:
                 raise SettingsError(f"warm transfers ({', '.join(sorted(values['warm_transfer_targets']))}) need "
