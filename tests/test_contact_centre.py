@@ -96,10 +96,14 @@ def events_of(srv, call_sid: str, kind: str) -> list[str]:
 # =========================================================================== warm transfer
 
 
+SORRY_HZ = 520.0
+
+
 def transfer_script(team: str = "sales") -> Script:
     return Script(greeting=[CallTool("transfer_call", {"destination": team, "summary": SUMMARY}),
                             Say(text="I'll put you through to sales now; you may hear some music.", seconds=0.8)],
-                  replies=[])
+                  replies=[], text_answer=[Say(text="Sorry, sales can't take your call right now. Can I help?",
+                                               seconds=0.8, freq=SORRY_HZ)])
 
 
 def incoming(srv, emulator, standin, script: Script) -> tuple[str, object]:
@@ -184,14 +188,24 @@ def test_a_declined_transfer_brings_the_caller_back_to_the_same_live_session(cen
     parameters = returned(standin, call_sid)
     assert parameters["leg"].startswith("return-") and parameters["token"]
     sessions = len(emulator.sessions)
-    back = play(centre, call_sid, parameters, seconds=2.5, standin=standin)
-    assert back.close_code is not None
+    back = play(centre, call_sid, parameters, seconds=3.5, standin=standin)
+    assert back.spans and dominant_hz(back.spans[0][2]) == pytest.approx(SORRY_HZ, abs=10)  # the agent says so
     session = emulator.sessions[sessions]
     assert "resumed" in session.kinds()  # the same conversation, through its handle
     (handle,) = [detail for _, kind, detail in session.events if kind == "resumed"]
     assert handle.startswith(f"emu-{first_session.index}-")  # issued to the call's first session
     assert any("did not happen: the person there could not take the call" in t for t in session.texts)
     assert record_of(centre, call_sid)["transfer_outcome"] == "declined"
+
+
+def dominant_hz(ulaw: bytes) -> float:
+    import numpy as np
+
+    from telephony.audio import ulaw_decode
+
+    pcm = ulaw_decode(ulaw).astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    return float(np.fft.rfftfreq(len(pcm), 1 / 8000)[np.argmax(spectrum)])
 
 
 @pytest.mark.parametrize("status, why", [("no-answer", "nobody answered"), ("busy", "the line was busy"),
@@ -354,3 +368,9 @@ def test_the_verdict_reaching_the_other_instance_reaches_the_call(pair, emulator
     assert VOICEMAIL in session.texts[0]
     (hang_up,) = standin.wait_for("calls.update", call_sid=call_sid)
     assert record_of(a, call_sid)["amd_outcome"] == "message left"
+
+
+def test_metrics_count_answering_machine_verdicts(centre):
+    text = httpx.get(f"{centre.http_url}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}).text
+    for verdict in ("human", "machine_end_beep", "machine_end_silence", "fax"):
+        assert f'phone_outbound_answered_total{{answered_by="{verdict}"}}' in text
