@@ -453,13 +453,15 @@ class CallBridge:
             return
         params = self.call.parameters
         try:
-            await self.transfers.start(
+            ticket = await self.transfers.start(
                 caller_sid=self.call.call_sid,
                 caller=self.identity.caller if self.identity else params.get("From"),
                 called=self.identity.called if self.identity else params.get("To"),
                 name=end.transfer_name or "", destination=end.transfer_to or "", summary=end.transfer_summary or "",
                 handle=self.call.resumption_handle, direction=params.get("direction", "inbound"),
             )
+            if ticket is None:  # not held: /stream-ended dials the team cold
+                self._record_transfer(end, "dialled")
         except SharedStateUnavailable as exc:
             log.warning("call %s: the warm transfer cannot be kept in the shared state (%s); transferring cold",
                         self.call.call_sid, exc)

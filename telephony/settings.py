@@ -435,33 +435,44 @@ def _float(get, name: str, attr: str, lo: float, hi: float) -> dict[str, float]:
     return _number(get, name, attr, lo, hi, float)
 
 
+TRANSFER_MODES = ("cold", "warm")
+
+
+def transfer_target(name: str, value: str, default_mode: str, where: str) -> tuple[str, str, bool]:
+    """One transfer directory entry: `name` and `value` (`+15551230001`, `sip:desk@example.com`,
+    optionally followed by `;warm` or `;cold`), as (name, destination, warm); SettingsError
+    names `where` otherwise. Shared by every place that declares transfer targets."""
+    dest, _, own_mode = value.partition(";")
+    name, dest, own_mode = name.strip().lower(), dest.strip(), own_mode.strip().lower() or default_mode
+    if own_mode not in TRANSFER_MODES:
+        raise SettingsError(f"{where}: the mode after ';' must be cold or warm")
+    if not re.fullmatch(r"[a-z][a-z0-9_ -]{0,39}", name) or not _DESTINATION_RE.fullmatch(dest):
+        raise SettingsError(f"{where} must be name=+15551230001 (or name=sip:desk@example.com), optionally ;warm")
+    return name, dest, own_mode == "warm"
+
+
 def _phone_line(get) -> dict[str, object]:
     """Transfers, outbound calls, keypad and call records."""
     values: dict[str, object] = {}
+    mode = (get("TRANSFER_MODE") or "cold").lower()
+    if mode not in TRANSFER_MODES:
+        raise SettingsError(f"TRANSFER_MODE={mode!r} must be 'cold' or 'warm'")
     raw = get("TRANSFER_TARGETS")
     if raw is not None:
         targets = []
         warm = set()
-        mode = (get("TRANSFER_MODE") or "cold").lower()
-        if mode not in ("cold", "warm"):
-            raise SettingsError(f"TRANSFER_MODE={mode!r} must be 'cold' or 'warm'")
         for item in (part.strip() for part in raw.split(",") if part.strip()):
             name, sep, dest = item.partition("=")
-            dest, _, own_mode = dest.partition(";")
-            name, dest, own_mode = name.strip().lower(), dest.strip(), own_mode.strip().lower() or mode
-            if own_mode not in ("cold", "warm"):
-                raise SettingsError(f"TRANSFER_TARGETS entry {item!r}: the mode after ';' must be cold or warm")
-            if own_mode == "warm":
-                warm.add(name)
-            if not sep or not re.fullmatch(r"[a-z][a-z0-9_ -]{0,39}", name) or not _DESTINATION_RE.fullmatch(dest):
+            if not sep:
                 raise SettingsError(
                     f"TRANSFER_TARGETS entry {item!r} must be name=+15551230001 (or name=sip:desk@example.com)"
                 )
+            name, dest, is_warm = transfer_target(name, dest, mode, f"TRANSFER_TARGETS entry {item!r}")
             targets.append((name, dest))
+            if is_warm:
+                warm.add(name)
         values["transfer_targets"] = tuple(targets)
         values["warm_transfer_targets"] = frozenset(warm)
-    elif get("TRANSFER_MODE") is not None and get("TRANSFER_MODE").lower() not in ("cold", "warm"):
-        raise SettingsError(f"TRANSFER_MODE={get('TRANSFER_MODE')!r} must be 'cold' or 'warm'")
     values.update(_int(get, "TRANSFER_RING_SECONDS", "transfer_ring_s", 5, 120))
     music = get("HOLD_MUSIC_URL")
     if music is not None:

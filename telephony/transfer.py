@@ -232,8 +232,11 @@ class WarmTransfers:
         await self.shared.put_note("transfer", ticket.caller_sid, ticket.encode(), TICKET_TTL_S)
 
     async def start(self, *, caller_sid: str, caller: str | None, called: str | None, name: str, destination: str,
-                    summary: str, handle: str | None, direction: str = "inbound") -> Ticket:
-        """Hold the caller, then call the person. Runs on the instance whose stream ended."""
+                    summary: str, handle: str | None, direction: str = "inbound") -> Ticket | None:
+        """Hold the caller, then call the person. Runs on the instance whose stream ended.
+
+        None when the caller could not be put on hold (Twilio refused the update): the
+        stream's close then makes Twilio ask /stream-ended, which dials the team cold."""
         ticket = Ticket(secrets.token_hex(8), caller_sid, caller, called, name, destination,
                         (summary or "")[:MAX_SUMMARY_CHARS], handle, direction, started_at=time.time())
         await self.shared.put_note("transfer_of", ticket.id, caller_sid, TICKET_TTL_S)
@@ -242,9 +245,15 @@ class WarmTransfers:
         try:
             await self.rest.calls(caller_sid).update_async(twiml=hold_twiml(ticket, self.public_url))
         except Exception as exc:
-            log.warning("call %s: could not put the caller on hold for the transfer (%s)", caller_sid, exc)
-            await self._settle(ticket, Outcome.CALLER_HUNG_UP)
-            return ticket
+            from .twilio_rest import is_already_ended
+
+            if is_already_ended(exc):
+                await self._settle(ticket, Outcome.CALLER_HUNG_UP)
+                return ticket
+            log.warning("call %s: could not put the caller on hold for the transfer (%s); dialling %s cold",
+                        caller_sid, exc, name)
+            await self.shared.take_once("transfer_outcome", ticket.id, TICKET_TTL_S)  # no callback may act on it
+            return None
         log.info("call %s on hold; calling %s for a warm transfer", caller_sid, name)
         try:
             human = await self.rest.calls.create_async(

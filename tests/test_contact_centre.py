@@ -374,3 +374,13 @@ def test_metrics_count_answering_machine_verdicts(centre):
     text = httpx.get(f"{centre.http_url}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}).text
     for verdict in ("human", "machine_end_beep", "machine_end_silence", "fax"):
         assert f'phone_outbound_answered_total{{answered_by="{verdict}"}}' in text
+
+
+def test_when_twilio_refuses_to_hold_the_caller_the_team_is_dialled_cold(centre, emulator, standin):
+    standin.fail_next("calls.update", status=500, code=20500)
+    call_sid, call = incoming(centre, emulator, standin, transfer_script())
+    assert call.close_code == 1000
+    r = standin.post_webhook(f"{PUBLIC}/stream-ended", {"AccountSid": standin.account_sid, "CallSid": call_sid},
+                             via=centre.http_url)
+    assert r.body.endswith(f"<Dial>{SALES}</Dial></Response>")
+    assert record_of(centre, call_sid)["transfer_outcome"] == "dialled"
