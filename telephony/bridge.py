@@ -22,6 +22,7 @@ from starlette.websockets import WebSocketState
 
 from . import events as ev
 from . import live as live_mod
+from . import metrics
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call, Detection
@@ -263,8 +264,6 @@ class CallBridge:
         if self.call.detection is not Detection.DETECTING:
             return
         actions = self.call.handle(ev.AnsweredBy(verdict))
-        from . import metrics
-
         metrics.ANSWERED_BY.labels(verdict if verdict in ANSWERED_BY_LABELS else "other").inc()
         if self.recorder is not None and self.call.call_sid:
             self.recorder.event(self.call.call_sid, "answered_by", {"answered_by": verdict}, time.time())
@@ -469,8 +468,6 @@ class CallBridge:
             self._record_transfer(end, "dialled")
 
     def _record_transfer(self, end: ev.EndCall, outcome: str) -> None:
-        from . import metrics
-
         metrics.TRANSFERS.labels("cold", outcome).inc()
         if self.recorder is not None and self.call.call_sid:
             self.recorder.event(self.call.call_sid, "transfer",

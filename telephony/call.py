@@ -18,7 +18,9 @@ Its state, each part in one place:
 
 - `Turn`, the agent turn now playing (open, drained, its late audio being discarded);
 - `Watchdog` (IDLE, ARMED, NUDGED), and the `Timer`s the adapter runs for the core;
-- `Ending`, the end decided but waiting for the goodbye (or hand-off) to be heard.
+- `Ending`, the end decided but waiting for the goodbye (or hand-off) to be heard;
+- `Detection`, an outbound call's answering-machine verdict: while it is awaited the
+  model is told nothing and hears nothing; a machine gets the voicemail message.
 
 Playback truth comes from Twilio marks: a mark follows every chunk of agent
 audio we send, and its echo means the audio before it has been played. A
