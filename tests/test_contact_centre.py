@@ -384,3 +384,19 @@ def test_when_twilio_refuses_to_hold_the_caller_the_team_is_dialled_cold(centre,
                              via=centre.http_url)
     assert r.body.endswith(f"<Dial>{SALES}</Dial></Response>")
     assert record_of(centre, call_sid)["transfer_outcome"] == "dialled"
+
+
+def test_a_transfer_started_at_one_instance_is_declined_and_resumed_at_the_other(pair, emulator, standin):
+    a, b = pair
+    call_sid, human_sid, _ = held(a, emulator, standin)
+    first_session = emulator.sessions[-1]
+    brief = standin.answer(human_sid, via=b.http_url)  # every callback reaches the other instance
+    assert SUMMARY in brief.body
+    standin.gather(decide_url(brief.body), human_sid, via=b.http_url, digits="2")
+    parameters = returned(standin, call_sid)
+    sessions = len(emulator.sessions)
+    back = play(b, call_sid, parameters, seconds=3.5, standin=standin)
+    assert back.spans and dominant_hz(back.spans[0][2]) == pytest.approx(SORRY_HZ, abs=10)
+    (handle,) = [detail for _, kind, detail in emulator.sessions[sessions].events if kind == "resumed"]
+    assert handle.startswith(f"emu-{first_session.index}-")
+    assert record_of(b, call_sid)["transfer_outcome"] == "declined"  # written where the outcome was decided
