@@ -43,7 +43,7 @@ from . import metrics
 from .settings import Settings
 from .shared_state import SharedState
 
-log = logging.getLogger("telephony.transfer")
+log = logging.getLogger(__name__)
 
 #: How long a transfer's ticket is kept: a conversation with the person can last long
 #: after the outcome, and the conference callbacks keep referring to it.
