@@ -226,7 +226,13 @@ class WarmTransfers:
         if not sid:
             return None
         ticket = Ticket.decode(await self.shared.get_note("transfer", sid))
-        return ticket if ticket is not None and ticket.id == ticket_id else None
+        if ticket is None or ticket.id != ticket_id:
+            return None
+        # Facts learnt by other callbacks are notes of their own, so no two callbacks
+        # ever rewrite the same record at once.
+        ticket.human_sid = await self.shared.get_note("transfer_human", ticket_id) or ticket.human_sid
+        ticket.answered = ticket.answered or await self.shared.get_note("transfer_answered", ticket_id) == "1"
+        return ticket
 
     async def _save(self, ticket: Ticket) -> None:
         await self.shared.put_note("transfer", ticket.caller_sid, ticket.encode(), TICKET_TTL_S)
@@ -268,9 +274,8 @@ class WarmTransfers:
                         caller_sid, name, exc)
             await self._settle(ticket, Outcome.NOT_PLACED)
             return ticket
+        await self.shared.put_note("transfer_human", ticket.id, human.sid, TICKET_TTL_S)
         current = await self.ticket(ticket.id, caller_sid) or ticket
-        current.human_sid = human.sid
-        await self._save(current)
         if current.outcome == Outcome.CALLER_HUNG_UP:  # the caller left before the person was even called
             await self._hang_up(human.sid, answered=False)
         return current
@@ -284,8 +289,7 @@ class WarmTransfers:
             return goodbye_twiml("Sorry, this transfer is no longer available. Goodbye.")
         if ticket.outcome is not None:
             return goodbye_twiml("Sorry, the caller is no longer waiting. Goodbye.")
-        ticket.answered = True
-        await self._save(ticket)
+        await self.shared.put_note("transfer_answered", ticket.id, "1", TICKET_TTL_S)
         self._event(ticket, "transfer", {"target": ticket.name, "mode": "warm", "step": "briefing"})
         return brief_twiml(ticket, self.public_url)
 
