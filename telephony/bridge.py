@@ -31,8 +31,9 @@ from .errors import LiveError, LiveSendError, MalformedMessage
 from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
+from .agents import Agent, agent_from_settings
 from .shared_state import SharedStateUnavailable
-from .tools import CallContext, ToolRegistry
+from .tool_registry import CallContext, ToolRegistry
 from .twilio_rest import is_already_ended
 from .twiml import AfterStream, apology_twiml, dial_twiml
 
@@ -94,7 +95,8 @@ class CallBridge:
         *,
         settings: Settings,
         client: Any,
-        registry: ToolRegistry,
+        agent: Agent | None = None,
+        registry: ToolRegistry | None = None,
         rest: Any | None = None,
         identity: CallerIdentity | None = None,
         recorder: Any | None = None,
@@ -110,21 +112,23 @@ class CallBridge:
         self.identity = identity
         self.settings = settings
         self.client = client
-        self.registry = registry
+        # The agent answering this call (agents.py): its instructions, voice, tools, limits.
+        self.agent = agent or agent_from_settings(settings, tools=registry)
+        self.registry = self.agent.tools
         self.rest = rest
         self.recorder = recorder
         self.shared = shared  # the shared state: answering-machine verdicts from any instance
         self.transfers = transfers  # transfer.WarmTransfers, when warm transfers are configured
         self.control = CallControl(self)
         self.call = Call(
-            greeting=settings.agent_greeting,
+            greeting=self.agent.greeting,
             inbound=InboundAudio(inbound_resampler(settings.resampler)),
             outbound=OutboundAudio(outbound_resampler(settings.resampler)),
-            watchdog_s=settings.model_watchdog_s or None,
-            max_call_s=settings.max_call_s or None,
+            watchdog_s=self.agent.model_watchdog_s or None,
+            max_call_s=self.agent.max_call_s or None,
             dtmf_timeout_s=settings.dtmf_timeout_s,
             goodbye_timeout_s=settings.goodbye_timeout_s,
-            voicemail_message=settings.voicemail_message,
+            voicemail_message=self.agent.voicemail_message,
             opening=opening,
             resumption_handle=resumption_handle,
         )
@@ -141,7 +145,8 @@ class CallBridge:
         self._loop = asyncio.get_running_loop()
         self._recorded_start = False
         self._new_turn = False
-        self.observer = (watch or Watch()).observe(self.call, recorder)  # metrics, timings, traces (observe.py)
+        # metrics, timings, traces (observe.py)
+        self.observer = (watch or Watch()).observe(self.call, recorder, agent=self.agent.name)
         self.call.tap = self.observer.audio  # both sides' audio, when RECORD_AUDIO is on
 
     async def run(self) -> dict[str, object]:
@@ -213,7 +218,8 @@ class CallBridge:
     async def _one_live_session(self) -> None:
         handle = self.call.resumption_handle
         config = live_mod.build_config(
-            self.settings, self.registry.declarations(), resumption_handle=handle, carry_over=self.call.carry_over
+            self.settings, self.registry.declarations(), agent=self.agent, resumption_handle=handle,
+            carry_over=self.call.carry_over,
         )
         try:
             async with live_mod.open_session(self.client, self.settings, config) as session:
@@ -298,6 +304,8 @@ class CallBridge:
             called=self.identity.called if self.identity else None,
             settings=self.settings,
             control=self.control,
+            agent=self.agent,
+            tool_settings=self.agent.tool_settings,
         )
         started = time.monotonic()
         try:
@@ -451,7 +459,7 @@ class CallBridge:
     @property
     def after_stream(self) -> AfterStream:
         """What Twilio should do when it asks what follows the stream."""
-        return AfterStream.of(self._end)
+        return AfterStream.of(self._end, self.agent.name)
 
     def inject(self, event: object) -> None:
         """Feed an event from outside the call's tasks (thread-safe): tools acting on the call."""
@@ -494,7 +502,7 @@ class CallBridge:
         if self.rest is None or not self.call.call_sid:
             return
         try:
-            await self.rest.calls(self.call.call_sid).update_async(twiml=apology_twiml())
+            await self.rest.calls(self.call.call_sid).update_async(twiml=apology_twiml(self.agent))
             log.info("redirected call %s to the apology message", self.call.call_sid)
         except Exception as exc:
             log.warning("could not redirect call %s to the apology (%s); closing the stream instead", self.call.call_sid, exc)
@@ -525,6 +533,7 @@ class CallBridge:
                 called=self.identity.called if self.identity else params.get("To"),
                 name=end.transfer_name or "", destination=end.transfer_to or "", summary=end.transfer_summary or "",
                 handle=self.call.resumption_handle, direction=params.get("direction", "inbound"),
+                agent=self.agent.name,
             )
             if ticket is None:  # not held: /stream-ended dials the team cold
                 self._record_transfer(end, "dialled")
@@ -566,6 +575,7 @@ class CallBridge:
                 direction="outbound" if params.get("direction", "").startswith("outbound") else "inbound",
                 caller=self.identity.caller if self.identity else params.get("From"),
                 called=self.identity.called if self.identity else params.get("To"), at=time.time(),
+                agent=self.agent.name,
             )
         elif isinstance(event, tw.DtmfPressed):
             self.recorder.event(sid, "dtmf", {"digit": event.digit}, time.time())

@@ -100,6 +100,7 @@ class Ticket:
     summary: str
     handle: str | None  # the Live session's resumption handle, for the caller's return
     direction: str = "inbound"
+    agent: str | None = None  # the agent the caller comes back to
     human_sid: str | None = None
     answered: bool = False
     outcome: str | None = None
@@ -238,13 +239,14 @@ class WarmTransfers:
         await self.shared.put_note("transfer", ticket.caller_sid, ticket.encode(), TICKET_TTL_S)
 
     async def start(self, *, caller_sid: str, caller: str | None, called: str | None, name: str, destination: str,
-                    summary: str, handle: str | None, direction: str = "inbound") -> Ticket | None:
+                    summary: str, handle: str | None, direction: str = "inbound",
+                    agent: str | None = None) -> Ticket | None:
         """Hold the caller, then call the person. Runs on the instance whose stream ended.
 
         None when the caller could not be put on hold (Twilio refused the update): the
         stream's close then makes Twilio ask /stream-ended, which dials the team cold."""
         ticket = Ticket(secrets.token_hex(8), caller_sid, caller, called, name, destination,
-                        (summary or "")[:MAX_SUMMARY_CHARS], handle, direction, started_at=time.time())
+                        (summary or "")[:MAX_SUMMARY_CHARS], handle, direction, agent, started_at=time.time())
         await self.shared.put_note("transfer_of", ticket.id, caller_sid, TICKET_TTL_S)
         await self._save(ticket)
         self._event(ticket, "transfer", {"target": name, "mode": "warm", "step": "holding"})
