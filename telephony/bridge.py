@@ -26,6 +26,7 @@ from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call
 from .errors import LiveError, MalformedMessage
+from .moves import RENEW_S, CallKeeper
 from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
@@ -76,6 +77,8 @@ class CallBridge:
         identity: CallerIdentity | None = None,
         recorder: Any | None = None,
         watch: Watch | None = None,
+        keeper: CallKeeper | None = None,
+        moved_in: dict | None = None,
     ):
         self.ws = websocket
         # Who is calling, as the app's Gatekeeper vouched for it (security.py): tools
@@ -108,6 +111,19 @@ class CallBridge:
         self._loop = asyncio.get_running_loop()
         self._recorded_start = False
         self._new_turn = False
+        # The call's checkpoint and lease (moves.py): kept current as the call goes,
+        # so a drain can move the call to another instance without a long flush.
+        self.keeper = keeper
+        self._dirty = asyncio.Event()
+        self._started_at = time.time()
+        self.after_stream_put = False
+        if moved_in is not None:
+            self.call.restore(moved_in)
+            self._started_at = float(moved_in.get("started_at") or self._started_at)
+            self._new_turn = True
+            if self.call.max_call_s:
+                self.call.max_call_s = max(1.0, self.call.max_call_s - (time.time() - self._started_at))
+        self.moved_in = moved_in is not None
         self.observer = (watch or Watch()).observe(self.call, recorder)  # metrics, timings, traces (observe.py)
 
     async def run(self) -> dict[str, object]:
@@ -117,6 +133,8 @@ class CallBridge:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._read_twilio(), name="twilio-reader")
+                if self.keeper is not None:
+                    tg.create_task(self._keep_checkpoint(), name="checkpoint")
         except* _CallEnded as group:
             _forget_frames(group)
         except* Exception as group:  # a bug of ours: end this call, never the server
@@ -150,6 +168,28 @@ class CallBridge:
             if actions:
                 await self._perform(actions)
 
+    def snapshot(self) -> dict[str, object]:
+        """The call's checkpoint: the core's snapshot and who is calling."""
+        snapshot = self.call.snapshot()
+        snapshot["started_at"] = self._started_at
+        snapshot["caller"] = self.identity.caller if self.identity else self.call.parameters.get("From")
+        snapshot["called"] = self.identity.called if self.identity else self.call.parameters.get("To")
+        return snapshot
+
+    async def _keep_checkpoint(self) -> None:
+        """Save the checkpoint whenever the call changed (finished turns, new handles,
+        digits, tool results), and renew the lease at least every `RENEW_S`."""
+        assert self.keeper is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), RENEW_S)
+            except TimeoutError:
+                pass
+            changed = self._dirty.is_set()
+            self._dirty.clear()
+            if self.call.call_sid is not None and not self.call.over:
+                await self.keeper.save(self.snapshot() if changed else None)
+
     def _twilio_frame(self, frame: str | bytes) -> list[ev.Action]:
         try:
             event = tw.parse(frame)
@@ -161,6 +201,8 @@ class CallBridge:
             self.observer.caller_stopped_speaking()
         if self.recorder is not None and isinstance(event, (tw.StreamStarted, tw.DtmfPressed)):
             self._record_twilio(event)
+        if isinstance(event, (tw.StreamStarted, tw.DtmfPressed)):
+            self._dirty.set()
         return actions
 
     async def _run_live(self) -> None:
@@ -214,6 +256,8 @@ class CallBridge:
             actions = self.call.handle(event)
             if actions:
                 await self._perform(actions)
+            if kind is ev.TurnComplete or kind is ev.ResumptionUpdate:
+                self._dirty.set()
             self.observer.live_event(event, received)
             if kind is ev.ModelInterrupted and self.recorder is not None:
                 self._record_live(event)  # after the clear has gone out: a barge-in waits for nothing
@@ -250,6 +294,7 @@ class CallBridge:
             )
         scheduling = self.registry.scheduling_for(action.name, response)
         await self._perform(self.call.handle(ev.ToolFinished(action.call_id, action.name, response, elapsed, scheduling)))
+        self._dirty.set()
 
     # ----------------------------------------------------------- actions
 
@@ -329,6 +374,11 @@ class CallBridge:
         if self._tg is not None and self._end is None:
             self._tg.create_task(self._perform(self.call.handle(ev.ServerStopping())), name="stop")
 
+    def move(self, wait_s: float) -> None:
+        """Move this call to another instance at its next quiet moment (server draining)."""
+        if self._tg is not None and self._end is None:
+            self._tg.create_task(self._perform(self.call.handle(ev.MoveRequested(wait_s))), name="move")
+
     @property
     def after_stream(self) -> AfterStream:
         """What Twilio should do when it asks what follows the stream."""
@@ -348,12 +398,23 @@ class CallBridge:
             task.cancel()
         if self.call.end_reason is None:
             self.call.end_reason = end.reason
+        if end.move:
+            # The Live socket is closed by now (the task group is done): the next
+            # instance may resume the session only once it is. Then the checkpoint,
+            # then Twilio's stream, whose close makes Twilio ask /stream-ended.
+            if self.keeper is None or not await self.keeper.hand_over(self.snapshot()):
+                log.warning("call %s could not be handed over; ending it politely", self.call.call_sid)
+                end = self._end = ev.EndCall("could not move to another instance", apologize=True)
+                self.call.end_reason = end.reason
+        elif self.keeper is not None:
+            await self.keeper.ended()
         if end.apologize:
             await self._apologize()
         elif end.transfer_to:
             await self._transfer(end.transfer_to)
         elif end.hangup:
             await self._hang_up()
+        await self._put_after_stream()
         if not self._ws_closed and self.ws.client_state is WebSocketState.CONNECTED:
             try:
                 await self.ws.close(code=end.close_code)
@@ -361,6 +422,20 @@ class CallBridge:
                 pass
         self._ws_closed = True
         self.call.ended()
+
+    async def _put_after_stream(self) -> None:
+        """Tell /stream-ended what follows, before the close that makes Twilio ask."""
+        if self.keeper is None or not self.call.call_sid:
+            return
+        from .routes_media import AFTER_STREAM_TTL_S
+        from .shared_state import SharedStateUnavailable
+
+        try:
+            await self.keeper.shared.put_after_stream(self.call.call_sid, self.after_stream.encode(), AFTER_STREAM_TTL_S)
+            self.after_stream_put = True
+        except SharedStateUnavailable as exc:
+            log.warning("call %s: /stream-ended will answer the apology: %s", self.call.call_sid, exc)
+            self.after_stream_put = True  # no second try after the close
 
     async def _apologize(self) -> None:
         """The caller must not sit in silence: say sorry and hang up.
@@ -442,11 +517,21 @@ class CallBridge:
 
     def _summary(self) -> dict[str, object]:
         summary = self.call.summary()
-        summary["duration_s"] = round(time.monotonic() - self._started, 2)
+        summary["duration_s"] = round(time.time() - self._started_at, 2) if self.moved_in else round(
+            time.monotonic() - self._started, 2)
+        summary["moves"] = self.call.moves
         log.info("call summary %s", json.dumps(summary))
         for role, text in self.call.transcript:
             log.info("transcript %s %s: %s", self.call.call_sid, role, text.strip())
         summary["transcript"] = [list(t) for t in self.call.transcript]
+        moved = self._end is not None and self._end.move
+        summary["moved_out"] = moved
         if self.recorder is not None and self.call.call_sid:
-            self.recorder.call_ended(self.call.call_sid, reason=self.call.end_reason or "", summary=summary, at=time.time())
+            if moved:  # the call goes on elsewhere: its record stays open
+                self.recorder.event(self.call.call_sid, "moved", {"moves": self.call.moves + 1,
+                                                                   "heard_s": round(self.call.heard_seconds, 2)},
+                                    time.time())
+            else:
+                self.recorder.call_ended(self.call.call_sid, reason=self.call.end_reason or "", summary=summary,
+                                         at=time.time())
         return summary

@@ -132,6 +132,14 @@ class ServerStopping:
 
 
 @dataclass(frozen=True)
+class MoveRequested:
+    """The server is draining and another instance can take the call: hand it over
+    at the next quiet moment, or after `wait_s` at the latest."""
+
+    wait_s: float
+
+
+@dataclass(frozen=True)
 class TimerFired:
     name: str
 
@@ -221,6 +229,7 @@ class EndCall:
     close_code: int = 1000
     hangup: bool = False  # end the phone call itself, not only our stream
     transfer_to: str | None = None  # hand the call to this number instead
+    move: bool = False  # not an end: another instance carries the call on from its checkpoint
 
 
 Action = (

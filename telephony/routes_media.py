@@ -20,9 +20,11 @@ from . import twilio_protocol as tw
 from .bridge import CallBridge
 from .errors import MalformedMessage
 from .lifecycle import why_busy
+from .moves import CallKeeper, CallOwnedElsewhere
 from .security import CallerIdentity, Gatekeeper, Rejected, stream_urls
 from .settings import Settings
 from .shared_state import SharedStateUnavailable
+from .twiml import Next
 
 log = logging.getLogger("telephony.app")
 
@@ -74,17 +76,34 @@ async def media_stream(websocket: WebSocket) -> None:
     if identity is not None and not identity.verified:
         log.info("call %s: caller %s is NOT verified (development mode, no TWILIO_AUTH_TOKEN)",
                  identity.call_sid, gate.show(identity.caller))
+    keeper, moved_in = None, None
+    if identity is not None and identity.call_sid:
+        # One owner per call: a new call's stream takes its lease; a moved call's
+        # stream takes it over, with the checkpoint the last owner left.
+        keeper = CallKeeper(state.shared, state.instance_id, identity.call_sid, state.recorder)
+        try:
+            moved_in = await keeper.claim()
+        except (CallOwnedElsewhere, SharedStateUnavailable) as exc:
+            log.warning("refused the stream of call %s (closed with 1013): %s", identity.call_sid, exc)
+            await _close(websocket, 1013)
+            return
+        if moved_in is not None:
+            log.info("call %s moved here (move %d): carrying it on from its checkpoint", identity.call_sid,
+                     int(moved_in.get("moves") or 0) + 1)
     bridge = CallBridge(
         _Replay(websocket, pending), settings=s, client=state.client, registry=state.registry,
         rest=state.rest, identity=identity, recorder=state.recorder, watch=state.watch,
+        keeper=keeper, moved_in=moved_in,
     )
     state.active_calls.add(bridge)
     try:
         state.recent_calls.append(await bridge.run())
     finally:
         state.active_calls.discard(bridge)
-        await gate.stream_ended(identity.call_sid if identity else None)
-        if bridge.call.call_sid:
+        moved = bridge.after_stream.next is Next.MOVE
+        if not moved:  # a moved call keeps its caller's slot: it goes on elsewhere
+            await gate.stream_ended(identity.call_sid if identity else None)
+        if bridge.call.call_sid and not bridge.after_stream_put:
             try:
                 await state.shared.put_after_stream(bridge.call.call_sid, bridge.after_stream.encode(),
                                                   AFTER_STREAM_TTL_S)

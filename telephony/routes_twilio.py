@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
 from .lifecycle import busy_for_webhook, why_busy
-from .security import MAX_IDENTITY_CHARS, TOKEN_PARAMETER, Gatekeeper, Rejected, webhook_urls
+from .security import LEG_PARAMETER, MAX_IDENTITY_CHARS, TOKEN_PARAMETER, Gatekeeper, Rejected, webhook_urls
 from .settings import Settings
 from .shared_state import SharedStateUnavailable
 from .twiml import AfterStream, Next, apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml
@@ -111,13 +111,60 @@ async def stream_ended(request: Request) -> Response:
     if isinstance(pairs, Response):
         return pairs
     call_sid = dict(pairs).get("CallSid", "")
+    state = request.app.state
+    checkpoint = None
     try:
-        after = AfterStream.decode(await request.app.state.shared.pop_after_stream(call_sid))
+        answer = await state.shared.pop_after_stream(call_sid)
+        after = AfterStream.decode(answer)
+        if answer is None or after.next is Next.MOVE:
+            checkpoint = await _checkpoint(state, call_sid)
+        if answer is None and checkpoint is not None:
+            # Nobody said what follows, yet the call has a checkpoint: its instance
+            # died mid-call. Carry it on from there (a few tries at most).
+            moves = int(checkpoint.get("moves") or 0)
+            if await state.shared.take_once("reoffered", f"{call_sid}:{moves}", AFTER_MOVE_TTL_S):
+                log.warning("call %s: its stream ended with no word from its instance; carrying it on "
+                            "from its last checkpoint", call_sid)
+                after = AfterStream(Next.MOVE)
     except SharedStateUnavailable as exc:
         log.warning("call %s: /stream-ended answers the apology: %s", call_sid, exc)
         after = AfterStream(Next.APOLOGY)
+    if after.next is Next.MOVE:
+        if checkpoint is None:
+            log.warning("call %s: it was moving, but its checkpoint is gone: the caller hears the apology", call_sid)
+            return Response(content=AfterStream(Next.APOLOGY).twiml(), media_type="text/xml")
+        twiml = move_twiml(state, request, call_sid, checkpoint)
+        log.info("call %s moves: a new stream for whichever instance takes it", call_sid)
+        return Response(content=twiml, media_type="text/xml")
     twiml = after.twiml()
     return Response(content=twiml, media_type="text/xml")
+
+
+#: How long a crashed call's offer to carry it on is remembered (one offer per checkpoint).
+AFTER_MOVE_TTL_S = 600.0
+
+
+async def _checkpoint(state, call_sid: str) -> dict | None:
+    import json
+
+    raw = await state.shared.load_checkpoint(call_sid) if call_sid else None
+    try:
+        checkpoint = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return checkpoint if isinstance(checkpoint, dict) else None
+
+
+def move_twiml(state, request: Request, call_sid: str, checkpoint: dict) -> str:
+    """The call's next stream: the same identity, parameters and action, a fresh
+    single-use token for the next leg."""
+    s: Settings = state.settings
+    host = s.public_host or request.headers.get("host", "")
+    extra = {k: v for k, v in (checkpoint.get("parameters") or {}).items()
+             if k not in ("CallSid", "From", "To", TOKEN_PARAMETER, LEG_PARAMETER) and isinstance(v, str)}
+    leg = str(int(checkpoint.get("moves") or 0) + 2)
+    return stream_twiml(state.gate, host, call_sid, checkpoint.get("caller") or "", checkpoint.get("called") or "",
+                        extra, leg=leg)
 
 
 @router.post("/twilio/status")
@@ -140,7 +187,7 @@ async def twilio_status(request: Request) -> Response:
 
 
 def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called: str,
-                  extra: dict[str, str] | None = None) -> str:
+                  extra: dict[str, str] | None = None, leg: str = "") -> str:
     """The <Connect><Stream> TwiML of every call, inbound or outbound.
 
     The stream token is minted for this CallSid and these numbers; `caller` is the
@@ -148,7 +195,9 @@ def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called
     parameters (direction, purpose, ...) travel beside them but cannot replace them.
     """
     parameters = {"CallSid": call_sid, "From": caller, "To": called,
-                  TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called)}
+                  TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called, leg)}
+    if leg:
+        parameters[LEG_PARAMETER] = leg
     for name, value in (extra or {}).items():
         parameters.setdefault(name, value)
     return connect_stream_twiml(

@@ -62,6 +62,9 @@ Clock = Callable[[], float]
 
 #: The `<Parameter>` that carries the stream token.
 TOKEN_PARAMETER = "token"
+#: The <Parameter> numbering a call's streams after the first (a call that moved
+#: between instances): covered by the token's MAC, so each leg streams once.
+LEG_PARAMETER = "leg"
 #: Caller and called identifiers longer than this are cut before they are
 #: signed and sent (E.164 numbers have at most 16 characters; client: and sip:
 #: identities are longer, but not this long).
@@ -240,14 +243,14 @@ class StreamTokens:
         self._clock = clock
         self._state = state if state is not None else InProcessState(clock)
 
-    def mint(self, call_sid: str, caller: str | None, called: str | None) -> str:
+    def mint(self, call_sid: str, caller: str | None, called: str | None, leg: str = "") -> str:
         expires = math.ceil(self._clock() + self.ttl_s)
         nonce = _b64(secrets.token_bytes(12))
-        return f"v1.{expires}.{nonce}.{self._mac(call_sid, caller, called, expires, nonce)}"
+        return f"v1.{expires}.{nonce}.{self._mac(call_sid, caller, called, expires, nonce, leg)}"
 
     async def verify(
         self, token: str | None, call_sid: str, caller: str | None, called: str | None,
-        *, claimed_call_sid: str | None = None,
+        *, claimed_call_sid: str | None = None, leg: str = "",
     ) -> None:
         """Raise `Rejected` unless `token` was minted for exactly this call and is
         fresh and unused; then mark it used (in the shared state, so a token is
@@ -259,7 +262,7 @@ class StreamTokens:
         if match is None:
             raise Rejected("stream_bad_token", "the stream token is malformed")
         expires, nonce, mac = int(match.group(1)), match.group(2), match.group(3)
-        if not hmac.compare_digest(mac, self._mac(call_sid, caller, called, expires, nonce)):
+        if not hmac.compare_digest(mac, self._mac(call_sid, caller, called, expires, nonce, leg)):
             if claimed_call_sid and claimed_call_sid != call_sid and hmac.compare_digest(
                 mac, self._mac(claimed_call_sid, caller, called, expires, nonce)
             ):
@@ -270,8 +273,12 @@ class StreamTokens:
         if not await self._state.take_once("stream_token", nonce, expires + 1 - self._clock()):
             raise Rejected("stream_replayed_token", "the stream token was already used")
 
-    def _mac(self, call_sid: str, caller: str | None, called: str | None, expires: int, nonce: str) -> str:
-        message = json.dumps(["v1", call_sid, caller or "", called or "", expires, nonce], separators=(",", ":"))
+    def _mac(self, call_sid: str, caller: str | None, called: str | None, expires: int, nonce: str,
+             leg: str = "") -> str:
+        fields: list = ["v1", call_sid, caller or "", called or "", expires, nonce]
+        if leg:
+            fields.append(leg)
+        message = json.dumps(fields, separators=(",", ":"))
         return _b64(hmac.new(self._secret, message.encode("utf-8"), hashlib.sha256).digest())
 
 
@@ -399,8 +406,8 @@ class Gatekeeper:
             self.rejected["caller_over_limit"] += 1
         return why
 
-    def mint_token(self, call_sid: str, caller: str | None, called: str | None) -> str:
-        return self.tokens.mint(call_sid, caller, called)
+    def mint_token(self, call_sid: str, caller: str | None, called: str | None, leg: str = "") -> str:
+        return self.tokens.mint(call_sid, caller, called, leg)
 
     # ------------------------------------------------------------ media streams
 
@@ -426,6 +433,7 @@ class Gatekeeper:
         """
         caller = parameters.get("From") or None
         called = parameters.get("To") or None
+        leg = parameters.get(LEG_PARAMETER) or ""
         try:
             if not self.verifying:
                 await self.state.caller_streaming(call_sid, self.max_stream_s)
@@ -437,10 +445,10 @@ class Gatekeeper:
                 raise self._reject("stream_wrong_account", "the stream is for another Twilio account")
             try:
                 await self.tokens.verify(parameters.get(TOKEN_PARAMETER), call_sid, caller, called,
-                                         claimed_call_sid=parameters.get("CallSid"))
+                                         claimed_call_sid=parameters.get("CallSid"), leg=leg)
             except Rejected as exc:
                 raise self._reject(exc.reason, exc.detail) from None
-            if not await self.state.take_once("streamed", call_sid, WEBHOOK_MEMORY_S):
+            if not await self.state.take_once("streamed", f"{call_sid}:{leg}" if leg else call_sid, WEBHOOK_MEMORY_S):
                 raise self._reject("stream_duplicate", f"call {call_sid} already has a stream")
             await self.state.caller_streaming(call_sid, self.max_stream_s)
         except SharedStateUnavailable as exc:

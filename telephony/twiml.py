@@ -82,6 +82,7 @@ class Next(enum.Enum):
     HANGUP = "hangup"
     APOLOGY = "apology"
     TRANSFER = "transfer"
+    MOVE = "move"  # a new stream, to whichever instance the load balancer picks
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class AfterStream:
         """For a call that ended with this `events.EndCall` (None: it never decided)."""
         if end is None or end.apologize:
             return cls(Next.APOLOGY)
+        if getattr(end, "move", False):
+            return cls(Next.MOVE)
         if end.transfer_to:
             return cls(Next.TRANSFER, end.transfer_to)
         return cls(Next.HANGUP) if end.hangup else cls(Next.APOLOGY)
@@ -117,6 +120,7 @@ class AfterStream:
         return after
 
     def twiml(self) -> str:
+        """The TwiML of every answer but a move (whose new stream needs a token: routes_twilio)."""
         if self.next is Next.TRANSFER:
             assert self.destination is not None
             return dial_twiml(self.destination)
