@@ -13,6 +13,7 @@ from collections import deque
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
+from fastapi.responses import Response
 from starlette.websockets import WebSocketState
 from twilio.request_validator import SIGNATURE_HEADER
 
@@ -54,8 +55,16 @@ async def media_stream(websocket: WebSocket) -> None:
         log.warning("refused a media stream upgrade (HTTP 403): %s", exc)
         await websocket.close(code=1008)
         return
-    await websocket.accept()
     busy = why_busy(state)
+    if busy == "draining":
+        # Refused at the upgrade, with 503: a proxy retries it on another instance
+        # (deploy/haproxy.cfg `retry-on 503`), so a stream racing the health check
+        # that takes this instance out still reaches one that takes calls.
+        gate.rejected[busy] += 1
+        log.warning("refused a media stream: draining (HTTP 503 at the upgrade)")
+        await websocket.send_denial_response(Response(status_code=503, content="draining", media_type="text/plain"))
+        return
+    await websocket.accept()
     if busy is not None:
         gate.rejected[busy] += 1
         log.warning("refused a media stream: %s (closed with 1013)", busy.replace("_", " "))

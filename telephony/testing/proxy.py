@@ -1,9 +1,14 @@
-"""The deployment's own reverse proxy (deploy/nginx.conf), run on loopback for tests.
+"""The deployment's own reverse proxy (deploy/haproxy.cfg), run on loopback for tests.
 
-The compose file puts nginx in front of two agent instances with no session
-affinity; the tests run that very configuration, with the upstream addresses
-and the listening port swapped for loopback ones, so what is tested is what
-is deployed.
+The compose file puts haproxy in front of two agent instances with no session
+affinity; the tests run that very configuration, with the listening port, the
+instances' ports and the DNS server swapped for loopback ones, so what is tested
+is what is deployed. The instances keep their names (agent-a, agent-b): a small
+DNS stand-in (`NameServer`) answers for them, so a test can move an instance to
+another loopback address, or make its name vanish, as a container restart does.
+
+`NginxProxy` runs deploy/nginx.conf, the configuration shipped before, to show
+what it cannot do.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from .ports import LoopbackAddress, free_port
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
+HAPROXY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
 
 
 class NginxMissing(RuntimeError):
@@ -75,6 +81,134 @@ class NginxProxy(LoopbackAddress):
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "NginxProxy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- haproxy and its DNS
+
+
+class HaproxyMissing(RuntimeError):
+    """haproxy is not installed (Debian: apt-get install haproxy)."""
+
+
+class NameServer:
+    """A DNS server on loopback UDP answering A queries from `names` (name -> IPv4),
+    which a test may change at any time; other names get NXDOMAIN."""
+
+    def __init__(self, names: dict[str, str]):
+        import threading
+
+        self.names = dict(names)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._running = True
+        self._thread = threading.Thread(target=self._serve, name="dns-standin", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import struct
+
+        while self._running:
+            try:
+                query, peer = self._sock.recvfrom(512)
+            except OSError:
+                return
+            if len(query) < 12:
+                continue
+            ident, _flags, qdcount = struct.unpack("!HHH", query[:6])
+            labels, i = [], 12
+            while i < len(query) and query[i]:
+                labels.append(query[i + 1:i + 1 + query[i]].decode("ascii", "replace"))
+                i += 1 + query[i]
+            question = query[12:i + 5]
+            qtype = struct.unpack("!H", query[i + 1:i + 3])[0] if i + 3 <= len(query) else 0
+            name = ".".join(labels).lower().rstrip(".")
+            address = self.names.get(name) or self.names.get(name.split(".")[0])
+            if address is None:
+                header = struct.pack("!HHHHHH", ident, 0x8183, 1, 0, 0, 0)  # NXDOMAIN
+                self._sock.sendto(header + question, peer)
+                continue
+            answers = b""
+            if qtype == 1:
+                answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 1, 4) + socket.inet_aton(address)
+            header = struct.pack("!HHHHHH", ident, 0x8180, 1, 1 if answers else 0, 0, 0)
+            self._sock.sendto(header + question + answers, peer)
+
+    def stop(self) -> None:
+        self._running = False
+        self._sock.close()
+
+
+def haproxy_loopback_config(text: str, upstreams: dict[str, int], port: int, dns_port: int) -> str:
+    """deploy/haproxy.cfg with its `bind`, the instances' ports and the resolver moved to loopback."""
+    for name, upstream_port in upstreams.items():
+        text, n = re.subn(rf"^(\s*server {name} {name}):\d+", rf"\g<1>:{upstream_port}", text, flags=re.M)
+        if n != 1:
+            raise ValueError(f"the config must name server {name} once")
+    text, n = re.subn(r"^(\s*)bind :\d+", rf"\g<1>bind 127.0.0.1:{port}", text, flags=re.M)
+    if n != 1:
+        raise ValueError("the config must have exactly one `bind` line")
+    text, n = re.subn(r"^(\s*)parse-resolv-conf$", rf"\g<1>nameserver standin 127.0.0.1:{dns_port}", text, flags=re.M)
+    if n != 1:
+        raise ValueError("the config must use parse-resolv-conf once")
+    return text.replace("log stdout format raw local0 warning", "log stderr format raw local0 info")
+
+
+class HaproxyProxy(LoopbackAddress):
+    """deploy/haproxy.cfg in front of `upstreams` ({"agent-a": (host, port), ...}), on loopback."""
+
+    def __init__(self, upstreams: dict[str, tuple[str, int]], config: Path = HAPROXY_CONFIG):
+        binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+        if binary is None:
+            raise HaproxyMissing("haproxy is not installed (Debian: apt-get install haproxy)")
+        self.dns = NameServer({name: host for name, (host, _) in upstreams.items()})
+        self.host, self.port = "127.0.0.1", free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="haproxy-"))
+        text = haproxy_loopback_config(config.read_text(), {n: p for n, (_, p) in upstreams.items()}, self.port,
+                                       self.dns.port)
+        (self._dir / "haproxy.cfg").write_text(text)
+        self.log_path = self._dir / "haproxy.log"
+        self._log = open(self.log_path, "w")
+        self._proc = subprocess.Popen([binary, "-db", "-f", str(self._dir / "haproxy.cfg")],
+                                      stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"haproxy did not start: {self.output()[-1000:]}")
+                time.sleep(0.05)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def move(self, name: str, host: str) -> None:
+        """The instance `name` is now at `host` (a container restarted with a new address)."""
+        self.dns.names[name] = host
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+        self.dns.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "HaproxyProxy":
         return self
 
     def __exit__(self, *exc: object) -> None:
