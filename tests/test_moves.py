@@ -131,3 +131,92 @@ def test_five_calls_move_when_their_instance_drains_and_carry_on_with_their_live
         assert [t["seq"] for t in record["turns"]] == list(range(1, len(record["turns"]) + 1))
         assert any(e["kind"] == "moved" for e in record["events"])
         assert record["summary"]["moves"] == 1 and record["summary"]["live_sessions_resumed"] >= 1
+
+
+def test_a_call_moved_twice_keeps_one_record_and_resumes_each_time(deployment, emulator):
+    emulator.script = Script(greeting=[Say(text=GREETING, seconds=0.8)],
+                             replies=[Reply(steps=[Say(text=ANSWER, seconds=0.8)])])
+    before = len(emulator.sessions)
+    sid = new_call_sid()
+    running = place(deployment, [(sid, talk([2.0, 9.0, 9.0], tail=3.0))])
+    emulator.wait_for(lambda: answered(emulator, before, 1), timeout=20)
+    deployment.sigterm("agent-a")
+    deployment.servers["agent-a"].proc.wait(timeout=20)
+    emulator.wait_for(lambda: answered(emulator, before, 1, reply=1), timeout=20)
+    deployment.restart("agent-a", "127.0.0.4")  # the deploy brings it back elsewhere
+    deployment.wait_in_rotation("agent-a")
+    deployment.sigterm("agent-b")
+    deployment.servers["agent-b"].proc.wait(timeout=20)
+    running["thread"].join(timeout=60)
+    call = running["results"][sid]
+    assert len(call.legs) == 3, [leg.twiml for leg in call.legs]
+    assert ['name="leg" value="2"' in call.legs[1].twiml, 'name="leg" value="3"' in call.legs[2].twiml] == [True, True]
+    assert all(leg.stream.spans for leg in call.legs), "the agent was heard on every leg"
+    sessions = emulator.sessions[before:]
+    assert [("resumed" in s.kinds()) for s in sessions] == [False, True, True]
+    record = None
+    deadline = time.monotonic() + 15
+    while not (record and record.get("ended_at")) and time.monotonic() < deadline:
+        record = deployment.record(sid, "agent-a")
+        time.sleep(0.2)
+    agent = [t["text"] for t in record["turns"] if t["role"] == "agent"]
+    assert sum(ANSWER in text for text in agent) == 3 and sum(GREETING in text for text in agent) == 1, agent
+    assert record["summary"]["moves"] == 2 and record["end_reason"] == "caller hung up"
+
+
+def test_a_move_waits_for_the_tool_call_in_flight_whose_answer_is_heard_first(deployment, emulator, tmp_path):
+    import sqlite3
+
+    emulator.script = Script(greeting=[Say(text=GREETING, seconds=0.8)], replies=[
+        Reply(steps=[CallTool("lookup_order", {"order_id": "A1001"}), Say(text=ANSWER, seconds=0.8)]),
+        Reply(steps=[Say(text="Anything else?", seconds=0.6)])])
+    before = len(emulator.sessions)
+    sid = new_call_sid()
+    lock = sqlite3.connect(deployment.env["ORDERS_DB_PATH"], isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # the tool blocks on the orders database until released
+    try:
+        running = place(deployment, [(sid, talk([2.0, 6.0], tail=3.0))])
+        emulator.wait_for(lambda: any("tool_call" in s.kinds() for s in emulator.sessions[before:]), timeout=20)
+        deployment.sigterm("agent-a")
+        deadline = time.monotonic() + 10
+        while "moves at the next quiet moment" not in deployment.servers["agent-a"].output():
+            assert time.monotonic() < deadline, deployment.servers["agent-a"].output()[-2000:]
+            time.sleep(0.05)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    deployment.servers["agent-a"].proc.wait(timeout=20)
+    running["thread"].join(timeout=60)
+    call = running["results"][sid]
+    assert len(call.legs) == 2
+    first = emulator.sessions[before]
+    assert [e["id"] for e in first.tool_responses] == ["fc-1"], "the tool answered on the old instance"
+    assert "tool_cancelled" not in first.kinds()
+    assert ("turn_complete", 0) in [(k, d) for _, k, d in first.events], "its answer was spoken there"
+    assert "resumed" in emulator.sessions[before + 1].kinds()
+    record = deployment.record(sid)
+    assert [(t["name"], t["outcome"]) for t in record["tool_calls"]] == [("lookup_order", "ok")]
+
+
+def test_when_no_other_instance_takes_calls_a_drain_ends_them_politely_as_before(emulator, redis, postgres, tmp_path):
+    extra = {"DRAIN_TIMEOUT_SECONDS": "3"}
+    with Deployment(emulator, redis.url, postgres.url, tmp_path, extra_env=extra) as deployment:
+        emulator.script = Script(greeting=[Say(text=GREETING, seconds=0.8)],
+                                 replies=[Reply(steps=[Say(text=ANSWER, seconds=0.8)])])
+        before = len(emulator.sessions)
+        on_a, on_b = new_call_sid(), new_call_sid()
+        running_a = place(deployment, [(on_a, talk([2.0, 20.0]))], first="agent-a")
+        running_b = place(deployment, [(on_b, talk([2.0, 20.0]))], first="agent-b")
+        emulator.wait_for(lambda: answered(emulator, before, 2), timeout=20)
+        deployment.sigterm("agent-b")  # b drains first: its call moves to a
+        emulator.wait_for(lambda: len(emulator.sessions) > before + 2, timeout=20)
+        deployment.sigterm("agent-a")  # then a drains too, with nobody left to take calls
+        for name in ("agent-a", "agent-b"):
+            deployment.servers[name].proc.wait(timeout=30)
+        running_a["thread"].join(timeout=60)
+        running_b["thread"].join(timeout=60)
+        log = deployment.servers["agent-a"].output()
+        assert "draining: 2 active call(s); waiting up to 3 s for them to finish" in log, log[-3000:]
+        for sid in (on_a, on_b):
+            call = {**running_a["results"], **running_b["results"]}[sid]
+            assert call.final_twiml and "<Say>" in call.final_twiml, (sid, call.final_twiml, log[-2000:])
