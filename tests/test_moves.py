@@ -220,3 +220,70 @@ def test_when_no_other_instance_takes_calls_a_drain_ends_them_politely_as_before
         for sid in (on_a, on_b):
             call = {**running_a["results"], **running_b["results"]}[sid]
             assert call.final_twiml and "<Say>" in call.final_twiml, (sid, call.final_twiml, log[-2000:])
+
+
+def test_after_a_crash_the_call_is_carried_on_from_its_last_checkpoint_when_twilio_asks(deployment, emulator):
+    """What Twilio does when a server dies without closing is not documented
+    (twilio-media-streams.md §9): if it asks /stream-ended, the call goes on."""
+    import signal
+
+    emulator.script = Script(greeting=[Say(text=GREETING, seconds=0.8)],
+                             replies=[Reply(steps=[Say(text=ANSWER, seconds=0.8)])])
+    before = len(emulator.sessions)
+    sid = new_call_sid()
+    running = place(deployment, [(sid, talk([2.0, 15.0], tail=3.0))])
+    emulator.wait_for(lambda: answered(emulator, before, 1), timeout=20)
+    emulator.wait_for(lambda: deployment.record(sid) is not None and len(deployment.record(sid)["turns"]) >= 2)
+    deployment.servers["agent-a"].proc.send_signal(signal.SIGKILL)
+    running["thread"].join(timeout=60)
+    call = running["results"][sid]
+    assert len(call.legs) == 2, [leg.twiml for leg in call.legs]
+    assert call.legs[1].stream.spans, "the agent answered on the new stream"
+    assert "resumed" in emulator.sessions[-1].kinds()
+    log = deployment.servers["agent-b"].output()
+    assert "carrying it on from its last checkpoint" in log
+    deadline = time.monotonic() + 15
+    record = None
+    while not (record and record.get("ended_at")) and time.monotonic() < deadline:
+        record = deployment.record(sid)
+        time.sleep(0.2)
+    agent = [t["text"] for t in record["turns"] if t["role"] == "agent"]
+    assert sum(GREETING in text for text in agent) == 1 and sum(ANSWER in text for text in agent) == 2, agent
+    assert record["end_reason"] == "caller hung up" and record["summary"]["moves"] == 1
+
+
+def test_an_orphaned_call_gets_its_record_closed_saying_why(tmp_path):
+    """A dead instance's call that no stream came back for is closed by whichever instance finds it."""
+    from telephony.moves import close_orphans
+    from telephony.shared_state import InProcessState
+
+    class Clock:
+        now = 1_700_000_000.0
+
+        def __call__(self):
+            return self.now
+
+    class Recorder:
+        def __init__(self):
+            self.ended = []
+
+        def call_ended(self, call_sid, *, reason, summary, at):
+            self.ended.append((call_sid, reason, summary))
+
+    clock, recorder = Clock(), Recorder()
+    state = InProcessState(clock=clock)
+
+    async def scenario():
+        await state.claim_call("CA1", "dead", lease_s=10, orphan_s=60)
+        await state.save_checkpoint("CA1", "dead", '{"moves": 0, "turns": 3, "counters": {"interruptions": 1}}',
+                                    lease_s=10, orphan_s=60, ttl_s=7200)
+        clock.now += 30
+        assert await close_orphans(state, recorder) == 0, "still waiting for Twilio to come back"
+        clock.now += 41
+        assert await close_orphans(state, recorder) == 1
+        assert await close_orphans(state, recorder) == 0, "closed once"
+
+    asyncio.run(scenario())
+    [(sid, reason, summary)] = recorder.ended
+    assert sid == "CA1" and "was not carried on" in reason
+    assert summary["agent_turns"] == 3 and summary["interruptions"] == 1

@@ -31,7 +31,9 @@ HOSTS = {"agent-a": "127.0.0.2", "agent-b": "127.0.0.3"}
 class Deployment:
     """The instances (`servers["agent-a"]`, ...), the proxy and Twilio's stand-in."""
 
-    def __init__(self, emulator, redis_url: str, database_url: str, folder: Path, extra_env: dict | None = None):
+    def __init__(self, emulator, redis_url: str, database_url: str, folder: Path, extra_env: dict | None = None,
+                 down: tuple[str, ...] = ()):
+        """`down`: instances not started (the proxy starts without them, their names unknown to DNS)."""
         self.folder = Path(folder)
         env = {k: v for k, v in os.environ.items()
                if k not in ("PUBLIC_URL", "TWILIO_ACCOUNT_SID", "REQUIRE_TWILIO_SIGNATURE", "STREAM_TOKEN_SECRET")}
@@ -45,13 +47,19 @@ class Deployment:
         self.servers: dict[str, ServerProcess] = {}
         self.proxy: HaproxyProxy | None = None
         self.standin = TwilioStandIn(account_sid=ACCOUNT, auth_token=AUTH_TOKEN)
+        from .ports import free_port
+
+        self.ports = {name: free_port(host) for name, host in HOSTS.items()}
         try:
             for name, host in HOSTS.items():
-                self.servers[name] = self.start(name, host)
+                if name not in down:
+                    self.servers[name] = self.start(name, host, self.ports[name])
             for server in self.servers.values():
                 server.wait_healthy()
-            self.proxy = HaproxyProxy({name: (s.host, s.port) for name, s in self.servers.items()})
-            self.wait_in_rotation(*HOSTS)
+            self.proxy = HaproxyProxy({name: (HOSTS[name], port) for name, port in self.ports.items()})
+            for name in down:
+                del self.proxy.dns.names[name]
+            self.wait_in_rotation(*self.servers)
         except BaseException:
             self.stop()
             raise
@@ -59,6 +67,14 @@ class Deployment:
     def start(self, name: str, host: str, port: int | None = None) -> ServerProcess:
         env = {**self.env, "CALLS_DB_PATH": str(self.folder / f"calls-{name}.db")}
         return ServerProcess(env, str(self.folder / f"{name}.log"), host=host, port=port)
+
+    def bring_up(self, name: str) -> ServerProcess:
+        """Start an instance that was down, at its address (and its name resolves again)."""
+        server = self.servers[name] = self.start(name, HOSTS[name], self.ports[name])
+        server.wait_healthy()
+        assert self.proxy is not None
+        self.proxy.move(name, HOSTS[name])
+        return server
 
     def restart(self, name: str, host: str) -> ServerProcess:
         """Start `name` again at another address, on its port (a container restarted elsewhere)."""
