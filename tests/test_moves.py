@@ -224,7 +224,7 @@ def test_when_no_other_instance_takes_calls_a_drain_ends_them_politely_as_before
 
 def test_after_a_crash_the_call_is_carried_on_from_its_last_checkpoint_when_twilio_asks(deployment, emulator):
     """What Twilio does when a server dies without closing is not documented
-    (twilio-media-streams.md §9): if it asks /stream-ended, the call goes on."""
+    (docs/twilio-media-streams.md §9): if it asks /stream-ended, the call goes on."""
     import signal
 
     emulator.script = Script(greeting=[Say(text=GREETING, seconds=0.8)],

@@ -29,7 +29,7 @@ What the emulator does, like the real service:
 - answers `setupComplete` to the setup (or never answers, closes, refuses: see
   `Script.setup`), and rejects resumption handles it never issued (close 1007);
 - refuses a resume (close 1011) while an earlier socket of the same session is
-  still open, as the service has been seen doing (gemini-live.md §5): a client
+  still open, as the service has been seen doing (docs/gemini-live.md §5): a client
   must close the old socket first;
 - detects the caller's speech with an energy VAD on the 16 kHz input, honouring
   `silence_duration_ms`, and ``activityStart``/``activityEnd`` when automatic

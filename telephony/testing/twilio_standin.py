@@ -32,7 +32,7 @@ then the TwiML it answers. A `<Connect><Stream>` opens a signed media stream (a
 `CallSimulator` playing the caller's audio on the call's own clock, so what the caller
 says while no stream is open is lost, as on a real line); when the *server* closes that
 stream, Twilio requests the `<Connect action>` URL and runs the TwiML it returns, which
-may be a new `<Connect><Stream>` (twilio-media-streams.md §5, §9). A `stop` from the
+may be a new `<Connect><Stream>` (docs/twilio-media-streams.md §5, §9). A `stop` from the
 caller (hanging up) ends the call without asking the action.
 """
 
