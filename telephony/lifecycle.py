@@ -27,7 +27,7 @@ from . import __version__, metrics
 from .audio_recording import AudioRecordings
 from .errors import SettingsError
 from .live import make_client
-from .moves import MOVE_WAIT_S, close_orphans
+from .moves import close_orphans
 from .observe import Watch
 from .outbound import OutboundRefs
 from .records import CallRecorder, open_records
@@ -270,7 +270,7 @@ async def drain(app: FastAPI, timeout_s: float) -> None:
         log.info("draining: moving %d active call(s) to the other instance(s) (%s); waiting up to %.0f s",
                  len(calls), ", ".join(takers), timeout_s)
         for bridge in list(calls):
-            bridge.move(min(MOVE_WAIT_S, timeout_s / 2))
+            bridge.move(min(state.settings.move_wait_s, timeout_s / 2))
     else:
         log.info("draining: %d active call(s); waiting up to %.0f s for them to finish", len(calls), timeout_s)
     while calls and time.monotonic() < deadline:

@@ -27,7 +27,7 @@ from .shared_state import SharedState, SharedStateUnavailable
 
 log = logging.getLogger("telephony.moves")
 
-__all__ = ["CallKeeper", "CallOwnedElsewhere", "LEASE_S", "RENEW_S", "ORPHAN_S", "CHECKPOINT_TTL_S", "MOVE_WAIT_S",
+__all__ = ["CallKeeper", "CallOwnedElsewhere", "LEASE_S", "RENEW_S", "ORPHAN_S", "CHECKPOINT_TTL_S",
            "close_orphans"]
 
 #: An owner that stops renewing (a crash) loses the call after this long.
@@ -38,8 +38,6 @@ RENEW_S = 3.0
 ORPHAN_S = 60.0
 #: A checkpoint lives as long as the Live resumption handle in it can be used.
 CHECKPOINT_TTL_S = 2 * 3600.0
-#: A moving call waits this long at most for the agent's turn (or a tool) to finish.
-MOVE_WAIT_S = 5.0
 #: How long the records of the call written so far get to reach the database before a move.
 RECORDS_FLUSH_S = 2.0
 

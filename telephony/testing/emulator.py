@@ -40,7 +40,7 @@ What the emulator does, like the real service:
 - rejects unknown top-level client keys, bad JSON and bad base64 with close 1007.
 
 Simplifications: transcriptions are always sent (whatever the setup asks);
-texts after the greeting are recorded but get no answer; the per-session reply
+texts after the greeting get no answer unless `Script.text_reply` says one; the per-session reply
 index carries over to a resumed session.
 """
 
@@ -271,6 +271,9 @@ class Script:
     reported as TEXT in cacheTokensDetails."""
     resumption_updates: bool = True
     """sessionResumptionUpdate after each turnComplete, when the setup enabled resumption."""
+    text_reply: list[Step] | None = None
+    """Played as a turn for each text after the greeting (a model answering a client's
+    text turn); None leaves those texts unanswered."""
 
     def __post_init__(self) -> None:
         if self.setup not in _SETUP_MODES:
@@ -782,6 +785,9 @@ class EmulatedSession:
     async def _on_text(self, text: str) -> None:
         self.texts.append(text)
         self._record("text", text)
+        if self._greeted and self.script.text_reply is not None:
+            await self._start_turn(self.script.text_reply, "text")
+            return
         await self._maybe_greet()
 
     async def _maybe_greet(self) -> None:
