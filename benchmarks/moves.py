@@ -75,12 +75,13 @@ async def one_batch(deployment: Deployment, emulator: LiveEmulator, source: str,
     return rows
 
 
-def run(calls: int, batch: int) -> dict:
+def run(calls: int, batch: int, keep_logs: str | None = None) -> dict:
     script = Script(greeting=[Say(text="Let me read you the whole order, item by item.", seconds=8.0)], replies=[],
                     text_reply=[Say(text="As I was saying, the order ships tomorrow.", seconds=1.0)])
     rows = []
     with LiveEmulator(script) as emulator, RedisServer() as redis, PostgresServer() as postgres, \
-            tempfile.TemporaryDirectory() as folder:
+            tempfile.TemporaryDirectory() as scratch:
+        folder = keep_logs or scratch
         with Deployment(emulator, redis.url, postgres.url, Path(folder), extra_env={"MOVE_WAIT_SECONDS": "0.5"}) as dep:
             source = "agent-a"
             while len(rows) < calls:
@@ -92,6 +93,10 @@ def run(calls: int, batch: int) -> dict:
     for call, signalled, lost_s in rows:
         if len(call.legs) != 2 or not call.gaps() or lost_s is None:
             failed += 1
+            print(f"call {call.call_sid} did not move as expected: {len(call.legs)} leg(s), gaps {call.gaps()}, "
+                  f"caller audio lost {lost_s}; final TwiML {call.final_twiml!r}", file=sys.stderr)
+            for leg in call.legs:
+                print("  " + "\n  ".join(leg.stream.timeline()[-6:]), file=sys.stderr)
             continue
         gaps.append(call.gaps()[0])
         lost.append(lost_s)
@@ -122,9 +127,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--batch", type=int, default=10, help="calls moved by one SIGTERM")
     parser.add_argument("--write", action="store_true", help="append the figures to benchmarks/RESULTS.md")
+    parser.add_argument("--logs", help="keep the instances' logs in this folder")
     args = parser.parse_args()
     started = time.monotonic()
-    result = run(args.calls, args.batch)
+    result = run(args.calls, args.batch, args.logs)
     text = report(result)
     print(text)
     print(f"({time.monotonic() - started:.0f} s)")

@@ -30,6 +30,7 @@ from .moves import RENEW_S, CallKeeper
 from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
+from .shared_state import SharedStateUnavailable
 from .tools import CallContext, ToolRegistry
 from .twilio_rest import is_already_ended
 from .twiml import AfterStream, apology_twiml, dial_twiml
@@ -174,6 +175,8 @@ class CallBridge:
         snapshot["started_at"] = self._started_at
         snapshot["caller"] = self.identity.caller if self.identity else self.call.parameters.get("From")
         snapshot["called"] = self.identity.called if self.identity else self.call.parameters.get("To")
+        # Which agent the call talks to, so the next instance uses the same one.
+        snapshot["agent"] = getattr(getattr(self, "agent", None), "name", None)
         return snapshot
 
     async def _keep_checkpoint(self) -> None:
@@ -221,11 +224,13 @@ class CallBridge:
         config = live_mod.build_config(
             self.settings, self.registry.declarations(), resumption_handle=handle, carry_over=self.call.carry_over
         )
+        opening = time.monotonic()
         try:
             async with live_mod.open_session(self.client, self.settings, config) as session:
                 self.live = session
                 how = "resumed" if handle else ("replaced" if self.call.carry_over else "open")
-                log.info("Live session %s for call %s (model %s)", how, self.call.call_sid, self.settings.gemini_model)
+                log.info("Live session %s for call %s (model %s, in %.0f ms)", how, self.call.call_sid,
+                         self.settings.gemini_model, (time.monotonic() - opening) * 1000)
                 self.observer.live_opened(resumed=bool(handle))
                 await self._perform(self.call.handle(ev.LiveReady()))
                 pump = asyncio.create_task(self._pump_live(session), name="live-reader")
@@ -427,11 +432,8 @@ class CallBridge:
         """Tell /stream-ended what follows, before the close that makes Twilio ask."""
         if self.keeper is None or not self.call.call_sid:
             return
-        from .routes_media import AFTER_STREAM_TTL_S
-        from .shared_state import SharedStateUnavailable
-
         try:
-            await self.keeper.shared.put_after_stream(self.call.call_sid, self.after_stream.encode(), AFTER_STREAM_TTL_S)
+            await self.keeper.after_stream(self.after_stream.encode())
             self.after_stream_put = True
         except SharedStateUnavailable as exc:
             log.warning("call %s: /stream-ended will answer the apology: %s", self.call.call_sid, exc)

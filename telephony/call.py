@@ -342,6 +342,7 @@ class Call:
             "call_sid": self.call_sid,
             "parameters": dict(self.parameters),
             "resumption_handle": self.resumption_handle,
+            "ever_ready": self._ever_ready,
             "transcript": [list(t) for t in self.transcript],
             "turns": self.turn,
             "keypad": list(self._keypad),
@@ -367,7 +368,8 @@ class Call:
         self.parameters = dict(snapshot.get("parameters") or {})
         self.resumption_handle = snapshot.get("resumption_handle") or None
         self._attempt_handle = self.resumption_handle
-        self._ever_ready = True
+        # A call moved before its first session was ready is greeted on the next instance.
+        self._ever_ready = bool(snapshot.get("ever_ready", True))
         self.transcript = [list(t) for t in snapshot.get("transcript") or []]
         self._transcript_break = True
         self.current.number = int(snapshot.get("turns") or 0)

@@ -27,7 +27,7 @@ from .shared_state import SharedState, SharedStateUnavailable
 
 log = logging.getLogger("telephony.moves")
 
-__all__ = ["CallKeeper", "CallOwnedElsewhere", "LEASE_S", "RENEW_S", "ORPHAN_S", "CHECKPOINT_TTL_S",
+__all__ = ["CallKeeper", "CallOwnedElsewhere", "AFTER_STREAM_TTL_S", "LEASE_S", "RENEW_S", "ORPHAN_S", "CHECKPOINT_TTL_S",
            "close_orphans"]
 
 #: An owner that stops renewing (a crash) loses the call after this long.
@@ -38,6 +38,8 @@ RENEW_S = 3.0
 ORPHAN_S = 60.0
 #: A checkpoint lives as long as the Live resumption handle in it can be used.
 CHECKPOINT_TTL_S = 2 * 3600.0
+#: How long an ended stream's answer waits for Twilio's /stream-ended (asked right after the close).
+AFTER_STREAM_TTL_S = 600.0
 #: How long the records of the call written so far get to reach the database before a move.
 RECORDS_FLUSH_S = 2.0
 
@@ -55,13 +57,15 @@ class CallKeeper:
         self.call_sid = call_sid
         self.recorder = recorder
         self._warned = False
+        self.claimed_in_s = 0.0
 
     async def claim(self, wait_s: float = LEASE_S + 1.0) -> dict | None:
         """Own the call; return the checkpoint of a call that moved here (None: a new call).
 
         A lease still held elsewhere is waited for up to `wait_s`: after a crash it
         lapses by itself, and Twilio may already be asking for the next stream."""
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline = started + wait_s
         while True:
             claim = await self.shared.claim_call(self.call_sid, self.owner, lease_s=LEASE_S, orphan_s=ORPHAN_S)
             if claim.owned:
@@ -69,6 +73,7 @@ class CallKeeper:
             if time.monotonic() >= deadline:
                 raise CallOwnedElsewhere(f"call {self.call_sid} is still owned by {claim.holder}")
             await asyncio.sleep(0.2)
+        self.claimed_in_s = time.monotonic() - started
         if claim.checkpoint is None:
             return None
         try:
@@ -101,15 +106,24 @@ class CallKeeper:
 
         The call's records are flushed first, so the next owner's continue them
         (turn numbers follow on) instead of racing them."""
+        started = time.perf_counter()
         if self.recorder is not None:
             await asyncio.to_thread(self.recorder.flush, RECORDS_FLUSH_S)
+        flushed = time.perf_counter()
         if not await self.save(snapshot):
             return False
         try:
-            return await self.shared.release_call(self.call_sid, self.owner, keep_for_s=ORPHAN_S)
+            released = await self.shared.release_call(self.call_sid, self.owner, keep_for_s=ORPHAN_S)
         except SharedStateUnavailable as exc:
             log.warning("call %s: could not hand it over: %s", self.call_sid, exc)
             return False
+        log.info("call %s handed over in %.0f ms (records flushed in %.0f ms)", self.call_sid,
+                 (time.perf_counter() - started) * 1000, (flushed - started) * 1000)
+        return released
+
+    async def after_stream(self, answer: str) -> None:
+        """What /stream-ended answers for this call (`twiml.AfterStream`), put before the close."""
+        await self.shared.put_after_stream(self.call_sid, answer, AFTER_STREAM_TTL_S)
 
     async def ended(self) -> None:
         """The call is over here for good: its checkpoint goes."""

@@ -21,7 +21,7 @@ from . import twilio_protocol as tw
 from .bridge import CallBridge
 from .errors import MalformedMessage
 from .lifecycle import why_busy
-from .moves import CallKeeper, CallOwnedElsewhere
+from .moves import AFTER_STREAM_TTL_S, CallKeeper, CallOwnedElsewhere
 from .security import CallerIdentity, Gatekeeper, Rejected, stream_urls
 from .settings import Settings
 from .shared_state import SharedStateUnavailable
@@ -33,8 +33,6 @@ log = logging.getLogger("telephony.app")
 #: started after this many messages or seconds is not a Twilio stream.
 MAX_MESSAGES_BEFORE_START = 50
 START_TIMEOUT_S = 10.0
-#: How long an ended stream's answer waits for Twilio's /stream-ended (asked right after the close).
-AFTER_STREAM_TTL_S = 600.0
 
 router = APIRouter()
 
@@ -97,8 +95,8 @@ async def media_stream(websocket: WebSocket) -> None:
             await _close(websocket, 1013)
             return
         if moved_in is not None:
-            log.info("call %s moved here (move %d): carrying it on from its checkpoint", identity.call_sid,
-                     int(moved_in.get("moves") or 0) + 1)
+            log.info("call %s moved here (move %d): carrying it on from its checkpoint (claimed in %.0f ms)",
+                     identity.call_sid, int(moved_in.get("moves") or 0) + 1, keeper.claimed_in_s * 1000)
     bridge = CallBridge(
         _Replay(websocket, pending), settings=s, client=state.client, registry=state.registry,
         rest=state.rest, identity=identity, recorder=state.recorder, watch=state.watch,
