@@ -126,6 +126,8 @@ class CallBridge:
                 self.call.max_call_s = max(1.0, self.call.max_call_s - (time.time() - self._started_at))
         self.moved_in = moved_in is not None
         self.observer = (watch or Watch()).observe(self.call, recorder)  # metrics, timings, traces (observe.py)
+        if moved_in is not None:
+            self.observer.continue_from(int(moved_in.get("caller_turns") or 0))
 
     async def run(self) -> dict[str, object]:
         """Run the call to its end; return its summary. Never raises for call-level problems."""
@@ -173,6 +175,7 @@ class CallBridge:
         """The call's checkpoint: the core's snapshot and who is calling."""
         snapshot = self.call.snapshot()
         snapshot["started_at"] = self._started_at
+        snapshot["caller_turns"] = self.observer.caller_turns
         snapshot["caller"] = self.identity.caller if self.identity else self.call.parameters.get("From")
         snapshot["called"] = self.identity.called if self.identity else self.call.parameters.get("To")
         # Which agent the call talks to, so the next instance uses the same one.

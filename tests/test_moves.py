@@ -131,6 +131,8 @@ def test_five_calls_move_when_their_instance_drains_and_carry_on_with_their_live
         assert [t["seq"] for t in record["turns"]] == list(range(1, len(record["turns"]) + 1))
         assert any(e["kind"] == "moved" for e in record["events"])
         assert record["summary"]["moves"] == 1 and record["summary"]["live_sessions_resumed"] >= 1
+        caller_turns = [t["seq"] for t in record["turn_timings"] if t["role"] == "caller"]
+        assert caller_turns == [1, 2], "the caller's turns number on across the move"
 
 
 def test_a_call_moved_twice_keeps_one_record_and_resumes_each_time(deployment, emulator):
