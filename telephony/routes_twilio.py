@@ -6,6 +6,7 @@ stream token, then the caller's limits (a spoken refusal otherwise)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from urllib.parse import parse_qsl
@@ -119,13 +120,19 @@ async def stream_ended(request: Request) -> Response:
         if answer is None or after.next is Next.MOVE:
             checkpoint = await _checkpoint(state, call_sid)
         if answer is None and checkpoint is not None:
-            # Nobody said what follows, yet the call has a checkpoint: its instance
-            # died mid-call. Carry it on from there (a few tries at most).
+            # Nobody said what follows, yet the call has a checkpoint: its instance died
+            # mid-call, or the stream it moved to never started (no instance took it).
+            # Carry it on from there, a few times at most, a moment apart so that the
+            # load balancer can see an instance that was just starting.
             moves = int(checkpoint.get("moves") or 0)
-            if await state.shared.take_once("reoffered", f"{call_sid}:{moves}", AFTER_MOVE_TTL_S):
-                log.warning("call %s: its stream ended with no word from its instance; carrying it on "
-                            "from its last checkpoint", call_sid)
-                after = AfterStream(Next.MOVE)
+            for attempt in range(1, REOFFERS + 1):
+                if await state.shared.take_once("reoffered", f"{call_sid}:{moves}:{attempt}", AFTER_MOVE_TTL_S):
+                    log.warning("call %s: its stream ended with no word from its instance; carrying it on "
+                                "from its last checkpoint (attempt %d)", call_sid, attempt)
+                    if attempt > 1:
+                        await asyncio.sleep(REOFFER_PAUSE_S)
+                    after = AfterStream(Next.MOVE)
+                    break
     except SharedStateUnavailable as exc:
         log.warning("call %s: /stream-ended answers the apology: %s", call_sid, exc)
         after = AfterStream(Next.APOLOGY)
@@ -140,8 +147,11 @@ async def stream_ended(request: Request) -> Response:
     return Response(content=twiml, media_type="text/xml")
 
 
-#: How long a crashed call's offer to carry it on is remembered (one offer per checkpoint).
+#: How long a crashed call's offers to carry it on are remembered, how many there are per
+#: checkpoint, and the pause before each after the first (the caller hears silence).
 AFTER_MOVE_TTL_S = 600.0
+REOFFERS = 3
+REOFFER_PAUSE_S = 1.0
 
 
 async def _checkpoint(state, call_sid: str) -> dict | None:

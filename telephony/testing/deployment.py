@@ -96,17 +96,17 @@ class Deployment:
         return httpx.get(f"{self.proxy.http_url}/healthz", timeout=5).json()["instance"]
 
     def wait_in_rotation(self, *names: str, timeout: float = 15.0) -> None:
-        """Until the proxy sends requests to each of `names` (its health checks passed)."""
-        wanted = {httpx.get(f"{self.servers[n].http_url}/healthz", timeout=5).json()["instance"] for n in names}
+        """Until the proxy's health checks have every one of `names` up, for media streams
+        and for everything else (each backend checks on its own)."""
+        assert self.proxy is not None
         deadline = time.monotonic() + timeout
-        seen: set[str] = set()
-        while not wanted <= seen:
+        while True:
+            states = self.proxy.server_states()
+            if all(states.get((backend, name)) == "UP" for name in names for backend in ("streams", "agents")):
+                return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the proxy did not reach {sorted(wanted - seen)}: {self.proxy.output()[-1500:]}")
-            try:
-                seen.add(self.instance_behind_proxy())
-            except (httpx.HTTPError, KeyError, ValueError):
-                time.sleep(0.1)
+                raise TimeoutError(f"the proxy has {states}, not {names} up: {self.proxy.output()[-1500:]}")
+            time.sleep(0.1)
 
     def record(self, call_sid: str, name: str = "agent-b") -> dict | None:
         r = httpx.get(f"{self.servers[name].http_url}/calls/{call_sid}",

@@ -79,8 +79,10 @@ class NameServer:
         self._sock.close()
 
 
-def haproxy_loopback_config(text: str, upstreams: dict[str, int], port: int, dns_port: int) -> str:
-    """deploy/haproxy.cfg with its `bind`, the instances' ports and the resolver moved to loopback."""
+def haproxy_loopback_config(text: str, upstreams: dict[str, int], port: int, dns_port: int,
+                            stats_socket: str | None = None) -> str:
+    """deploy/haproxy.cfg with its `bind`, the instances' ports and the resolver moved to loopback
+    (and a stats socket, for tests to read what the health checks decided)."""
     for name, upstream_port in upstreams.items():
         text, n = re.subn(rf"^(\s*server {name} {name}):\d+", rf"\g<1>:{upstream_port}", text, flags=re.M)
         if n < 1:
@@ -91,7 +93,10 @@ def haproxy_loopback_config(text: str, upstreams: dict[str, int], port: int, dns
     text, n = re.subn(r"^(\s*)parse-resolv-conf$", rf"\g<1>nameserver standin 127.0.0.1:{dns_port}", text, flags=re.M)
     if n != 1:
         raise ValueError("the config must use parse-resolv-conf once")
-    return text.replace("log stdout format raw local0 warning", "log stderr format raw local0 info")
+    text = text.replace("log stdout format raw local0 warning", "log stderr format raw local0 info")
+    if stats_socket:
+        text = text.replace("global\n", f"global\n    stats socket {stats_socket} mode 600 level user\n", 1)
+    return text
 
 
 class HaproxyProxy(LoopbackAddress):
@@ -104,8 +109,9 @@ class HaproxyProxy(LoopbackAddress):
         self.dns = NameServer({name: host for name, (host, _) in upstreams.items()})
         self.host, self.port = "127.0.0.1", free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="haproxy-"))
+        self.stats_socket = str(self._dir / "stats.sock")
         text = haproxy_loopback_config(config.read_text(), {n: p for n, (_, p) in upstreams.items()}, self.port,
-                                       self.dns.port)
+                                       self.dns.port, self.stats_socket)
         (self._dir / "haproxy.cfg").write_text(text)
         self.log_path = self._dir / "haproxy.log"
         self._log = open(self.log_path, "w")
@@ -127,6 +133,24 @@ class HaproxyProxy(LoopbackAddress):
             return self.log_path.read_text()
         except OSError:
             return ""
+
+    def server_states(self) -> dict[tuple[str, str], str]:
+        """{(backend, server): "UP" / "DOWN" / "MAINT" ...} as the health checks left them."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(self.stats_socket)
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        lines = data.decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        states = {}
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(",")))
+            if row.get("svname") not in (None, "FRONTEND", "BACKEND"):
+                states[(row["pxname"], row["svname"])] = row["status"].split(" ")[0]
+        return states
 
     def move(self, name: str, host: str) -> None:
         """The instance `name` is now at `host` (a container restarted with a new address)."""
