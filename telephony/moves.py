@@ -110,7 +110,7 @@ class CallKeeper:
         if self.recorder is not None:
             await asyncio.to_thread(self.recorder.flush, RECORDS_FLUSH_S)
         flushed = time.perf_counter()
-        if not await self.save(snapshot):
+        if not await self.save({**snapshot, "handed_over": True}):
             return False
         try:
             released = await self.shared.release_call(self.call_sid, self.owner, keep_for_s=ORPHAN_S)
@@ -139,6 +139,7 @@ async def close_orphans(shared: SharedState, recorder: Any | None) -> int:
     found = await shared.orphaned_calls()
     for call_sid, checkpoint in found:
         summary: dict[str, Any] = {}
+        snapshot: dict[str, Any] = {}
         if checkpoint:
             try:
                 snapshot = json.loads(checkpoint)
@@ -146,7 +147,10 @@ async def close_orphans(shared: SharedState, recorder: Any | None) -> int:
                            **(snapshot.get("counters") or {})}
             except ValueError:
                 pass
-        reason = "the instance handling the call stopped, and the call was not carried on"
+        if snapshot.get("handed_over"):  # a clean move nobody came back for: the caller left meanwhile
+            reason = "the call was moving to another instance, and no stream came back for it"
+        else:
+            reason = "the instance handling the call stopped, and the call was not carried on"
         log.warning("call %s: %s; its record is closed", call_sid, reason)
         if recorder is not None:
             recorder.call_ended(call_sid, reason=reason, summary=summary, at=time.time())
