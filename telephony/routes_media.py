@@ -27,7 +27,7 @@ from .settings import Settings
 from .shared_state import SharedStateUnavailable
 from .twiml import Next
 
-log = logging.getLogger("telephony.app")
+log = logging.getLogger(__name__)
 
 #: Twilio sends `connected` then `start` at once; a stream that has not
 #: started after this many messages or seconds is not a Twilio stream.
