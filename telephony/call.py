@@ -30,6 +30,7 @@ a clear are counted as cleared, not heard.
 
 from __future__ import annotations
 
+import base64
 import enum
 import logging
 from collections import deque
@@ -94,8 +95,10 @@ MAX_BAD_FRAMES = 50
 CARRIED_FRAMES = 100
 #: Told to the model on the next instance when the move cut a turn or a tool call short.
 MOVED_TEXT = "(The phone line was switched to another server just now; the caller is still on the line. {what})"
-CUT_TURN_TEXT = 'You were interrupted while saying: "{said}". The caller heard it up to: "{heard}". Continue from there.'
-CUT_TOOLS_TEXT = "These function calls were cut short and their results are lost: {calls}. Call them again if still needed."
+CUT_TURN_TEXT = ('You were interrupted while saying: "{said}". The caller heard it up to: "{heard}". '
+                 "Continue from there.")
+CUT_TOOLS_TEXT = ("These function calls were cut short and their results are lost: {calls}. "
+                  "Call them again if still needed.")
 
 
 class Phase(enum.Enum):
@@ -347,8 +350,6 @@ class Call:
         the newest resumption handle, the counters of the call record, keypad digits
         not yet given to the model, what the caller heard, and what a move cut short.
         Plain JSON; caller audio waiting for the model travels as base64."""
-        import base64
-
         return {
             "v": 1,
             "call_sid": self.call_sid,
@@ -375,8 +376,6 @@ class Call:
         The session this instance opens resumes with the snapshot's handle (a refused
         one opens a fresh session carrying the conversation, `carry_over`); it is a
         reconnection, so no greeting is said again."""
-        import base64
-
         self.parameters = dict(snapshot.get("parameters") or {})
         self.resumption_handle = snapshot.get("resumption_handle") or None
         self._attempt_handle = self.resumption_handle
@@ -402,7 +401,8 @@ class Call:
             notes.append(CUT_TURN_TEXT.format(said=cut.get("said", ""), heard=cut.get("heard", "")))
         tools = snapshot.get("cut_tools") or []
         if tools:
-            notes.append(CUT_TOOLS_TEXT.format(calls=", ".join(f"{t['name']}({_short(t.get('args') or {})})" for t in tools)))
+            calls = ", ".join(f"{t['name']}({_short(t.get('args') or {})})" for t in tools)
+            notes.append(CUT_TOOLS_TEXT.format(calls=calls))
         self._resume_note = MOVED_TEXT.format(what=" ".join(notes)) if notes else None
 
     def _on_move_requested(self, event: ev.MoveRequested) -> list[act.Action]:
@@ -432,7 +432,8 @@ class Call:
             sent = self._turn_sent.get(self.turn, 0)
             heard = self._turn_heard.get(self.turn, 0)
             part = said[: round(len(said) * heard / sent)] if sent else ""
-            self.cut_turn = {"said": said[-500:], "heard": part[-500:], "heard_s": round(heard / ULAW_BYTES_PER_SECOND, 2)}
+            self.cut_turn = {"said": said[-500:], "heard": part[-500:],
+                             "heard_s": round(heard / ULAW_BYTES_PER_SECOND, 2)}
         self.cut_tools = [{"id": t.call_id, "name": t.name, "args": self._tool_args.get(t.call_id, {})}
                           for t in self.pending_tools.values()]
         log.info("call %s moves to another instance now%s", self.call_sid,
