@@ -19,7 +19,9 @@ from .lifecycle import busy_for_webhook, why_busy
 from .security import LEG_PARAMETER, MAX_IDENTITY_CHARS, TOKEN_PARAMETER, Gatekeeper, Rejected, webhook_urls
 from .settings import Settings
 from .shared_state import SharedStateUnavailable
-from .twiml import AfterStream, Next, apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml
+from .twiml import (
+    ONE_MOMENT, AfterStream, Next, apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,9 @@ async def stream_ended(request: Request) -> Response:
         if checkpoint is None:
             log.warning("call %s: it was moving, but its checkpoint is gone: the caller hears the apology", call_sid)
             return Response(content=AfterStream(Next.APOLOGY).twiml(), media_type="text/xml")
-        twiml = move_twiml(state, request, call_sid, checkpoint)
+        # Carried on after a crash (no word from the instance), the new instance may wait up to
+        # LEASE_S for the dead one's lease: the caller hears a word rather than silence.
+        twiml = move_twiml(state, request, call_sid, checkpoint, say_first=ONE_MOMENT if answer is None else None)
         log.info("call %s moves: a new stream for whichever instance takes it", call_sid)
         return Response(content=twiml, media_type="text/xml")
     twiml = after.twiml()
@@ -165,7 +169,7 @@ async def _checkpoint(state, call_sid: str) -> dict | None:
     return checkpoint if isinstance(checkpoint, dict) else None
 
 
-def move_twiml(state, request: Request, call_sid: str, checkpoint: dict) -> str:
+def move_twiml(state, request: Request, call_sid: str, checkpoint: dict, say_first: str | None = None) -> str:
     """The call's next stream: the same identity, parameters and action, a fresh
     single-use token for the next leg."""
     s: Settings = state.settings
@@ -174,7 +178,7 @@ def move_twiml(state, request: Request, call_sid: str, checkpoint: dict) -> str:
              if k not in ("CallSid", "From", "To", TOKEN_PARAMETER, LEG_PARAMETER) and isinstance(v, str)}
     leg = str(int(checkpoint.get("moves") or 0) + 2)
     return stream_twiml(state.gate, host, call_sid, checkpoint.get("caller") or "", checkpoint.get("called") or "",
-                        extra, leg=leg)
+                        extra, leg=leg, say_first=say_first)
 
 
 @router.post("/twilio/status")
@@ -197,7 +201,7 @@ async def twilio_status(request: Request) -> Response:
 
 
 def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called: str,
-                  extra: dict[str, str] | None = None, leg: str = "") -> str:
+                  extra: dict[str, str] | None = None, leg: str = "", say_first: str | None = None) -> str:
     """The <Connect><Stream> TwiML of every call, inbound or outbound.
 
     The stream token is minted for this CallSid and these numbers; `caller` is the
@@ -211,7 +215,8 @@ def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called
     for name, value in (extra or {}).items():
         parameters.setdefault(name, value)
     return connect_stream_twiml(
-        f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended", f"https://{host}/twilio/status"
+        f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended", f"https://{host}/twilio/status",
+        say_first,
     )
 
 

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+#: Said before the next stream of a call whose instance stopped mid-call (docs/deploying.md).
+ONE_MOMENT = "One moment, please."
 APOLOGY = "Sorry, our phone assistant is not available right now. Please call again later. Goodbye."
 OVER_LIMIT = "Sorry, we are receiving too many calls from your number right now. Please try again later. Goodbye."
 
 
 def connect_stream_twiml(
-    stream_url: str, parameters: dict[str, str], action_url: str | None = None, status_url: str | None = None
+    stream_url: str, parameters: dict[str, str], action_url: str | None = None, status_url: str | None = None,
+    say_first: str | None = None,
 ) -> str:
     """Connect the call to our media stream.
 
@@ -21,8 +24,12 @@ def connect_stream_twiml(
     without the call being over, Twilio asks `action_url` what to do next: the
     server answers <Hangup/> after a goodbye, or an apology when we failed the
     caller. Without an action URL the apology after <Connect> plays instead.
+    `say_first` is said before the stream opens (a call carried on after a crash:
+    the caller hears it while the new instance waits to own the call).
     """
     response = VoiceResponse()
+    if say_first:
+        response.say(say_first)
     connect = Connect(action=action_url, method="POST") if action_url else Connect()
     stream = connect.stream(url=stream_url, name="agent", **(
         {"status_callback": status_url, "status_callback_method": "POST"} if status_url else {}

@@ -240,6 +240,7 @@ def test_after_a_crash_the_call_is_carried_on_from_its_last_checkpoint_when_twil
     running["thread"].join(timeout=60)
     call = running["results"][sid]
     assert len(call.legs) == 2, [leg.twiml for leg in call.legs]
+    assert "<Say>One moment, please.</Say><Connect" in call.legs[1].twiml, "a word while the lease lapses"
     assert call.legs[1].stream.spans, "the agent answered on the new stream"
     assert "resumed" in emulator.sessions[-1].kinds()
     log = deployment.servers["agent-b"].output()
