@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
+from .agents import Agent, AgentBook, NoAgent
 from .lifecycle import busy_for_webhook, why_busy
 from .security import LEG_PARAMETER, MAX_IDENTITY_CHARS, TOKEN_PARAMETER, Gatekeeper, Rejected, webhook_urls
 from .settings import Settings
@@ -42,23 +43,30 @@ async def incoming_call(request: Request) -> Response:
     form = dict(pairs)
     call_sid = form.get("CallSid", "")
     caller, called = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
+    book: AgentBook = request.app.state.agents
+    try:
+        agent = book.for_number(called)  # the number dialled chooses the agent
+    except NoAgent as exc:
+        log.error("call %s turned away (apology): %s; add the number to an agent in AGENTS_FILE",
+                  call_sid or "(no CallSid)", exc)
+        return Response(content=apology_twiml(book.for_refusal(called)), media_type="text/xml")
     busy = await busy_for_webhook(request.app.state)
     if busy is not None:
         gate.rejected[busy] += 1
         log.warning("call %s turned away: %s", call_sid or "(no CallSid)", busy.replace("_", " "))
-        return Response(content=busy_twiml(), media_type="text/xml")
+        return Response(content=busy_twiml(agent), media_type="text/xml")
     try:
         why = await gate.admit_call(call_sid, caller)
     except Rejected as exc:
         log.warning("call %s turned away (busy message): %s", call_sid or "(no CallSid)", exc.detail)
-        return Response(content=busy_twiml(), media_type="text/xml")
+        return Response(content=busy_twiml(agent), media_type="text/xml")
     if why is not None:
         log.warning("call %s from %s turned away: %s", call_sid or "(no CallSid)", gate.show(caller), why)
-        return Response(content=over_limit_twiml(), media_type="text/xml")
+        return Response(content=over_limit_twiml(agent), media_type="text/xml")
     host = s.public_host or request.headers.get("host", "")
-    twiml = stream_twiml(gate, host, call_sid, caller, called)
-    log.info("incoming call %s from %s: connecting to wss://%s/media-stream",
-             call_sid or "(no CallSid)", gate.show(caller), host)
+    twiml = stream_twiml(gate, host, call_sid, caller, called, agent=agent)
+    log.info("incoming call %s from %s to agent %s: connecting to wss://%s/media-stream",
+             call_sid or "(no CallSid)", gate.show(caller), agent.name, host)
     return Response(content=twiml, media_type="text/xml")
 
 
@@ -80,16 +88,22 @@ async def outbound_answer(request: Request) -> Response:
     form = dict(pairs)
     call_sid = form.get("CallSid", "")
     ours, callee = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
+    book: AgentBook = state.agents
     try:
         outbound = await state.outbound_refs.open(request.query_params.get("ref"), callee=callee)
     except SharedStateUnavailable as exc:
         gate.rejected["shared_state_unavailable"] += 1
         log.warning("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
-        return Response(content=apology_twiml(), media_type="text/xml")
+        return Response(content=apology_twiml(book.for_refusal(ours)), media_type="text/xml")
     except Rejected as exc:
         gate.rejected[exc.reason] += 1
         log.warning("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
-        return Response(content=apology_twiml(), media_type="text/xml")
+        return Response(content=apology_twiml(book.for_refusal(ours)), media_type="text/xml")
+    try:
+        agent = book.named(outbound.agent) if outbound.agent else book.for_number(ours)
+    except NoAgent as exc:
+        log.error("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
+        return Response(content=apology_twiml(book.for_refusal(ours)), media_type="text/xml")
     answered_by = form.get("AnsweredBy", "")
     if answered_by == "fax":
         log.info("outbound call %s was answered by a fax machine: hanging up", call_sid)
@@ -98,10 +112,11 @@ async def outbound_answer(request: Request) -> Response:
     if busy is not None:
         gate.rejected[busy] += 1
         log.warning("outbound call %s answered while %s", call_sid, busy.replace("_", " "))
-        return Response(content=busy_twiml(), media_type="text/xml")
+        return Response(content=busy_twiml(agent), media_type="text/xml")
     host = s.public_host or request.headers.get("host", "")
     twiml = stream_twiml(gate, host, call_sid, callee, ours,
-                          {"direction": "outbound-api", "purpose": outbound.purpose, "answered_by": answered_by})
+                          {"direction": "outbound-api", "purpose": outbound.purpose, "answered_by": answered_by},
+                          agent=agent)
     log.info("outbound call %s answered by %s%s: connecting to wss://%s/media-stream", call_sid,
              gate.show(callee), f" ({answered_by})" if answered_by else "", host)
     return Response(content=twiml, media_type="text/xml")
@@ -113,7 +128,8 @@ async def stream_ended(request: Request) -> Response:
     pairs = await twilio_form(request, once=False)
     if isinstance(pairs, Response):
         return pairs
-    call_sid = dict(pairs).get("CallSid", "")
+    form = dict(pairs)
+    call_sid = form.get("CallSid", "")
     state = request.app.state
     checkpoint = None
     try:
@@ -139,15 +155,17 @@ async def stream_ended(request: Request) -> Response:
         log.warning("call %s: /stream-ended answers the apology: %s", call_sid, exc)
         after = AfterStream(Next.APOLOGY)
     if after.next is Next.MOVE:
+        agent = _agent_of(state.agents, (checkpoint or {}).get("agent") or after.agent, form)
         if checkpoint is None:
             log.warning("call %s: it was moving, but its checkpoint is gone: the caller hears the apology", call_sid)
-            return Response(content=AfterStream(Next.APOLOGY).twiml(), media_type="text/xml")
+            return Response(content=AfterStream(Next.APOLOGY).twiml(agent), media_type="text/xml")
         # Carried on after a crash (no word from the instance), the new instance may wait up to
         # LEASE_S for the dead one's lease: the caller hears a word rather than silence.
-        twiml = move_twiml(state, request, call_sid, checkpoint, say_first=ONE_MOMENT if answer is None else None)
+        twiml = move_twiml(state, request, call_sid, checkpoint, agent,
+                           say_first=ONE_MOMENT if answer is None else None)
         log.info("call %s moves: a new stream for whichever instance takes it", call_sid)
         return Response(content=twiml, media_type="text/xml")
-    twiml = after.twiml()
+    twiml = after.twiml(_agent_of(state.agents, after.agent, form))
     return Response(content=twiml, media_type="text/xml")
 
 
@@ -169,16 +187,17 @@ async def _checkpoint(state, call_sid: str) -> dict | None:
     return checkpoint if isinstance(checkpoint, dict) else None
 
 
-def move_twiml(state, request: Request, call_sid: str, checkpoint: dict, say_first: str | None = None) -> str:
+def move_twiml(state, request: Request, call_sid: str, checkpoint: dict, agent: Agent | None = None,
+               say_first: str | None = None) -> str:
     """The call's next stream: the same identity, parameters and action, a fresh
     single-use token for the next leg."""
     s: Settings = state.settings
     host = s.public_host or request.headers.get("host", "")
     extra = {k: v for k, v in (checkpoint.get("parameters") or {}).items()
-             if k not in ("CallSid", "From", "To", TOKEN_PARAMETER, LEG_PARAMETER) and isinstance(v, str)}
+             if k not in ("CallSid", "From", "To", "agent", TOKEN_PARAMETER, LEG_PARAMETER) and isinstance(v, str)}
     leg = str(int(checkpoint.get("moves") or 0) + 2)
     return stream_twiml(state.gate, host, call_sid, checkpoint.get("caller") or "", checkpoint.get("called") or "",
-                        extra, leg=leg, say_first=say_first)
+                        extra, agent=agent, leg=leg, say_first=say_first)
 
 
 @router.post("/twilio/status")
@@ -200,23 +219,40 @@ async def twilio_status(request: Request) -> Response:
     return Response(status_code=204)
 
 
+def _agent_of(book: AgentBook, name: str | None, form: dict[str, str]) -> Agent:
+    """The agent whose words end a call: the one it had, else the one answering its number.
+    (On an inbound call Twilio's `To` is our number; on an outbound one, `From`.)"""
+    if name:
+        try:
+            return book.named(name)
+        except NoAgent:
+            pass
+    ours = form.get("From") if form.get("Direction", "").startswith("outbound") else form.get("To")
+    return book.for_refusal(ours)
+
+
 def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called: str,
-                  extra: dict[str, str] | None = None, leg: str = "", say_first: str | None = None) -> str:
+                  extra: dict[str, str] | None = None, agent: Agent | None = None, leg: str = "",
+                  say_first: str | None = None) -> str:
     """The <Connect><Stream> TwiML of every call, inbound or outbound.
 
     The stream token is minted for this CallSid and these numbers; `caller` is the
     other party (the callee, on an outbound call) and `called` our line. `extra`
     parameters (direction, purpose, ...) travel beside them but cannot replace them.
+    The agent chosen here travels as the `agent` parameter, and its words follow the
+    <Connect> for when the stream cannot start.
     """
     parameters = {"CallSid": call_sid, "From": caller, "To": called,
                   TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called, leg)}
     if leg:
         parameters[LEG_PARAMETER] = leg
+    if agent is not None:
+        parameters["agent"] = agent.name
     for name, value in (extra or {}).items():
         parameters.setdefault(name, value)
     return connect_stream_twiml(
         f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended", f"https://{host}/twilio/status",
-        say_first,
+        agent=agent, say_first=say_first,
     )
 
 

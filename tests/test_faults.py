@@ -17,7 +17,7 @@ from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, Fail, Reply, Say, Script
 from telephony.testing.server import ServerThread
 from telephony.testing.simulator import CallSimulator
-from telephony.tools import ToolRegistry
+from telephony.tool_registry import ToolRegistry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
