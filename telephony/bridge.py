@@ -24,8 +24,8 @@ from . import actions as act
 from . import events as ev
 from . import live as live_mod
 from . import twilio_protocol as tw
-from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .agents import Agent, agent_from_settings
+from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call
 from .errors import LiveError, LiveSendError, MalformedMessage
 from .moves import RENEW_S, CallKeeper
