@@ -80,7 +80,8 @@ def test_a_draining_instance_gets_no_new_stream_and_no_call_is_lost(emulator, re
         for followed in new:
             assert len(followed.legs) == 1 and followed.legs[0].stream.spans, followed.legs[0].stream.timeline()
             assert followed.legs[0].stream.http_status is None, "no stream was refused"
-        assert len(moved.legs) == 2 and moved.legs[1].stream.spans
+        assert len(moved.legs) == 2 and moved.legs[1].stream.http_status is None, "the call in progress moved"
+        assert moved.legs[1].stream.of_kind("sent_stop"), "and went on until the caller hung up"
         b_log = deployment.servers["agent-b"].output()
         assert sum(f"call {f.call_sid} started" in b_log for f in new) == 4, "every new stream went to b"
 
