@@ -77,7 +77,7 @@ async def one_batch(deployment: Deployment, emulator: LiveEmulator, source: str,
 
 def run(calls: int, batch: int, keep_logs: str | None = None) -> dict:
     script = Script(greeting=[Say(text="Let me read you the whole order, item by item.", seconds=8.0)], replies=[],
-                    text_reply=[Say(text="As I was saying, the order ships tomorrow.", seconds=1.0)])
+                    text_answer=[Say(text="As I was saying, the order ships tomorrow.", seconds=1.0)])
     rows = []
     with LiveEmulator(script) as emulator, RedisServer() as redis, PostgresServer() as postgres, \
             tempfile.TemporaryDirectory() as scratch:

@@ -296,6 +296,21 @@ def test_a_crowd_of_admissions_takes_exactly_the_limit(backend):
 # --------------------------------------------------------------------------- after the stream
 
 
+def test_a_note_left_by_one_process_is_read_by_another_and_taken_once(backend):
+    async def scenario():
+        async with backend.open() as callback, backend.open() as holder:
+            await callback.put_note("amd", "CA1", "machine_end_beep", ttl_s=1)
+            assert await holder.get_note("amd", "CA1") == "machine_end_beep"
+            assert await holder.take_note("amd", "CA1") == "machine_end_beep"
+            assert await callback.take_note("amd", "CA1") is None
+            await callback.put_note("transfer", "CA2", "{}", ttl_s=0.2)
+            assert await holder.get_note("other_kind", "CA2") is None
+            await backend.pass_time(0.3)
+            assert await holder.get_note("transfer", "CA2") is None  # every note expires
+
+    run(scenario())
+
+
 def test_the_after_stream_answer_is_given_once_by_any_process(backend):
     async def scenario():
         async with backend.open() as ender, backend.open() as asker:
@@ -431,6 +446,7 @@ def test_every_redis_key_expires(redis_server):
             await state.save_checkpoint("CA6", "a", "{}", lease_s=10, orphan_s=60, ttl_s=600)
             await state.release_call("CA6", "a", keep_for_s=60)
             await state.orphaned_calls()
+            await state.put_note("amd", "CA7", "human", ttl_s=60)
 
         client = aioredis.from_url(redis_server.url, decode_responses=True)
         try:
@@ -440,7 +456,7 @@ def test_every_redis_key_expires(redis_server):
             await client.aclose()
         kinds = {key.removeprefix(backend.prefix).split(":")[0] for key in keys}
         assert kinds == {"once", "active", "admitted", "slot", "after", "instances", "instance_info",
-                         "lease", "checkpoint", "calls"}
+                         "lease", "checkpoint", "calls", "note"}
         assert all(ttl > 0 for ttl in ttls.values()), {k: t for k, t in ttls.items() if t <= 0}
 
     run(scenario())
