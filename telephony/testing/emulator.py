@@ -28,6 +28,9 @@ What the emulator does, like the real service:
 
 - answers `setupComplete` to the setup (or never answers, closes, refuses: see
   `Script.setup`), and rejects resumption handles it never issued (close 1007);
+- refuses a resume (close 1011) while an earlier socket of the same session is
+  still open, as the service has been seen doing (docs/gemini-live.md §5): a client
+  must close the old socket first;
 - detects the caller's speech with an energy VAD on the 16 kHz input, honouring
   `silence_duration_ms`, and ``activityStart``/``activityEnd`` when automatic
   detection is disabled;
@@ -527,7 +530,7 @@ class EmulatedSession:
 
     Recorded attributes are appended from the emulator thread and may be read from
     any thread. `events` holds ``(time.monotonic(), kind, detail)`` tuples, in order;
-    kinds: setup, resumed / resume_refused (the handle), caller_speech_start/end
+    kinds: setup, resumed / resume_refused / resume_refused_open (the handle), caller_speech_start/end
     (detail: stream seconds), activity_start/end, audio_stream_end, text,
     context_update, turn_start (reply index or "greeting"), audio_out (bytes sent),
     late_audio_out (bytes of an interrupted turn sent after `interrupted`), tool_call, tool_response,
@@ -581,6 +584,15 @@ class EmulatedSession:
         self._input_audio_s = 0.0
         self._response_tokens = 0
         self._frame_received_at = 0.0
+        self.lineage = index
+        """The first session of the chain this one resumes (its own index when fresh)."""
+
+    @property
+    def socket_open(self) -> bool:
+        """The socket is open: no close frame sent or received yet."""
+        from websockets.protocol import State
+
+        return self._ws.state is State.OPEN
 
     def __repr__(self) -> str:
         return f"<EmulatedSession #{self.index} closed={self.closed} events={len(self.events)}>"
@@ -691,6 +703,12 @@ class EmulatedSession:
                 origin = self._emulator._resume(handle)
                 if origin is None:
                     raise _ClientProtocolError(f"unknown session resumption handle {handle!r}")
+                self.lineage = origin.lineage
+                still_open = self._emulator._open_sockets_of(self.lineage, but=self)
+                if still_open:
+                    self._record("resume_refused_open", handle)
+                    await self._ws.close(1011, f"session {self.lineage} still has an open connection")
+                    return
                 self._greeted, self._reply_index = origin._greeted, origin._reply_index
                 self._record("resumed", handle)
 
@@ -1350,3 +1368,7 @@ class LiveEmulator:
     def _resume(self, handle: str) -> EmulatedSession | None:
         with self._lock:
             return self._handles.get(handle)
+
+    def _open_sockets_of(self, lineage: int, but: EmulatedSession) -> list[EmulatedSession]:
+        with self._lock:
+            return [s for s in self.sessions if s is not but and s.lineage == lineage and s.socket_open]
