@@ -29,7 +29,7 @@ from .agents import Agent, agent_from_settings
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call, Detection, LiveLink
 from .errors import LiveError, LiveSendError, MalformedMessage
-from .moves import RENEW_S, CallKeeper
+from .moves import CallKeeper
 from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
@@ -222,11 +222,11 @@ class CallBridge:
 
     async def _keep_checkpoint(self) -> None:
         """Save the checkpoint whenever the call changed (finished turns, new handles,
-        digits, tool results), and renew the lease at least every `RENEW_S`."""
+        digits, tool results), and renew the lease well within its length (`keeper.renew_s`)."""
         assert self.keeper is not None
         while True:
             try:
-                await asyncio.wait_for(self._dirty.wait(), RENEW_S)
+                await asyncio.wait_for(self._dirty.wait(), self.keeper.renew_s)
             except TimeoutError:
                 pass
             changed = self._dirty.is_set()

@@ -9,10 +9,11 @@ checkpoint, lets go of the lease and closes Twilio's stream; Twilio then asks
 /stream-ended, which answers a new `<Connect><Stream>`, and the instance that
 receives that stream claims the call and carries it on.
 
-If the owner dies instead, its lease lapses by itself (`LEASE_S`): a new stream
-for the call (if Twilio asks /stream-ended at all) is claimed from the last
-checkpoint; if none comes within `ORPHAN_S`, any instance finds the call in
-`orphaned_calls` and closes its record, saying why.
+If the owner dies instead, its lease lapses by itself (CALL_LEASE_SECONDS): a new
+stream for the call (if Twilio asks /stream-ended at all) is claimed from the last
+checkpoint; if none comes within CALL_ORPHAN_SECONDS, any instance finds the call in
+`orphaned_calls` and closes its record, saying why, unless the record was already
+ended (the call ended normally but the store missed its release).
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from .shared_state import SharedState, SharedStateUnavailable
 
 log = logging.getLogger("telephony.moves")
 
-__all__ = ["CallKeeper", "CallOwnedElsewhere", "AFTER_STREAM_TTL_S", "LEASE_S", "RENEW_S", "ORPHAN_S", "CHECKPOINT_TTL_S",
+__all__ = ["CallKeeper", "CallOwnedElsewhere", "AFTER_STREAM_TTL_S", "RENEW_SHARE", "CHECKPOINT_TTL_S",
            "close_orphans"]
 
-#: An owner that stops renewing (a crash) loses the call after this long.
-LEASE_S = 10.0
-#: How often the owner renews its lease (and saves a changed checkpoint).
-RENEW_S = 3.0
-#: How long a released or lapsed call waits to be claimed before it is given up.
-ORPHAN_S = 60.0
+# The lease (how long an owner that stops renewing, a crash, keeps the call) and the
+# orphan time (how long a released or lapsed call waits to be claimed before it is
+# given up) are settings: CALL_LEASE_SECONDS and CALL_ORPHAN_SECONDS.
+
+#: The owner renews its lease (and saves a changed checkpoint) this often, as a share of the
+#: lease: two renewals may fail in a row before the lease lapses under a live owner.
+RENEW_SHARE = 0.3
 #: A checkpoint lives as long as the Live resumption handle in it can be used.
 CHECKPOINT_TTL_S = 2 * 3600.0
 #: How long an ended stream's answer waits for Twilio's /stream-ended (asked right after the close).
@@ -51,23 +53,29 @@ class CallOwnedElsewhere(Exception):
 class CallKeeper:
     """One call's lease and checkpoint, on behalf of the instance running it."""
 
-    def __init__(self, shared: SharedState, owner: str, call_sid: str, recorder: Any | None = None):
+    def __init__(self, shared: SharedState, owner: str, call_sid: str, recorder: Any | None = None, *,
+                 lease_s: float, orphan_s: float):
         self.shared = shared
         self.owner = owner
         self.call_sid = call_sid
         self.recorder = recorder
+        self.lease_s = lease_s
+        self.orphan_s = orphan_s
+        self.renew_s = lease_s * RENEW_SHARE
         self._warned = False
         self.claimed_in_s = 0.0
 
-    async def claim(self, wait_s: float = LEASE_S + 1.0) -> dict | None:
+    async def claim(self, wait_s: float | None = None) -> dict | None:
         """Own the call; return the checkpoint of a call that moved here (None: a new call).
 
-        A lease still held elsewhere is waited for up to `wait_s`: after a crash it
-        lapses by itself, and Twilio may already be asking for the next stream."""
+        A lease still held elsewhere is waited for up to `wait_s` (by default a second
+        more than a lease): after a crash it lapses by itself, and Twilio may already be
+        asking for the next stream."""
         started = time.monotonic()
-        deadline = started + wait_s
+        deadline = started + (self.lease_s + 1.0 if wait_s is None else wait_s)
         while True:
-            claim = await self.shared.claim_call(self.call_sid, self.owner, lease_s=LEASE_S, orphan_s=ORPHAN_S)
+            claim = await self.shared.claim_call(self.call_sid, self.owner, lease_s=self.lease_s,
+                                                 orphan_s=self.orphan_s)
             if claim.owned:
                 break
             if time.monotonic() >= deadline:
@@ -89,7 +97,7 @@ class CallKeeper:
         try:
             owned = await self.shared.save_checkpoint(
                 self.call_sid, self.owner, None if snapshot is None else json.dumps(snapshot, separators=(",", ":")),
-                lease_s=LEASE_S, orphan_s=ORPHAN_S, ttl_s=CHECKPOINT_TTL_S)
+                lease_s=self.lease_s, orphan_s=self.orphan_s, ttl_s=CHECKPOINT_TTL_S)
         except SharedStateUnavailable as exc:
             if not self._warned:
                 log.warning("call %s: its checkpoint cannot be kept (%s); it cannot move until the store is back",
@@ -113,7 +121,7 @@ class CallKeeper:
         if not await self.save({**snapshot, "handed_over": True}):
             return False
         try:
-            released = await self.shared.release_call(self.call_sid, self.owner, keep_for_s=ORPHAN_S)
+            released = await self.shared.release_call(self.call_sid, self.owner, keep_for_s=self.orphan_s)
         except SharedStateUnavailable as exc:
             log.warning("call %s: could not hand it over: %s", self.call_sid, exc)
             return False
@@ -135,7 +143,11 @@ class CallKeeper:
 
 async def close_orphans(shared: SharedState, recorder: Any | None) -> int:
     """Close the records of calls whose instance died and that no instance carried on
-    (Twilio did not come back for them): each is found by exactly one instance."""
+    (Twilio did not come back for them): each is found by exactly one instance.
+
+    A record that was already ended keeps its end: the call may have ended normally
+    while the shared state was away, so its release never landed and it looks
+    orphaned here, though its own instance wrote the true reason."""
     found = await shared.orphaned_calls()
     for call_sid, checkpoint in found:
         summary: dict[str, Any] = {}
@@ -151,7 +163,7 @@ async def close_orphans(shared: SharedState, recorder: Any | None) -> int:
             reason = "the call was moving to another instance, and no stream came back for it"
         else:
             reason = "the instance handling the call stopped, and the call was not carried on"
-        log.warning("call %s: %s; its record is closed", call_sid, reason)
+        log.warning("call %s: %s; its record is closed unless it was already ended", call_sid, reason)
         if recorder is not None:
-            recorder.call_ended(call_sid, reason=reason, summary=summary, at=time.time())
+            recorder.call_ended(call_sid, reason=reason, summary=summary, at=time.time(), if_open=True)
     return len(found)

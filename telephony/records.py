@@ -276,7 +276,10 @@ class CallRecorder:
         cost = estimate_cost(prompt, response, by, self.prices)
         self._put(("usage", call_sid, int(prompt), int(response), int(total), json.dumps(by), cost))
 
-    def call_ended(self, call_sid: str, *, reason: str, summary: dict, at: float) -> None:
+    def call_ended(self, call_sid: str, *, reason: str, summary: dict, at: float, if_open: bool = False) -> None:
+        """`if_open`: write the end only into a record not ended yet. Whoever closes a call
+        it was not running (the orphan sweep, moves.py) guesses why it ended; the
+        instance that ran it to its end knows, and its end must stand."""
         if not self._sid_ok(call_sid, "call_ended"):
             return
         summary = {k: v for k, v in (summary or {}).items() if k != "transcript"}  # the turns table has it
@@ -289,7 +292,8 @@ class CallRecorder:
         duration = summary.get("duration_s")
         self._put(("call_ended", call_sid, str(reason or ""), scrubbed_json(summary), float(at),
                    float(duration) if isinstance(duration, (int, float)) else None,
-                   _int_or_none(summary.get("interruptions")), _int_or_none(summary.get("live_reconnects")), usage))
+                   _int_or_none(summary.get("interruptions")), _int_or_none(summary.get("live_reconnects")), usage,
+                   bool(if_open)))
 
     def call_outcome(self, call_sid: str, **fields: str | None) -> None:
         """What became of the call beyond its end reason (OUTCOME_COLUMNS): an outbound
@@ -563,16 +567,21 @@ class CallRecorder:
         elif kind == "reconnect":
             conn.execute("UPDATE calls SET reconnects = reconnects + 1 WHERE call_sid = ?", (call_sid,))
 
-    def _apply_usage(self, conn, call_sid, prompt, response, total, by_modality, cost) -> None:
+    def _apply_usage(self, conn, call_sid, prompt, response, total, by_modality, cost, if_open=False) -> None:
         conn.execute("INSERT INTO calls (call_sid) VALUES (?) ON CONFLICT (call_sid) DO NOTHING", (call_sid,))
         conn.execute(
             "UPDATE calls SET prompt_tokens = ?, response_tokens = ?, total_tokens = ?, tokens_by_modality = ?, "
-            "estimated_cost_usd = ? WHERE call_sid = ?",
+            "estimated_cost_usd = ? WHERE call_sid = ?" + (" AND ended_at IS NULL" if if_open else ""),
             (prompt, response, total, by_modality, cost, call_sid),
         )
 
-    def _apply_call_ended(self, conn, call_sid, reason, summary, at, duration, interruptions, reconnects, usage) -> None:
+    def _apply_call_ended(self, conn, call_sid, reason, summary, at, duration, interruptions, reconnects, usage,
+                          if_open=False) -> None:
         self._stub(conn, call_sid, at)
+        if usage is not None:  # before the end is written, which an `if_open` usage would then not see open
+            self._apply_usage(conn, call_sid, *usage, if_open=if_open)
+        # The condition is in the statement itself, so it holds in SQLite and PostgreSQL alike
+        # and no other instance's end can slip in between a check and the write.
         conn.execute(
             """
             UPDATE calls SET
@@ -582,11 +591,9 @@ class CallRecorder:
                 interruptions = coalesce(?, interruptions),
                 reconnects = coalesce(?, reconnects)
             WHERE call_sid = ?
-            """,
+            """ + ("AND ended_at IS NULL\n" if if_open else ""),
             (at, reason, summary, duration, at, interruptions, reconnects, call_sid),
         )
-        if usage is not None:
-            self._apply_usage(conn, call_sid, *usage)
         self._open_turns.pop(call_sid, None)
 
     def _apply_turn_timing(self, conn, call_sid, role, seq, started_at, ended_at, latency_ms, interrupted) -> None:

@@ -88,7 +88,8 @@ async def media_stream(websocket: WebSocket) -> None:
     if identity is not None and identity.call_sid:
         # One owner per call: a new call's stream takes its lease; a moved call's
         # stream takes it over, with the checkpoint the last owner left.
-        keeper = CallKeeper(state.shared, state.instance_id, identity.call_sid, state.recorder)
+        keeper = CallKeeper(state.shared, state.instance_id, identity.call_sid, state.recorder,
+                            lease_s=s.call_lease_s, orphan_s=s.call_orphan_s)
         try:
             moved_in = await keeper.claim()
         except (CallOwnedElsewhere, SharedStateUnavailable) as exc:

@@ -163,7 +163,7 @@ async def stream_ended(request: Request) -> Response:
             log.warning("call %s: it was moving, but its checkpoint is gone: the caller hears the apology", call_sid)
             return Response(content=AfterStream(Next.APOLOGY).twiml(agent), media_type="text/xml")
         # Carried on after a crash (no word from the instance), the new instance may wait up to
-        # LEASE_S for the dead one's lease: the caller hears a word rather than silence.
+        # CALL_LEASE_SECONDS for the dead one's lease: the caller hears a word rather than silence.
         twiml = move_twiml(state, request, call_sid, checkpoint, agent,
                            say_first=ONE_MOMENT if answer is None else None)
         log.info("call %s moves: a new stream for whichever instance takes it", call_sid)

@@ -148,6 +148,12 @@ class Settings:
     max_concurrent_calls: int = 200
     drain_timeout_s: float = 30.0
     move_wait_s: float = 5.0
+    # Calls that survive a crash (moves.py): an owner that stops renewing loses its call's
+    # lease after `call_lease_s`; a call nobody claims within `call_orphan_s` after that
+    # has its record closed. Short enough to close a crashed call's record soon, long
+    # enough for Twilio's /stream-ended and a new stream to claim it first.
+    call_lease_s: float = 10.0
+    call_orphan_s: float = 60.0
     log_level: str = "INFO"
     resampler: str = "fir"
     # Running more than one process (shared_state.py): unset = this process's memory.
@@ -312,6 +318,8 @@ class Settings:
         values.update(_int(get, "MAX_CONCURRENT_CALLS", "max_concurrent_calls", 1, 100000))
         values.update(_float(get, "DRAIN_TIMEOUT_SECONDS", "drain_timeout_s", 0, 3600))
         values.update(_float(get, "MOVE_WAIT_SECONDS", "move_wait_s", 0, 60))
+        values.update(_float(get, "CALL_LEASE_SECONDS", "call_lease_s", 1, 120))
+        values.update(_float(get, "CALL_ORPHAN_SECONDS", "call_orphan_s", 1, 3600))
 
         db = get("ORDERS_DB_PATH")
         if db is not None:

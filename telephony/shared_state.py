@@ -450,10 +450,10 @@ def _forget_expired(items: OrderedDict, now: float, until_of: Callable) -> None:
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function expire_with_last(key, also)
+local function expire_with_last(key, also, after_ms)
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if last[2] then
-    local ms = math.max(1, tonumber(last[2]) - now)
+    local ms = math.max(1, tonumber(last[2]) - now + (after_ms or 0))
     redis.call('PEXPIRE', key, ms)
     if also then redis.call('PEXPIRE', also, ms) end
   end
@@ -524,30 +524,37 @@ end
 return out
 """
 
+# The list of calls is scored by when each call is orphaned: it must outlive its last
+# entry's score, or a call that crashed alone would vanish just as it became due for
+# `orphaned_calls`. Entries are kept a day past due (as long as `_CLAIM` prunes them).
+_CALLS = """
+local ORPHANS_KEPT_MS = 86400000
+"""
+
 # KEYS: lease (string owner), checkpoint (string), calls (zset call_sid -> orphaned at)
 # ARGV: call_sid, owner, lease_ms, orphan_ms
-_CLAIM = _NOW + """
+_CLAIM = _NOW + _CALLS + """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[2] then return {0, false, holder} end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 86400000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ORPHANS_KEPT_MS)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
-expire_with_last(KEYS[3])
+expire_with_last(KEYS[3], nil, ORPHANS_KEPT_MS)
 return {1, redis.call('GET', KEYS[2]), ARGV[2]}
 """
 
 # KEYS: lease, checkpoint, calls; ARGV: call_sid, owner, lease_ms, orphan_ms, ttl_ms, checkpoint (or '')
-_SAVE = _NOW + """
+_SAVE = _NOW + _CALLS + """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
-expire_with_last(KEYS[3])
+expire_with_last(KEYS[3], nil, ORPHANS_KEPT_MS)
 if ARGV[6] ~= '' then redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[5]) end
 return 1
 """
 
 # KEYS: lease, checkpoint, calls; ARGV: call_sid, owner, keep_ms (or '' when the call is over)
-_RELEASE = _NOW + """
+_RELEASE = _NOW + _CALLS + """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 if ARGV[3] == '' then
@@ -557,7 +564,7 @@ else
   local keep = tonumber(ARGV[3])
   if redis.call('PTTL', KEYS[2]) < keep then redis.call('PEXPIRE', KEYS[2], keep) end
   redis.call('ZADD', KEYS[3], now + keep, ARGV[1])
-  expire_with_last(KEYS[3])
+  expire_with_last(KEYS[3], nil, ORPHANS_KEPT_MS)
 end
 return 1
 """

@@ -61,16 +61,19 @@ def talk(seconds_between: list[float], tail: float = 4.0) -> list:
     return segments + [Silence(tail)]
 
 
-def place(deployment: Deployment, calls: list[tuple[str, list]], first: str = "agent-a") -> dict:
+def place(deployment: Deployment, calls: list[tuple[str, list]], first: str = "agent-a",
+          ask_after_drop: bool = True) -> dict:
     """Run the calls at once in the background, each placed on instance `first`:
-    {"thread", "results": {call_sid: FollowedCall}}."""
+    {"thread", "results": {call_sid: FollowedCall}}. `ask_after_drop`: whether Twilio's
+    stand-in asks /stream-ended after a stream that died with its instance."""
     results: dict = {}
     first_via = deployment.servers[first].http_url
 
     async def all_calls():
         done = await asyncio.gather(*(deployment.standin.inbound_call(
             via=deployment.proxy.http_url, first_via=first_via, public_url=PUBLIC, call_sid=sid,
-            caller=new_caller(), called=OUR_NUMBER, segments=segments) for sid, segments in calls))
+            caller=new_caller(), called=OUR_NUMBER, segments=segments, ask_after_drop=ask_after_drop)
+            for sid, segments in calls))
         results.update({call.call_sid: call for call in done})
 
     thread = threading.Thread(target=lambda: asyncio.run(all_calls()))
@@ -255,6 +258,103 @@ def test_after_a_crash_the_call_is_carried_on_from_its_last_checkpoint_when_twil
     assert record["end_reason"] == "caller hung up" and record["summary"]["moves"] == 1
 
 
+def test_after_a_crash_the_call_ends_and_its_record_says_why_when_twilio_does_not_ask(
+        emulator, redis, postgres, tmp_path):
+    """The other answer Twilio may give to a dead server (docs/twilio-media-streams.md §9):
+    no /stream-ended. The other instance closes the call's one record once the lease and
+    the orphan time (short here) are over, and the dead process left no Live session open."""
+    import signal
+
+    import psycopg
+
+    lease_s, orphan_s = 3.0, 3.0
+    extra = {"CALL_LEASE_SECONDS": str(lease_s), "CALL_ORPHAN_SECONDS": str(orphan_s)}
+    with Deployment(emulator, redis.url, postgres.url, tmp_path, extra_env=extra) as deployment:
+        emulator.script = Script(greeting=[Say(text=GREETING, seconds=0.8)],
+                                 replies=[Reply(steps=[Say(text=ANSWER, seconds=0.8)])])
+        before = len(emulator.sessions)
+        sid = new_call_sid()
+        running = place(deployment, [(sid, talk([2.0, 15.0], tail=3.0))], ask_after_drop=False)
+        emulator.wait_for(lambda: answered(emulator, before, 1), timeout=20)
+        emulator.wait_for(lambda: deployment.record(sid) is not None and len(deployment.record(sid)["turns"]) >= 2)
+        session = emulator.sessions[before]
+        assert session.socket_open and not session.closed
+        killed_at = time.time()
+        deployment.servers["agent-a"].proc.send_signal(signal.SIGKILL)
+        running["thread"].join(timeout=60)
+        call = running["results"][sid]
+        assert len(call.legs) == 1 and call.action_requests == 0, [leg.twiml for leg in call.legs]
+        assert call.legs[0].stream.close_code == 1006, "the stream died with its instance, without a close"
+        # The Live socket closed when the process died: no close frame from it, nothing left open.
+        emulator.wait_for(lambda: session.closed, timeout=10)
+        assert session.close_code == 1006 and not session.socket_open
+
+        record = None
+        deadline = time.monotonic() + lease_s + orphan_s + 30
+        while not (record and record.get("ended_at")) and time.monotonic() < deadline:
+            record = deployment.record(sid)
+            time.sleep(0.2)
+        assert record and record.get("ended_at"), [line for line in deployment.servers["agent-b"].output().splitlines() if "GET /" not in line][-40:]
+        closed_after = record["ended_at"] - killed_at
+        assert record["end_reason"] == "the instance handling the call stopped, and the call was not carried on"
+        assert closed_after >= orphan_s, f"closed {closed_after:.1f} s after the crash, before Twilio's time was up"
+        agent = [t["text"] for t in record["turns"] if t["role"] == "agent"]
+        assert sum(GREETING in text for text in agent) == 1, "the record keeps what was said before the crash"
+        assert record["summary"]["agent_turns"] >= 1
+        log = deployment.servers["agent-b"].output()
+        assert f"call {sid}: the instance handling the call stopped" in log, log[-3000:]
+        with psycopg.connect(postgres.url, autocommit=True) as db:
+            [(rows,)] = db.execute("SELECT count(*) FROM calls WHERE call_sid = %s", (sid,)).fetchall()
+        assert rows == 1
+        assert len(emulator.sessions) == before + 1, "no instance opened a Live session for the call afterwards"
+        print(f"crashed call's record closed {closed_after:.1f} s after SIGKILL "
+              f"(lease {lease_s:.0f} s + orphan {orphan_s:.0f} s)")
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_the_orphan_sweep_never_overwrites_the_end_of_a_call_that_ended(store, postgres, tmp_path):
+    """A call that ended while the shared state was away still looks orphaned there later
+    (its release never landed): the sweep finds it, and its record keeps its true end."""
+    from telephony.moves import close_orphans
+    from telephony.records import CallRecorder
+    from telephony.records_query import get_call
+    from telephony.shared_state import InProcessState
+
+    class Clock:
+        now = 1_700_000_000.0
+
+        def __call__(self):
+            return self.now
+
+    target = tmp_path / "calls.db" if store == "sqlite" else postgres.create_database(f"sweep_{next(_serial):x}")
+    recorder = CallRecorder(target)
+    clock = Clock()
+    state = InProcessState(clock=clock)
+    ended, crashed = new_call_sid(), new_call_sid()
+    tokens = {"prompt": 100, "response": 50, "total": 150, "by_modality": {"AUDIO": 150}}
+
+    async def scenario():
+        for sid in (ended, crashed):
+            recorder.call_started(sid, stream_sid=None, direction="inbound", caller=None, called=None,
+                                  at=clock.now)
+            recorder.transcript(sid, "agent", GREETING, clock.now, new_turn=True)
+            await state.claim_call(sid, "instance-a", lease_s=10, orphan_s=60)
+            await state.save_checkpoint(sid, "instance-a", '{"moves": 0, "turns": 1}', lease_s=10, orphan_s=60,
+                                        ttl_s=7200)
+        recorder.call_ended(ended, reason="caller hung up", summary={"tokens": tokens}, at=clock.now + 5)
+        # ...and its release (`CallKeeper.ended`) never reached the shared state.
+        clock.now += 71
+        assert await close_orphans(state, recorder) == 2
+
+    asyncio.run(scenario())
+    assert recorder.flush(10)
+    recorder.close()
+    kept, closed = get_call(target, ended), get_call(target, crashed)
+    assert kept["end_reason"] == "caller hung up" and kept["ended_at"] == 1_700_000_005.0
+    assert kept["tokens"]["total"] == 150, "the ended call's usage stands"
+    assert closed["end_reason"] == "the instance handling the call stopped, and the call was not carried on"
+
+
 def test_an_orphaned_call_gets_its_record_closed_saying_why(tmp_path):
     """A dead instance's call that no stream came back for is closed by whichever instance finds it."""
     from telephony.moves import close_orphans
@@ -270,7 +370,8 @@ def test_an_orphaned_call_gets_its_record_closed_saying_why(tmp_path):
         def __init__(self):
             self.ended = []
 
-        def call_ended(self, call_sid, *, reason, summary, at):
+        def call_ended(self, call_sid, *, reason, summary, at, if_open=False):
+            assert if_open, "the sweep never overwrites an end already written"
             self.ended.append((call_sid, reason, summary))
 
     clock, recorder = Clock(), Recorder()

@@ -418,6 +418,20 @@ def test_a_lapsed_lease_can_be_claimed_and_an_unclaimed_call_is_orphaned_once(ba
     run(scenario())
 
 
+def test_a_call_that_crashed_alone_is_still_listed_once_its_orphan_time_is_over(backend):
+    """No other call keeps the list of calls alive: it must outlive the entry falling due."""
+    async def scenario():
+        async with backend.open() as a:
+            await a.claim_call("CA1", "a", lease_s=0.2, orphan_s=0.2)
+            await a.save_checkpoint("CA1", "a", "one", lease_s=0.2, orphan_s=0.2, ttl_s=600)
+            await backend.pass_time(0.3)
+            assert await a.orphaned_calls() == []
+            await backend.pass_time(0.4)  # past due by more than a sweep's lateness
+            assert await a.orphaned_calls() == [("CA1", "one")]
+
+    run(scenario())
+
+
 # --------------------------------------------------------------------------- Redis itself
 
 

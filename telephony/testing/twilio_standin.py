@@ -47,7 +47,9 @@ then the TwiML it answers. A `<Connect><Stream>` opens a signed media stream (a
 says while no stream is open is lost, as on a real line); when the *server* closes that
 stream, Twilio requests the `<Connect action>` URL and runs the TwiML it returns, which
 may be a new `<Connect><Stream>` (docs/twilio-media-streams.md §5, §9). A `stop` from the
-caller (hanging up) ends the call without asking the action.
+caller (hanging up) ends the call without asking the action. Whether Twilio asks it after
+a socket that died without a close (a crashed server, close code 1006) is not documented:
+`ask_after_drop` plays either answer.
 """
 
 from __future__ import annotations
@@ -388,20 +390,21 @@ class TwilioStandIn:
 
     async def inbound_call(self, *, via: str, public_url: str, call_sid: str, caller: str, called: str,
                            segments: list, hang_up: bool = True, linger: float = 2.0,
-                           first_via: str | None = None) -> FollowedCall:
+                           first_via: str | None = None, ask_after_drop: bool = True) -> FollowedCall:
         """Run an inbound call as Twilio would, following `<Connect action>` (module docstring).
 
         `segments` (recordings.Silence, Tone, Speech, Dtmf) are what the caller says on the
         call's clock; with `hang_up` the caller hangs up when they are over. The webhook
         and the first stream go to `first_via` if given (a call placed on one instance),
-        everything after to `via`."""
+        everything after to `via`. Without `ask_after_drop`, a stream that died without a
+        close (1006) ends the call: Twilio is played asking nothing more."""
         from telephony.testing.recordings import build_messages
 
         rendered = build_messages(segments, call_sid=call_sid, account_sid=self.account_sid)
         frames = [m for m in rendered if m["event"] in ("media", "dtmf")]
         end_s = (len([m for m in frames if m["event"] == "media"]) * 0.02) if hang_up else None
         return await _Inbound(self, via, public_url, call_sid, caller, called, frames, end_s, linger,
-                              first_via).run()
+                              first_via, ask_after_drop).run()
 
     # ------------------------------------------------------------ the server side
 
@@ -662,8 +665,10 @@ def _stream_of(twiml: str) -> tuple[str, str | None, dict[str, str]] | None:
 
 class _Inbound:
     def __init__(self, standin: "TwilioStandIn", via: str, public_url: str, call_sid: str, caller: str, called: str,
-                 frames: list[dict[str, Any]], end_s: float | None, linger: float, first_via: str | None = None):
+                 frames: list[dict[str, Any]], end_s: float | None, linger: float, first_via: str | None = None,
+                 ask_after_drop: bool = True):
         self.standin, self.via, self.public_url = standin, via, public_url.rstrip("/")
+        self.ask_after_drop = ask_after_drop
         self.first_via = first_via or via
         self.call_sid, self.caller, self.called = call_sid, caller, called
         self.frames, self.end_s, self.linger = frames, end_s, linger
@@ -691,6 +696,8 @@ class _Inbound:
             result.legs.append(leg)
             if leg.stream.of_kind("sent_stop") or not action:
                 return result  # the caller hung up: Twilio asks nothing more
+            if leg.stream.close_code == 1006 and not self.ask_after_drop:
+                return result
             result.action_requests += 1
             answer = await asyncio.to_thread(self.standin.post_webhook, action, self.form("in-progress"), self.via)
             twiml = answer.body
