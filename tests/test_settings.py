@@ -50,12 +50,25 @@ def test_missing_api_key_names_the_variable():
         ("GEMINI_MODEL", "gemini live"),
         ("GEMINI_VOICE", "Kore!"),
         ("LOG_LEVEL", "LOUD"),
+        ("CALL_LEASE_SECONDS", "0.5"),
+        ("CALL_LEASE_SECONDS", "ten"),
+        ("CALL_ORPHAN_SECONDS", "0"),
+        ("CALL_ORPHAN_SECONDS", "7200"),
         ("AGENT_INSTRUCTIONS_FILE", "/nonexistent/instructions.txt"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         settings(**{name: value})
+
+
+def test_a_crashed_call_s_lease_and_orphan_times_are_read():
+    assert (settings().call_lease_s, settings().call_orphan_s) == (10.0, 60.0)
+    s = settings(CALL_LEASE_SECONDS="2.5", CALL_ORPHAN_SECONDS="20")
+    assert (s.call_lease_s, s.call_orphan_s) == (2.5, 20.0)
+    with pytest.raises(SettingsError) as info:
+        settings(CALL_ORPHAN_SECONDS="-1")
+    assert str(info.value).count("\n") == 0 and "CALL_ORPHAN_SECONDS" in str(info.value)
 
 
 def test_auth_token_is_never_echoed_in_errors_or_repr():
