@@ -268,6 +268,10 @@ class Script:
     reported as TEXT in cacheTokensDetails."""
     resumption_updates: bool = True
     """sessionResumptionUpdate after each turnComplete, when the setup enabled resumption."""
+    on_text: Callable[[str], list[Step]] | None = None
+    """When set, every realtime text the client sends is answered with the steps it
+    returns (instead of the greeting): a session used as a voice that says what it is told (a simulated
+    caller reading its lines)."""
 
     def __post_init__(self) -> None:
         if self.setup not in _SETUP_MODES:
@@ -642,6 +646,11 @@ class EmulatedSession:
             raise _ClientProtocolError(f"the first message must be a setup, got keys {sorted(frame)}")
         self.setup = frame["setup"]
         self._record("setup", self.setup.get("model"))
+        if self._emulator.choose_script is not None:
+            chosen = self._emulator.choose_script(self.setup)
+            if chosen is not None:
+                self.script = chosen
+                self._interrupts = chosen.interrupt_on_speech
         self._configure(self.setup)
         if self.vertex and (refusal := self._emulator._vertex_model_refusal(str(self.setup.get("model")), self)):
             self._record("model_refused", self.setup.get("model"))
@@ -764,6 +773,10 @@ class EmulatedSession:
     async def _on_text(self, text: str) -> None:
         self.texts.append(text)
         self._record("text", text)
+        if self.script.on_text is not None:
+            self._greeted = True
+            await self._start_turn(self.script.on_text(text), f"text-{len(self.texts)}")
+            return
         await self._maybe_greet()
 
     async def _maybe_greet(self) -> None:
@@ -1079,6 +1092,9 @@ class LiveEmulator:
         self._requested_port = port
         self.raise_server_errors = raise_server_errors
         self.sessions: list[EmulatedSession] = []
+        self.choose_script: Callable[[dict], Script | None] | None = None
+        """Picks a session's script from its setup (None keeps `script`): one emulator then
+        plays different models, e.g. the agent and a simulated caller of a live scenario."""
         self.cert_path = ""
         self._key_path = ""
         self._tmpdir: str | None = None
@@ -1100,6 +1116,12 @@ class LiveEmulator:
     def url(self) -> str:
         """The base URL to give the SDK, e.g. ``https://127.0.0.1:53187``."""
         return f"https://{self.host}:{self.port}"
+
+    @property
+    def key_path(self) -> str:
+        """The certificate's private key, for another loopback server trusted by the same
+        SSL_CERT_FILE (e.g. `TextModelEmulator`)."""
+        return self._key_path
 
     def env(self, *, express: bool = False) -> dict[str, str]:
         """The environment a process needs to reach the emulator with an unmodified SDK.
