@@ -143,7 +143,8 @@ def print_outcome(outcome: Outcome, min_pass_rate: float, *, verbose: bool = Fal
             print_call(run, out, indent="      ")
         latencies = ", ".join("none" if t is None else f"{t:.2f} s" for t in run.latencies) or "-"
         cost = f"; cost ${run.cost_usd:.4f} ({run.cost_detail})" if run.cost_usd is not None else ""
-        print(f"{prefix}call {run.call_sid}: {run.ending}; {run.turns} agent turns; replies after {latencies}; "
+        barge = f"; interrupted {run.interruptions}x" if run.interruptions else ""
+        print(f"{prefix}call {run.call_sid}: {run.ending}; {run.turns} agent turns{barge}; replies after {latencies}; "
               f"{run.duration_s:.1f} s{cost}", file=out)
     print(file=out)
 
@@ -154,6 +155,10 @@ def print_call(run: RunResult, out, indent: str = "  ") -> None:
         print(f"{indent}  {role:>6}: {text}", file=out)
     for call in run.tools:
         print(f"{indent}    tool: {tool_line(call)}", file=out)
+    if run.caller_side:
+        print(f"{indent}As the simulated caller heard and said it:", file=out)
+        for role, text in run.caller_side:
+            print(f"{indent}  {role}: {text}", file=out)
 
 
 def write_junit(outcomes: list[Outcome], path: Path, min_pass_rate: float = 1.0) -> None:

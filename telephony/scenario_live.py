@@ -39,6 +39,8 @@ CALLER_MARKER = "You are the CALLER in a test phone call to a business's voice a
 DEFAULT_JUDGE_MODEL = "gemini-2.5-flash"
 CALLER_VOICE = "Puck"
 HANG_UP = "hang_up"
+#: A person hangs up a moment after their last word, not on it.
+HANG_UP_AFTER_S = 1.0
 
 
 class LiveServices:
@@ -142,6 +144,7 @@ class LiveCallerVoice:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.stack is not None:
             await self.stack.aclose()
+        self.resampler = None
 
     # -- the line's callbacks
 
@@ -191,6 +194,7 @@ class LiveCallerVoice:
         try:
             await line.until(self.hang_up_requested.is_set, self.scenario.timeout)
             await line.speak(b"")  # its goodbye goes out before the hang-up
+            await line.sleep(HANG_UP_AFTER_S)
         finally:
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
@@ -263,6 +267,7 @@ class LiveCallerVoice:
     async def finish(self, result: RunResult, summary: dict | None, settings: Any) -> None:
         """Judge the criteria and price the run."""
         self._flush()
+        result.caller_side = list(self.transcript)
         tokens = (summary or {}).get("tokens") or {}
         agent_usd = estimate_cost(tokens.get("prompt", 0), tokens.get("response", 0), tokens.get("by_modality", {}),
                                   PriceTable.from_settings(settings))

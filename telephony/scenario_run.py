@@ -79,10 +79,14 @@ class RunResult:
     mode: str
     checks: list[Check] = field(default_factory=list)
     transcript: list[tuple[str, str]] = field(default_factory=list)
+    """Both sides as the agent's Live session transcribed them (the server's call summary)."""
+    caller_side: list[tuple[str, str]] = field(default_factory=list)
+    """Live: what the caller session said and heard, as it transcribed them."""
     tools: list[ToolCallSeen] = field(default_factory=list)
     ending: str = ""
     end_reason: str | None = None
     turns: int | None = None
+    interruptions: int = 0
     latencies: list[float | None] = field(default_factory=list)
     duration_s: float = 0.0
     cost_usd: float | None = None
@@ -411,6 +415,7 @@ def _assess(result: RunResult, scenario: Scenario, call: Any, summary: dict | No
         summary = {}
     result.transcript = [(str(role), str(text).strip()) for role, text in summary.get("transcript", [])]
     result.turns = summary.get("agent_turns")
+    result.interruptions = int(summary.get("interruptions") or 0)
     result.end_reason = summary.get("end_reason")
     ending, target, words = classify_ending(result.end_reason, bool(call.of_kind("sent_stop")))
     result.ending = words
