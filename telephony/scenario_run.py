@@ -38,6 +38,8 @@ __all__ = ["Check", "ObservedTools", "RunResult", "Status", "ToolCallSeen", "run
 
 log = logging.getLogger(__name__)
 
+DEFAULT_FROM = "+15551230101"
+DEFAULT_TO = "+15559870000"
 #: After the script's last line, how long the caller stays on the line for the agent to end the call.
 END_WAIT_S = 10.0
 #: Offline, a caller line without a scripted `reply` gets this short answer.
@@ -218,6 +220,9 @@ def run_scenario(scenario: Scenario, *, live: bool = False, services: Any = None
         result = _run(scenario, live, services)
     except (SettingsError, ScenarioError) as exc:
         result = RunResult(scenario, mode, error=str(exc))
+    except Exception as exc:  # one broken run must not stop the others; it fails, with why
+        log.debug("scenario %s failed to run", scenario.label, exc_info=True)
+        result = RunResult(scenario, mode, error=f"the run failed: {type(exc).__name__}: {exc}")
     result.duration_s = round(time.monotonic() - started, 2)
     return result
 
@@ -255,10 +260,6 @@ async def _call(scenario: Scenario, emulator: Any, live: bool, services: Any) ->
     result = RunResult(scenario, "live" if live else "offline")
     call_sid = "CA" + secrets.token_hex(16)
     result.call_sid = call_sid
-    parameters = {"CallSid": call_sid, "From": scenario.caller_number or "+15551230101",
-                  "To": scenario.to or "+15559870000"}
-    if scenario.agent:
-        parameters["agent"] = scenario.agent
     voice: Any
     if live:
         from .scenario_live import LiveCallerVoice
@@ -267,8 +268,11 @@ async def _call(scenario: Scenario, emulator: Any, live: bool, services: Any) ->
     else:
         voice = OfflineVoice(emulator)
     with ServerThread(app) as server:
+        to = dialled_number(app, scenario)
+        stream_url, parameters = await asyncio.to_thread(
+            answer_webhook, server, call_sid, scenario.caller_number or DEFAULT_FROM, to)
         async with voice:
-            caller = LineCaller(server.ws_url, lambda line: _converse(scenario, line, voice), call_sid=call_sid,
+            caller = LineCaller(stream_url, lambda line: _converse(scenario, line, voice), call_sid=call_sid,
                                 stream_sid="MZ" + secrets.token_hex(16), account_sid="AC" + secrets.token_hex(16),
                                 parameters=parameters, on_agent_audio=voice.hear, on_agent_clear=voice.cleared)
             call = await caller.run()
@@ -280,6 +284,45 @@ async def _call(scenario: Scenario, emulator: Any, live: bool, services: Any) ->
     else:
         await voice.finish(result, summary, settings)
     return result
+
+
+def dialled_number(app: Any, scenario: Scenario) -> str:
+    """The number the test call is placed to: `to`, else the named agent's first number
+    (the server then picks the agent as it would for a real call), else a placeholder."""
+    if scenario.to:
+        return scenario.to
+    book = getattr(app.state, "agents", None)
+    if scenario.agent and book is not None:
+        try:
+            agent = book.named(scenario.agent)
+        except LookupError:
+            names = ", ".join(a.name for a in getattr(book, "agents", ()))
+            raise ScenarioError(f"agent: there is no agent named {scenario.agent!r} (agents: {names})") from None
+        if agent.numbers:
+            return agent.numbers[0]
+    return DEFAULT_TO
+
+
+def answer_webhook(server: Any, call_sid: str, caller: str, called: str) -> tuple[str, dict[str, str]]:
+    """Ring the server as Twilio does: POST /incoming-call, then take the stream URL and
+    its <Parameter>s from the TwiML answer, so the call is admitted and routed as a real one."""
+    import urllib.parse
+    import urllib.request
+    import xml.etree.ElementTree as ET
+
+    form = urllib.parse.urlencode({"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller, "To": called,
+                                   "Direction": "inbound", "CallStatus": "ringing"}).encode()
+    request = urllib.request.Request(f"{server.http_url}/incoming-call", data=form,
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        twiml = response.read().decode()
+    stream = ET.fromstring(twiml).find("./Connect/Stream")
+    if stream is None:
+        raise ScenarioError(f"the server did not connect the call: it answered {twiml[:300]}")
+    url = urllib.parse.urlsplit(stream.get("url", ""))
+    ws_url = urllib.parse.urlsplit(server.ws_url)
+    target = urllib.parse.urlunsplit((ws_url.scheme, ws_url.netloc, url.path, url.query, ""))
+    return target, {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
 
 
 class OfflineVoice:
