@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -69,6 +70,8 @@ class ToolCallSeen:
     response: dict
     mocked: bool
     latency_ms: float
+    started: float = 0.0
+    """`time.monotonic()` when the call reached the registry."""
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.args.items())
@@ -118,9 +121,9 @@ class ObservedTools:
     Everything else is the wrapped registry's (declarations, scheduling, timeouts).
     """
 
-    def __init__(self, registry: Any, mocks: Mapping[str, ToolMock]):
+    def __init__(self, registry: Any, mocks: Mapping[str, ToolMock], *, strict: bool = True):
         unknown = sorted(set(mocks) - set(registry.names()))
-        if unknown:
+        if unknown and strict:
             raise ScenarioError(f"tools.{unknown[0]}: the agent has no tool named {unknown[0]!r} "
                                 f"(its tools: {', '.join(registry.names()) or 'none'})")
         self.inner = registry
@@ -164,7 +167,7 @@ class ObservedTools:
             return response
         finally:
             self.seen.append(ToolCallSeen(str(name), dict(args or {}), response, mock is not None,
-                                          round((time.monotonic() - started) * 1000, 1)))
+                                          round((time.monotonic() - started) * 1000, 1), started))
 
 
 # --------------------------------------------------------------------------- offline model
@@ -248,15 +251,12 @@ def _run(scenario: Scenario, live: bool, services: Any) -> RunResult:
 
 
 async def _call(scenario: Scenario, emulator: Any, live: bool, services: Any) -> RunResult:
-    from .app import create_app
-    from .lifecycle import default_registry
     from .settings import Settings
     from .testing.caller import LineCaller, caller_utterances
     from .testing.server import ServerThread
 
     settings = Settings.from_env()
-    tools = ObservedTools(default_registry(), scenario.mocks)
-    app = create_app(settings, tools)
+    app, observed = build_app(settings, scenario)
     result = RunResult(scenario, "live" if live else "offline")
     call_sid = "CA" + secrets.token_hex(16)
     result.call_sid = call_sid
@@ -277,13 +277,41 @@ async def _call(scenario: Scenario, emulator: Any, live: bool, services: Any) ->
                                 parameters=parameters, on_agent_audio=voice.hear, on_agent_clear=voice.cleared)
             call = await caller.run()
         summary = await asyncio.to_thread(_summary_of, app, call_sid)
-    _assess(result, scenario, call, summary, tools, caller_utterances(call))
+    _assess(result, scenario, call, summary, [c for tools in observed for c in tools.seen], caller_utterances(call))
     if emulator is not None:
         for error in emulator.server_errors():
             result.checks.append(Check("Live emulator", Status.FAILED, error))
     else:
         await voice.finish(result, summary, settings)
     return result
+
+
+def build_app(settings: Any, scenario: Scenario) -> tuple[Any, list[ObservedTools]]:
+    """The app for one run, with the tools of every agent observed and the scenario's mocks
+    in place. Mocks must name tools of the agent the call reaches; the others' tools are
+    observed too, so a call routed elsewhere shows up in the results."""
+    from .app import create_app
+
+    try:
+        from .agents import AgentBook, load_agents  # type: ignore[import-not-found]
+    except ImportError:  # one agent, configured from the environment
+        from .lifecycle import default_registry
+
+        tools = ObservedTools(default_registry(), scenario.mocks)
+        return create_app(settings, tools), [tools]
+    book = load_agents(settings)
+    try:
+        chosen = book.named(scenario.agent) if scenario.agent else book.for_number(scenario.to or DEFAULT_TO)
+    except LookupError:
+        who = f"agent: no agent is named {scenario.agent!r}" if scenario.agent else \
+            f"to: no agent answers {scenario.to or DEFAULT_TO}"
+        raise ScenarioError(f"{who} (agents: {', '.join(book.names())})") from None
+    observed, agents = [], []
+    for agent in book:
+        tools = ObservedTools(agent.tools, scenario.mocks, strict=agent is chosen)
+        observed.append(tools)
+        agents.append(dataclasses.replace(agent, tools=tools))
+    return create_app(settings, agents=AgentBook(agents)), observed
 
 
 def dialled_number(app: Any, scenario: Scenario) -> str:
@@ -444,11 +472,11 @@ def classify_ending(end_reason: str | None, caller_hung_up: bool) -> tuple[Endin
     return None, None, f"ended by the server: {reason or 'no reason given'}"
 
 
-def _assess(result: RunResult, scenario: Scenario, call: Any, summary: dict | None, tools: ObservedTools,
+def _assess(result: RunResult, scenario: Scenario, call: Any, summary: dict | None, seen: list[ToolCallSeen],
             bursts: list[tuple[float, float]]) -> None:
     expect = scenario.expect
     checks = result.checks
-    result.tools = list(tools.seen)
+    result.tools = sorted(seen, key=lambda c: c.started)
     if call.http_status is not None:
         checks.append(Check("call connects", Status.FAILED, f"the server refused the stream (HTTP {call.http_status})"))
     if call.protocol_errors:

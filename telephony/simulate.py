@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .testing.emulator import CallTool, LiveEmulator, Reply, Say, Script
 from .testing.server import ServerThread
-from .testing.recordings import read_recording
+from .testing.recordings import DEFAULT_TO, read_recording
 from .testing.simulator import CallSimulator, SimulatedCall
 
 
@@ -217,15 +217,26 @@ def simulation_settings():
     return Settings.from_env({**env, "GEMINI_API_KEY": "emulator-key"})
 
 
+def simulated_agent(settings) -> tuple[str, str, str, str, list[str]]:
+    """(name, instructions, greeting, voice, tool names) of the agent a simulated call reaches."""
+    try:
+        from .agents import load_agents  # type: ignore[import-not-found]
+    except ImportError:  # one agent, configured from the environment
+        from .lifecycle import default_registry
+
+        return ("default", settings.agent_instructions, settings.agent_greeting, settings.gemini_voice,
+                default_registry().names())
+    agent = load_agents(settings).for_number(DEFAULT_TO)
+    return agent.name, agent.instructions, agent.greeting, agent.voice, agent.tools.names()
+
+
 def print_setup(settings) -> None:
     """Which agent is simulated and how, before the call: nothing here is the real model."""
-    from .lifecycle import default_registry
-
-    instructions = " ".join(settings.agent_instructions.split())
-    print(f"Agent: instructions {instructions[:100]!r}{'...' if len(instructions) > 100 else ''}")
-    print(f"       greeting prompt {' '.join(settings.agent_greeting.split())[:100]!r}")
-    print(f"       model {settings.gemini_model}, voice {settings.gemini_voice}, tools: "
-          f"{', '.join(default_registry().names()) or 'none'}")
+    name, instructions, greeting, voice, tools = simulated_agent(settings)
+    instructions = " ".join(instructions.split())
+    print(f"Agent {name}: instructions {instructions[:100]!r}{'...' if len(instructions) > 100 else ''}")
+    print(f"       greeting prompt {' '.join(greeting.split())[:100]!r}")
+    print(f"       model {settings.gemini_model}, voice {voice}, tools: {', '.join(tools) or 'none'}")
     print("Offline: the Live emulator plays the model with the built-in Acme order-status conversation, whatever "
           "the instructions and tools above say; the agent's voice is a tone (the emulator does not speak). "
           "To test your own conversation, write a scenario and run `telephony test` (README, \"Test your agent\").\n")

@@ -327,7 +327,7 @@ def test_simulate_names_its_agent_uses_a_new_call_sid_each_run_and_says_the_voic
     for _ in range(2):
         assert cli_main(["simulate", recording]) == 0
         out = capsys.readouterr().out
-        assert "Agent: instructions 'You are the friendly phone agent of Acme Outfitters" in out
+        assert "Agent default: instructions 'You are the friendly phone agent of Acme Outfitters" in out
         assert "tools: lookup_order, end_call, transfer_call" in out
         assert "the agent's voice is a tone" in out and "built-in Acme order-status conversation" in out
         sids += [line.split()[1] for line in out.splitlines() if line.startswith("Call CA")]
