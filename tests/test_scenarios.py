@@ -328,7 +328,7 @@ def test_simulate_names_its_agent_uses_a_new_call_sid_each_run_and_says_the_voic
         assert cli_main(["simulate", recording]) == 0
         out = capsys.readouterr().out
         assert "Agent default: instructions 'You are the friendly phone agent of Acme Outfitters" in out
-        assert "tools: lookup_order, end_call, transfer_call" in out
+        assert "tools: lookup_order, end_call" in out
         assert "the agent's voice is a tone" in out and "built-in Acme order-status conversation" in out
         sids += [line.split()[1] for line in out.splitlines() if line.startswith("Call CA")]
     assert len(set(sids)) == 2
@@ -340,3 +340,44 @@ def test_simulate_with_a_bad_setting_is_one_line(capsys, monkeypatch):
     assert cli_main(["simulate", recording]) == 2
     err = capsys.readouterr().err
     assert err == "telephony: configuration error: AGENT_INSTRUCTIONS_FILE='/nonexistent/instructions.md' cannot be read: No such file or directory\n"
+
+
+def test_a_scenario_reaches_the_agent_it_names_through_that_agents_number(tmp_path):
+    pytest.importorskip("telephony.agents")
+    (tmp_path / "agents.toml").write_text(textwrap.dedent("""
+        [[agents]]
+        name = "shop"
+        numbers = ["default"]
+        instructions = "You are the shop's agent."
+        greeting = "Greet the caller as the shop."
+        tools = "tools"
+
+        [[agents]]
+        name = "clinic"
+        numbers = ["+15557770001"]
+        instructions = "You are the clinic's receptionist."
+        greeting = "Greet the caller as the clinic."
+        transfer_targets = { reception = "+15557770009" }
+    """))
+    path = write(tmp_path, "clinic.yaml", f"""
+        name: The clinic's number transfers to reception
+        agent: clinic
+        env:
+          AGENTS_FILE: "{tmp_path / 'agents.toml'}"
+        caller:
+          script:
+            - say: "Can I speak to reception?"
+              reply:
+                - say: "Of course, transferring you now."
+                - call: transfer_call
+                  args: {{destination: reception}}
+        expect:
+          transfer_to: reception
+          not_called: [lookup_order]
+    """)
+    [scenario] = load_scenarios([path])
+
+    result = run_scenario(scenario)
+
+    assert result.passed, [(c.what, c.detail) for c in result.checks] or result.error
+    assert result.ending == "transferred to reception"
