@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from typing import Any
 
 from pydantic import BaseModel
@@ -49,8 +48,8 @@ class LiveServices:
 
     def __init__(self, *, caller_model: str | None = None, judge_model: str | None = None,
                  caller_client: Any = None, judge_client: Any = None) -> None:
-        self.caller_model = caller_model or os.environ.get("SCENARIO_CALLER_MODEL")
-        self.judge_model = judge_model or os.environ.get("SCENARIO_JUDGE_MODEL") or DEFAULT_JUDGE_MODEL
+        self.caller_model = caller_model
+        self.judge_model = judge_model or DEFAULT_JUDGE_MODEL
         self._caller_client = caller_client
         self._judge_client = judge_client
 
