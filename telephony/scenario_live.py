@@ -205,7 +205,7 @@ class LiveCallerVoice:
 
         silence = b"\xff" * 160
         while not line.closed:
-            await line.until(lambda: False, 0.02)  # one frame
+            await line.next_frame()
             chunk = bytes(self.heard[:160]) if self.heard else silence
             del self.heard[:160]
             await self.session.send_realtime_input(

@@ -257,16 +257,21 @@ expect:
 """
 
 
-def test_live_mode_judges_criteria_and_a_missing_one_fails(tmp_path, emulated_live):
+def test_live_mode_fails_a_wrong_tool_argument_and_a_missing_criterion(tmp_path, emulated_live):
     [scenario] = load_scenarios([write(tmp_path, "live.yaml", LIVE_SCRIPTED)])
-    emulated_live.emulator.script = scripted_model(scenario)  # the "real model" of this test
+    # The "real model" of this test answers as scripted, but looks up the wrong order.
+    model = scripted_model(scenario)
+    model.replies[0].steps[0] = CallTool("lookup_order", {"order_id": "B2002"})
+    emulated_live.emulator.script = model
     emulated_live.caller_script = Script(greeting=[], pace=1.0,
                                          on_text=lambda text: [Say(text=text, seconds=1.2, freq=300.0)])
 
     result = run_scenario(scenario, live=True, services=emulated_live.services)
 
     checks = {c.what: c for c in result.checks}
-    assert checks["tools called"].status is Status.PASSED
+    wrong = checks["tools called"]
+    assert wrong.status is Status.FAILED
+    assert wrong.detail == "expected lookup_order(order_id='A1001'); the agent called: lookup_order(order_id='B2002')"
     assert checks["ending"].status is Status.PASSED
     assert checks['criterion: The agent says the order "shipped"'].status is Status.PASSED
     missing = checks['criterion: The agent offers a "refund"']
@@ -281,7 +286,7 @@ def test_live_mode_judges_criteria_and_a_missing_one_fails(tmp_path, emulated_li
     config = request["generationConfig"]
     assert config["responseMimeType"] == "application/json" and "responseSchema" in config
     prompt = request["contents"][0]["parts"][0]["text"]
-    assert "lookup_order(order_id='A1001')" in prompt and "How the call ended: caller hung up" in prompt
+    assert "lookup_order(order_id='B2002')" in prompt and "How the call ended: caller hung up" in prompt
     assert result.cost_usd and result.cost_usd > 0 and "judge $" in result.cost_detail
 
 

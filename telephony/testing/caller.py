@@ -89,6 +89,10 @@ class Line:
             self._run.record("sent_dtmf", digit=digit)
             await self.sleep(gap_s)
 
+    async def next_frame(self) -> None:
+        """Wait until the next 20 ms caller frame has gone out."""
+        await self._run.tick()
+
     async def sleep(self, seconds: float) -> bool:
         """Wait, returning early (False) if the server closes the stream."""
         try:
