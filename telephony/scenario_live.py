@@ -111,6 +111,7 @@ class LiveCallerVoice:
         self._heard_text = ""
         self.usage = {"prompt": 0, "response": 0, "by_modality": {}}
         self.resampler: Any = None
+        self.error: str | None = None
 
     # -- lifecycle
 
@@ -212,6 +213,20 @@ class LiveCallerVoice:
                 audio=types.Blob(data=ulaw_to_pcm16k(chunk), mime_type="audio/pcm;rate=16000"))
 
     async def _receive(self) -> None:
+        """Read the caller session until it closes; a failure ends the caller's part, with why."""
+        try:
+            await self._read_messages()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.error = f"the caller's Live session failed: {type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("%s", self.error)
+        finally:
+            self.turn_done.set()  # nobody waits for a session that is gone
+            if self.scenario.simulated_caller:
+                self.hang_up_requested.set()
+
+    async def _read_messages(self) -> None:
         from google.genai import types
 
         while True:
@@ -267,6 +282,8 @@ class LiveCallerVoice:
         """Judge the criteria and price the run."""
         self._flush()
         result.caller_side = list(self.transcript)
+        if self.error:
+            result.checks.append(Check("caller session", Status.FAILED, self.error))
         tokens = (summary or {}).get("tokens") or {}
         agent_usd = estimate_cost(tokens.get("prompt", 0), tokens.get("response", 0), tokens.get("by_modality", {}),
                                   PriceTable.from_settings(settings))

@@ -53,7 +53,6 @@ expect:
   ending: caller_hung_up
   digits: "12#"
   max_turns: 3
-  reply_within: 5
 """
 
 
@@ -130,7 +129,8 @@ def test_an_offline_scenario_passes_twice_with_its_mock_keypad_and_junit(tmp_pat
 
 
 def test_an_offline_scenario_calling_a_tool_with_the_wrong_argument_fails(tmp_path, capsys):
-    text = ORDER_SCENARIO.replace("args: {order_id: A1001}", "args: {order_id: B2002}")
+    # The emulator ends caller speech after 500 ms of silence, so no reply can come within 50 ms.
+    text = ORDER_SCENARIO.replace("args: {order_id: A1001}", "args: {order_id: B2002}") + "  reply_within: 0.05\n"
     path = write(tmp_path, "wrong.yaml", text)
     junit = tmp_path / "results.xml"
 
@@ -142,6 +142,7 @@ def test_an_offline_scenario_calling_a_tool_with_the_wrong_argument_fails(tmp_pa
     assert ("FAIL tools called in order: expected lookup_order(order_id=/A\\d{4}/); "
             "the agent called: lookup_order(order_id='B2002')") in out
     assert "caller: Where is my order A1001?" in out  # the transcript comes with a failure
+    assert "FAIL reply_within: budget 0.05 s; reply 1: 0." in out
     failure = ET.parse(junit).getroot().find("testcase/failure")
     assert failure is not None and "lookup_order(order_id='B2002')" in failure.text
 
