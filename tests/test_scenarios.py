@@ -90,6 +90,12 @@ def test_each_mistake_in_a_scenario_file_is_one_line_naming_the_key(tmp_path, te
     assert "\n" not in str(caught.value)
 
 
+def test_the_example_scenarios_of_the_repository_are_valid():
+    scenarios = load_scenarios([Path(__file__).parent.parent / "scenarios"])
+    assert {s.path.name for s in scenarios} >= {"order_status.yaml", "transfer_to_a_person.yaml",
+                                                 "order_by_keypad.yaml", "hurried_parent.yaml"}
+
+
 def test_argument_matching_exact_pattern_and_any():
     scenario = parse_scenario({
         "name": "x", "caller": {"script": [{"say": "hi"}]},
