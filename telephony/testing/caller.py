@@ -212,6 +212,7 @@ class _CallerRun(_Run):
     async def receive_loop(self, ws) -> None:
         await super().receive_loop(ws)
         self.server_closed.set()
+        self.frame.set()  # whoever waits for the next frame learns the call is over
 
     def on_media(self, msg: dict[str, Any], raw: str) -> None:
         before = len(self.agent_audio)
