@@ -94,9 +94,13 @@ class Line:
         await self._run.tick()
 
     async def sleep(self, seconds: float) -> bool:
-        """Wait, returning early (False) if the server closes the stream."""
+        """Wait, returning early (False) if the server closes the stream.
+
+        `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` loses a cancellation
+        that arrives as its future completes, which is exactly when the server hangs up."""
         try:
-            await asyncio.wait_for(self._run.server_closed.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._run.server_closed.wait()
             return False
         except TimeoutError:
             return True
@@ -259,9 +263,6 @@ class _CallerRun(_Run):
                 await self.send(ws, {"event": "stop", "streamSid": self.sim.stream_sid,
                                      "stop": {"accountSid": self.sim.account_sid, "callSid": self.sim.call_sid}})
                 self.record("sent_stop")
-            else:
-                # The server ended the call: nothing more to send, wait for the close to land.
-                await asyncio.Event().wait()
         except ConnectionClosed:
             pass
 
