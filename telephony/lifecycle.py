@@ -2,14 +2,16 @@
 
 Start-up reads and checks the settings, opens the stores, the Live client and the
 shared state, and announces this instance; shutdown drains the calls first (on
-SIGTERM: stop taking calls, let them finish, then end the rest politely), so no
-caller is cut off by a restart.
+SIGTERM: stop taking calls; with Redis and another instance taking calls, move
+each call there (moves.py); else let them finish, then end the rest politely),
+so no caller is cut off by a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -26,6 +28,7 @@ from . import __version__, metrics
 from .audio_recording import AudioRecordings
 from .errors import SettingsError
 from .live import make_client
+from .moves import close_orphans
 from .observe import Watch
 from .outbound import OutboundRefs
 from .records import CallRecorder, open_records
@@ -33,10 +36,11 @@ from .records_schema import RecordsError
 from .security import Gatekeeper, check_deployment, install_log_redaction
 from .settings import Settings
 from .shared_state import SharedStateUnavailable, open_shared_state
-from .tools import ToolRegistry
+from .agents import AgentBook, load_agents, warn_about_demo
+from .tool_registry import ToolRegistry
 from .twilio_rest import close_rest_client, make_rest_client
 
-log = logging.getLogger("telephony.app")
+log = logging.getLogger(__name__)
 
 #: Each instance reports itself alive this often, for this long (the drain asks who else is up).
 HEARTBEAT_S = 5.0
@@ -76,15 +80,9 @@ def _int_env(name: str, default: int) -> int:
         raise SettingsError(f"{name}={raw!r} is not a whole number") from None
 
 
-def default_registry() -> ToolRegistry:
-    from tools import registry
-
-    return registry
-
-
 @contextlib.asynccontextmanager
 async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistry | None,
-                  tracing: Any | None):
+                  tracing: Any | None, agents: AgentBook | None = None):
     """Everything the app holds while it serves, started in order and stopped in reverse."""
     s = settings or Settings.from_env()
     configure_logging(s.log_level)
@@ -97,17 +95,19 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     except SettingsError as exc:
         log.error("configuration error: %s", exc)
         raise
-    reg = registry or default_registry()
-    reg.default_timeout = s.tool_timeout_s
     try:
+        # Who answers which number, with which tools (agents.py); `registry` replaces every
+        # agent's business tools (tests, embedding).
+        book = agents or load_agents(s, tools=registry)
+        book.prepare(s)  # each tools module's start-up hook (the demo creates its orders database)
+        warn_about_demo(book, s)
         app.state.client = make_client(s)  # on Vertex AI, loads the credentials: may refuse to start
-        prepare_orders_db(s)
         app.state.recorder = CallRecorder(open_records(s), s)  # call records (records.py)
     except (SettingsError, RecordsError) as exc:
         log.error("configuration error: %s", exc)
         raise
     app.state.settings = s
-    app.state.registry = reg
+    app.state.agents = book
     app.state.rest = make_rest_client(s)  # None without REST credentials (twilio_rest.py)
     # What every process must agree on (shared_state.py): this process's memory, or Redis.
     shared = app.state.shared = open_shared_state(s.redis_url)
@@ -115,10 +115,13 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     app.state.outbound_refs = OutboundRefs(s, state=shared)  # what each outbound call is for (POST /outbound-call)
     app.state.active_calls = set()
     app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
-    app.state.gate = Gatekeeper(s, shared)
+    # A stream's slot lapses after the longest call any agent allows (0: an agent without a limit).
+    limits = [a.max_call_s for a in book]
+    app.state.gate = Gatekeeper(dataclasses.replace(s, max_call_s=0.0 if 0 in limits else max(limits)), shared)
     app.state.draining = False
+    app.state.transfers = make_transfers(app.state)  # warm transfers (transfer.py)
     try:
-        app.state.watch = make_watch(s, reg, tracing)  # metrics, traces, call audio (observe.py)
+        app.state.watch = make_watch(s, book, tracing)  # metrics, traces, call audio (observe.py)
     except SettingsError as exc:
         log.error("configuration error: %s", exc)
         raise
@@ -131,7 +134,10 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
             log.error("%s: new calls are refused until it answers", exc)
     heartbeat = asyncio.create_task(heartbeat_loop(app), name="instance-heartbeat")
     drain_on_sigterm(app)
-    log.info("phone agent %s ready: model=%s voice=%s tools=%s", __version__, s.gemini_model, s.gemini_voice, reg.names())
+    log.info("phone agent %s ready: model=%s", __version__, s.gemini_model)
+    for agent in book:
+        log.info("agent %s answers %s: voice=%s language=%s tools=%s", agent.name, agent.answers(), agent.voice,
+                 agent.language or "auto", ", ".join(agent.tools.names()))
     if not s.public_url:
         log.warning("PUBLIC_URL is not set: stream URLs will use the Host header of each webhook request")
     if not s.has_twilio_rest:
@@ -167,7 +173,7 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     await close_rest_client(app.state.rest)  # after the calls: their hang-ups went through it
 
 
-def make_watch(s: Settings, registry: ToolRegistry, tracing: Any | None) -> Watch:
+def make_watch(s: Settings, agents: AgentBook, tracing: Any | None) -> Watch:
     from .tracing import from_settings
 
     recordings = None
@@ -175,7 +181,8 @@ def make_watch(s: Settings, registry: ToolRegistry, tracing: Any | None) -> Watc
         recordings = AudioRecordings(s.recordings_dir, s.recording_retention_days)
         log.info("call audio is recorded to %s (kept %g days): callers must be told", s.recordings_dir,
                  s.recording_retention_days)
-    return Watch(tracing=tracing or from_settings(s), recordings=recordings, tool_names=frozenset(registry.names()))
+    return Watch(tracing=tracing or from_settings(s), recordings=recordings, tool_names=agents.tool_names(),
+                 agent_names=frozenset(agents.names()))
 
 
 async def recording_retention(recordings: AudioRecordings | None) -> None:
@@ -187,27 +194,14 @@ async def recording_retention(recordings: AudioRecordings | None) -> None:
         await asyncio.sleep(86400)
 
 
-def prepare_orders_db(settings: Settings) -> None:
-    """Create and seed the demo orders database, or say which setting points nowhere usable."""
-    import sqlite3
-
-    from tools.orders import ensure_orders_db
-
-    try:
-        ensure_orders_db(settings.orders_db_path)
-    except (OSError, sqlite3.Error) as exc:
-        raise SettingsError(
-            f"ORDERS_DB_PATH={str(settings.orders_db_path)!r}: cannot create the orders database: {exc}"
-        ) from None
-
-
 def check_storage(settings: Settings) -> None:
-    """Both databases open and migrate (for `telephony serve` to fail in one line, before uvicorn).
+    """The agents load and the call records open and migrate (for `telephony serve` to fail
+    in one line, before uvicorn).
 
     PostgreSQL (DATABASE_URL) is not connected to here: being unreachable does not
     stop the server (records.py), and the app's start-up migrates it.
     """
-    prepare_orders_db(settings)
+    load_agents(settings).prepare(settings)
     open_records(settings).check()
 
 
@@ -244,6 +238,7 @@ async def heartbeat_loop(app: FastAPI) -> None:
         try:
             await state.shared.heartbeat(state.instance_id, draining=state.draining,
                                          active_calls=len(state.active_calls), ttl_s=HEARTBEAT_TTL_S)
+            await close_orphans(state.shared, state.recorder)
             warned = False
         except SharedStateUnavailable as exc:
             if not warned:  # once per outage, not every few seconds
@@ -261,8 +256,15 @@ async def drain(app: FastAPI, timeout_s: float) -> None:
         await state.shared.heartbeat(state.instance_id, draining=True, active_calls=len(state.active_calls),
                                      ttl_s=HEARTBEAT_TTL_S)
     calls = state.active_calls
-    log.info("draining: %d active call(s); waiting up to %.0f s for them to finish", len(calls), timeout_s)
     deadline = time.monotonic() + timeout_s
+    takers = await instances_taking_calls(state) if calls and state.settings.redis_url else []
+    if takers:
+        log.info("draining: moving %d active call(s) to the other instance(s) (%s); waiting up to %.0f s",
+                 len(calls), ", ".join(takers), timeout_s)
+        for bridge in list(calls):
+            bridge.move(min(state.settings.move_wait_s, timeout_s / 2))
+    else:
+        log.info("draining: %d active call(s); waiting up to %.0f s for them to finish", len(calls), timeout_s)
     while calls and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     if calls:
@@ -273,6 +275,16 @@ async def drain(app: FastAPI, timeout_s: float) -> None:
         while calls and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     log.info("drained: %d call(s) left", len(calls))
+
+
+async def instances_taking_calls(state: Any) -> list[str]:
+    """The other instances alive and not draining (nothing moves when none, or when unknown)."""
+    try:
+        return [i.instance_id for i in await state.shared.instances()
+                if i.instance_id != state.instance_id and not i.draining]
+    except SharedStateUnavailable as exc:
+        log.warning("draining: %s; calls cannot move and finish here", exc)
+        return []
 
 
 def drain_on_sigterm(app: FastAPI) -> None:
@@ -309,3 +321,23 @@ def drain_on_sigterm(app: FastAPI) -> None:
         pass
 
 
+def make_transfers(state) -> "WarmTransfers | None":
+    """Warm transfers need REST credentials, our number and PUBLIC_URL (Settings and the
+    agents file check them); None when no agent has a warm target."""
+    from .agents import NoAgent
+    from .routes_twilio import stream_twiml
+    from .transfer import Ticket, WarmTransfers
+
+    s = state.settings
+    if state.rest is None or not any(agent.warm_transfer_targets for agent in state.agents.agents):
+        return None
+
+    def return_twiml(ticket: Ticket) -> str:
+        try:
+            agent = state.agents.named(ticket.agent) if ticket.agent else None
+        except NoAgent:
+            agent = None
+        return stream_twiml(state.gate, s.public_host or "", ticket.caller_sid, ticket.caller or "", ticket.called or "",
+                            {"direction": ticket.direction}, agent=agent, leg=f"return-{ticket.id}")
+
+    return WarmTransfers(s, state.shared, state.rest, state.recorder, return_twiml)

@@ -41,7 +41,8 @@ TOOL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 ACTIVE_CALLS = Gauge("phone_active_calls", "Calls in progress (media streams with a bridge).",
                      multiprocess_mode="livesum")
-CALLS = Counter("phone_calls", "Calls ended, by outcome (the category of the end reason).", ["outcome"])
+CALLS = Counter("phone_calls", "Calls ended, by outcome (the category of the end reason) and agent (agents.py).",
+                ["outcome", "agent"])
 LIVE_SESSIONS = Counter("phone_live_sessions", "Live sessions opened: kind=opened (a call's first) or resumed.",
                         ["kind"])
 LIVE_REPLACED = Counter("phone_live_sessions_replaced", "Live sessions replaced mid-call, by cause.", ["cause"])
@@ -53,6 +54,11 @@ TOOL_SECONDS = Histogram("phone_tool_call_seconds", "Tool call latency.", ["tool
 BARGE_INS = Counter("phone_barge_ins", "Caller interruptions of the agent (Live `interrupted`).")
 CLEAR_SECONDS = Histogram("phone_clear_latency_seconds", "From Live's `interrupted` received to Twilio `clear` sent.",
                           buckets=CLEAR_BUCKETS)
+TRANSFERS = Counter("phone_transfers", "Transfers to a person, by mode (cold, warm) and outcome (warm: accepted, "
+                    "declined, no-answer, busy, failed, human hung up, caller hung up, could not call).",
+                    ["mode", "outcome"])
+ANSWERED_BY = Counter("phone_outbound_answered", "Outbound calls with answering-machine detection, by Twilio's "
+                      "verdict (human, machine_end_beep, ..., fax, unknown, none: no verdict in time).", ["answered_by"])
 RESPONSE_SECONDS = Histogram(
     "phone_response_latency_seconds",
     "Per agent turn: from the end of the caller's speech (measured on the relayed audio) to the first agent "
@@ -63,10 +69,13 @@ _OUTCOMES = (
     ("caller_hung_up", re.compile(r"^caller hung up")),
     ("agent_hung_up", re.compile(r"^agent ended the call")),
     ("transferred", re.compile(r"^transferred to")),
+    ("warm_transfer", re.compile(r"^warm transfer to")),
+    ("voicemail", re.compile(r"^voicemail message left|^answered by a (machine|fax)")),
     ("max_length", re.compile(r"^maximum call length")),
     ("twilio_disconnected", re.compile(r"^Twilio socket closed")),
     ("live_failed", re.compile(r"Live session|restore the Live")),
-    ("server_shutdown", re.compile(r"^server shutting down")),
+    ("server_shutdown", re.compile(r"^server shutting down|^could not move")),
+    ("moved", re.compile(r"^moved to another instance")),  # the call goes on at another instance
     ("bad_stream", re.compile(r"bad frames|unsupported media format")),
     ("internal_error", re.compile(r"^internal error")),
     ("stream_ended", re.compile(r"^stream ended")),

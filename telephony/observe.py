@@ -9,7 +9,7 @@ call. It reads the core's public facts (`Call.turn`, `frames_out`,
 `sent_bytes`, `interruptions`, `speech`) and never changes them.
 
 A turn's response latency runs from the end of the caller's speech, as
-`speech.SpeechEndDetector` saw it on the audio we relay, to the moment the
+`speech_end.SpeechEndDetector` saw it on the audio we relay, to the moment the
 agent's first audio of the turn has been handed to Twilio's socket. A turn
 with no caller speech before it (the greeting, a nudge) has no latency.
 """
@@ -28,7 +28,7 @@ from .audio_recording import AudioRecordings, CallAudio
 
 __all__ = ["Watch", "CallObserver", "TurnTiming"]
 
-log = logging.getLogger("telephony.observe")
+log = logging.getLogger(__name__)
 
 ULAW_BYTES_PER_SECOND = 8000
 
@@ -40,9 +40,10 @@ class Watch:
     tracing: Any | None = None  # tracing.CallTracing, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     recordings: AudioRecordings | None = None  # when RECORD_AUDIO is on
     tool_names: frozenset[str] = field(default_factory=frozenset)
+    agent_names: frozenset[str] = field(default_factory=frozenset)  # configured agents: a bounded label
 
-    def observe(self, call: Any, recorder: Any | None) -> "CallObserver":
-        return CallObserver(call, recorder, self)
+    def observe(self, call: Any, recorder: Any | None, agent: str | None = None) -> "CallObserver":
+        return CallObserver(call, recorder, self, agent)
 
 
 @dataclass
@@ -64,8 +65,9 @@ class TurnTiming:
 class CallObserver:
     """Everything kept about one call beyond its record; created by the bridge, fed by its hooks."""
 
-    def __init__(self, call: Any, recorder: Any | None, watch: Watch):
+    def __init__(self, call: Any, recorder: Any | None, watch: Watch, agent: str | None = None):
         self.call = call
+        self.agent = agent or "default"
         self.recorder = recorder
         self.watch = watch
         self.speech_ends = 0  # the detector's count last seen: the bridge compares it per frame
@@ -78,9 +80,9 @@ class CallObserver:
         self._caller_seq = 0
         self._interruptions_seen = 0
         self._span = None
-        self._audio: CallAudio | None = None
-        if watch.recordings is not None:
-            self._audio = call.tap = CallAudio()
+        #: Both sides' audio while RECORD_AUDIO is on: the bridge hands it to the core as
+        #: `Call.tap`, which feeds it; this observer only saves it when the call ends.
+        self.audio: CallAudio | None = CallAudio() if watch.recordings is not None else None
 
     # ------------------------------------------------------------ the call
 
@@ -98,7 +100,8 @@ class CallObserver:
         now = time.time()
         self._close_turn(now, interrupted=False, cut=True)
         outcome = m.call_outcome(self.call.end_reason)
-        m.CALLS.labels(outcome).inc()
+        agent_label = self.agent if not self.watch.agent_names or self.agent in self.watch.agent_names else "other"
+        m.CALLS.labels(outcome, agent_label).inc()
         m.ACTIVE_CALLS.dec()
         if self._span is not None:
             agent = [t for t in self.timings if t.role == "agent"]
@@ -106,11 +109,13 @@ class CallObserver:
             self.watch.tracing.end_call(self._span, ended, {
                 m_attr: value for m_attr, value in (
                     ("telephony.call_sid", self.call.call_sid), ("telephony.stream_sid", self.call.stream_sid),
+                    ("telephony.agent", self.agent),
                     ("telephony.outcome", outcome), ("telephony.end_reason", self.call.end_reason),
                     ("telephony.agent_turns", len(agent)), ("telephony.interruptions", self.call.interruptions),
-                    ("telephony.live_reconnects", self.call.reconnects))})
-        if self._audio is not None and self.call.call_sid:
-            audio, self._audio = self._audio, None
+                    ("telephony.live_reconnects", self.call.reconnects),
+                    ("telephony.answered_by", self.call.answered_by), ("telephony.amd_outcome", self.call.amd_outcome))})
+        if self.audio is not None and self.call.call_sid:
+            audio, self.audio = self.audio, None
             try:
                 asyncio.get_running_loop().run_in_executor(None, self.watch.recordings.save, self.call.call_sid, audio)
             except RuntimeError:  # no loop (a test driving the bridge by hand): write now
@@ -129,6 +134,15 @@ class CallObserver:
         timing = TurnTiming("caller", self._caller_seq, started, ended)
         self.timings.append(timing)
         self._record(timing)
+
+    @property
+    def caller_turns(self) -> int:
+        """How many caller turns were timed (a moved call's next instance numbers on from here)."""
+        return self._caller_seq
+
+    def continue_from(self, caller_turns: int) -> None:
+        """A call that moved here: its caller turns number on from the last instance's."""
+        self._caller_seq = caller_turns
 
     def bad_frame(self, error: Exception) -> None:
         m.BAD_FRAMES.labels(type(error).__name__).inc()

@@ -51,7 +51,7 @@ from .settings import is_postgres_url
 
 __all__ = ["CallRecorder", "SqliteRecords", "open_records"]
 
-log = logging.getLogger("telephony.records")
+log = logging.getLogger(__name__)
 
 #: The writer commits at most this long after the first record of a batch arrives.
 BATCH_WINDOW_S = 0.05
@@ -68,6 +68,8 @@ RETRY_MIN_S = 0.25
 RETRY_MAX_S = 10.0
 
 ROLES = ("caller", "agent")
+#: The calls columns `call_outcome` may set.
+OUTCOME_COLUMNS = ("answered_by", "amd_outcome", "transfer_target", "transfer_outcome")
 
 # ----------------------------------------------------------------------------- the SQLite store
 
@@ -233,7 +235,7 @@ class CallRecorder:
     # ------------------------------------------------------------ what the bridge calls
 
     def call_started(self, call_sid: str, *, stream_sid: str | None, direction: str, caller: str | None,
-                     called: str | None, at: float) -> None:
+                     called: str | None, at: float, agent: str | None = None) -> None:
         if not self._sid_ok(call_sid, "call_started"):
             return
         direction = (direction or "").lower()
@@ -243,7 +245,8 @@ class CallRecorder:
             self._warn_once("direction", "call records: direction %r is neither inbound nor outbound; stored as inbound", direction)
             direction = "inbound"
         self._put(("call_started", call_sid, stream_sid, direction,
-                   mask_phone(caller) if caller else None, mask_phone(called) if called else None, float(at)))
+                   mask_phone(caller) if caller else None, mask_phone(called) if called else None, float(at),
+                   agent))
 
     def transcript(self, call_sid: str, role: str, text: str, at: float, new_turn: bool = False) -> None:
         if not self._sid_ok(call_sid, "transcript") or not text:
@@ -287,6 +290,19 @@ class CallRecorder:
         self._put(("call_ended", call_sid, str(reason or ""), scrubbed_json(summary), float(at),
                    float(duration) if isinstance(duration, (int, float)) else None,
                    _int_or_none(summary.get("interruptions")), _int_or_none(summary.get("live_reconnects")), usage))
+
+    def call_outcome(self, call_sid: str, **fields: str | None) -> None:
+        """What became of the call beyond its end reason (OUTCOME_COLUMNS): an outbound
+        call's answering-machine verdict, a transfer's outcome. Possibly from another
+        instance than the one that held the call, possibly after it ended."""
+        if not self._sid_ok(call_sid, "call_outcome"):
+            return
+        unknown = set(fields) - set(OUTCOME_COLUMNS)
+        if unknown:
+            raise ValueError(f"call_outcome: unknown column(s) {sorted(unknown)}")
+        for column, value in fields.items():
+            if value is not None:
+                self._put(("call_outcome", call_sid, column, str(value)[:200], time.time()))
 
     def turn_timing(self, call_sid: str, *, role: str, seq: int, started_at: float, ended_at: float | None,
                     response_latency_ms: float | None, interrupted: bool) -> None:
@@ -489,20 +505,21 @@ class CallRecorder:
         conn.execute("INSERT INTO calls (call_sid, started_at) VALUES (?, ?) ON CONFLICT (call_sid) DO NOTHING",
                      (call_sid, at))
 
-    def _apply_call_started(self, conn, call_sid, stream_sid, direction, caller, called, at) -> None:
+    def _apply_call_started(self, conn, call_sid, stream_sid, direction, caller, called, at, agent=None) -> None:
         conn.execute(
             """
-            INSERT INTO calls (call_sid, stream_sid, direction, caller_masked, called_masked, started_at)
-            VALUES (?, ?, ?, ?, ?, ?)
+            INSERT INTO calls (call_sid, stream_sid, direction, caller_masked, called_masked, started_at, agent)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (call_sid) DO UPDATE SET
                 stream_sid = coalesce(excluded.stream_sid, calls.stream_sid),
                 direction = excluded.direction,
+                agent = coalesce(excluded.agent, calls.agent),
                 caller_masked = coalesce(excluded.caller_masked, calls.caller_masked),
                 called_masked = coalesce(excluded.called_masked, calls.called_masked),
                 started_at = CASE WHEN calls.started_at IS NULL OR excluded.started_at < calls.started_at
                                   THEN excluded.started_at ELSE calls.started_at END
             """,
-            (call_sid, stream_sid, direction, caller, called, at),
+            (call_sid, stream_sid, direction, caller, called, at, agent),
         )
         # The first words of a call start a turn of their own, even if the sid was seen before.
         last = conn.execute("SELECT max(seq) AS seq FROM turns WHERE call_sid = ?", (call_sid,)).fetchone()["seq"]
@@ -581,6 +598,11 @@ class CallRecorder:
             "interrupted = excluded.interrupted",
             (call_sid, role, seq, started_at, ended_at, latency_ms, interrupted),
         )
+
+    def _apply_call_outcome(self, conn, call_sid, column, value, at) -> None:
+        assert column in OUTCOME_COLUMNS
+        self._stub(conn, call_sid, at)
+        conn.execute(f"UPDATE calls SET {column} = ? WHERE call_sid = ?", (value, call_sid))
 
     def _apply_status_callback(self, conn, call_sid, kind, status, payload, at) -> None:
         conn.execute(

@@ -31,6 +31,7 @@ def _call_dict(row: Mapping[str, Any]) -> dict[str, Any]:
         "call_sid": row["call_sid"],
         "stream_sid": row["stream_sid"],
         "direction": row["direction"],
+        "agent": row["agent"],
         "caller_masked": row["caller_masked"],
         "called_masked": row["called_masked"],
         "started_at": row["started_at"],
@@ -44,25 +45,32 @@ def _call_dict(row: Mapping[str, Any]) -> dict[str, Any]:
             "by_modality": _loads(row["tokens_by_modality"]) or {},
         },
         "estimated_cost_usd": row["estimated_cost_usd"],
+        # Contact centre: who answered an outbound call, and a transfer's outcome (None: not applicable).
+        "answered_by": row["answered_by"],
+        "amd_outcome": row["amd_outcome"],
+        "transfer_target": row["transfer_target"],
+        "transfer_outcome": row["transfer_outcome"],
     }
 
 
-def list_calls(target: Any, limit: int = 20) -> list[dict[str, Any]]:
-    """The most recent calls first, each with its number of transcript turns.
+def list_calls(target: Any, limit: int = 20, agent: str | None = None) -> list[dict[str, Any]]:
+    """The most recent calls first, each with its number of transcript turns;
+    only `agent`'s calls when it is given.
 
     `target`: what `open_records` takes (a store, Settings, a path or a URL).
     """
     store = open_records(target)
     limit = max(1, min(int(limit), 1000))
+    where, params = ("WHERE c.agent = ?", (agent, limit)) if agent else ("", (limit,))
     with store.reading() as conn:
         if conn is None:
             return []
         rows = conn.execute(
             f"""
             SELECT c.*, (SELECT count(*) FROM turns t WHERE t.call_sid = c.call_sid) AS turn_count
-            FROM calls c ORDER BY {store.recent_first} LIMIT ?
+            FROM calls c {where} ORDER BY {store.recent_first} LIMIT ?
             """,
-            (limit,),
+            params,
         ).fetchall()
     return [{**_call_dict(row), "turn_count": row["turn_count"]} for row in rows]
 

@@ -40,6 +40,29 @@ REFUSED_MODELS = {
 #: A BCP-47 speech language code as Live takes it: en-US, es-ES, cmn-CN, ...
 _LANGUAGE_RE = re.compile(r"[a-z]{2,3}-[A-Z]{2}")
 DEFAULT_VOICE = "Kore"
+#: The prebuilt voices of the Live native-audio models (Gemini API speech generation docs;
+#: the same 30 names on Vertex AI). README "Make it your agent" lists them too.
+LIVE_VOICES = (
+    "Achernar", "Achird", "Algenib", "Algieba", "Alnilam", "Aoede", "Autonoe", "Callirrhoe", "Charon", "Despina",
+    "Enceladus", "Erinome", "Fenrir", "Gacrux", "Iapetus", "Kore", "Laomedeia", "Leda", "Orus", "Puck",
+    "Pulcherrima", "Rasalgethi", "Sadachbia", "Sadaltager", "Schedar", "Sulafat", "Umbriel", "Vindemiatrix",
+    "Zephyr", "Zubenelgenubi",
+)
+#: The speech languages the Live API documents for `speech_config.language_code`.
+LIVE_LANGUAGES = (
+    "ar-XA", "bn-IN", "cmn-CN", "de-DE", "en-AU", "en-GB", "en-IN", "en-US", "es-ES", "es-US", "fr-CA", "fr-FR",
+    "gu-IN", "hi-IN", "id-ID", "it-IT", "ja-JP", "kn-IN", "ko-KR", "ml-IN", "mr-IN", "nl-NL", "pl-PL", "pt-BR",
+    "ru-RU", "ta-IN", "te-IN", "th-TH", "tr-TR", "vi-VN",
+)
+#: The agents file read from the working directory when AGENTS_FILE is unset.
+AGENTS_FILE_NAME = "agents.toml"
+_VOICES_FOLDED = {v.casefold(): v for v in LIVE_VOICES}
+
+
+def canonical_voice(name: str) -> str | None:
+    """The voice's name as Live spells it (kore -> Kore), or None if it is no Live voice."""
+    return _VOICES_FOLDED.get(name.strip().casefold())
+
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly phone agent of Acme Outfitters, an online outdoor-gear shop. "
     "You are speaking on a phone line, so keep every answer short, plain and spoken: "
@@ -58,6 +81,8 @@ DEFAULT_GREETING = (
 )
 
 _SENSITIVITY = {"low": "LOW", "high": "HIGH"}
+#: Twilio's own hold music (the default waitUrl of <Conference> plays from the same collection).
+HOLD_MUSIC_URL = "http://com.twilio.sounds.music.s3.amazonaws.com/MARKOVICHAMP-Borghestral.mp3"
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,9 @@ class Settings:
     google_cloud_location: str | None = None
     agent_instructions: str = DEFAULT_INSTRUCTIONS
     agent_greeting: str = DEFAULT_GREETING
+    # The agents file (agents.py): None = one agent from the variables above.
+    agents_file: Path | None = None
+    agent_tools: str | None = None  # AGENT_TOOLS: the env-only agent's tools module
     public_url: str | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
@@ -88,6 +116,12 @@ class Settings:
     allowed_destinations: tuple[str, ...] = ()
     # Phone-line features.
     transfer_targets: tuple[tuple[str, str], ...] = ()  # (name, E.164 number or sip: URI)
+    # Contact centre (docs/contact-centre.md): which targets get a warm transfer (held caller,
+    # briefed human), how long their phone rings, what the held caller hears; voicemail.
+    warm_transfer_targets: frozenset[str] = frozenset()
+    transfer_ring_s: int = 25
+    hold_music_url: str = HOLD_MUSIC_URL
+    voicemail_message: str | None = None
     twilio_phone_number: str | None = None
     twilio_api_base_url: str | None = None  # tests and simulations only: a stand-in for api.twilio.com
     calls_db_path: Path = Path("data/calls.db")
@@ -113,6 +147,7 @@ class Settings:
     max_call_s: float = 3600.0
     max_concurrent_calls: int = 200
     drain_timeout_s: float = 30.0
+    move_wait_s: float = 5.0
     log_level: str = "INFO"
     resampler: str = "fir"
     # Running more than one process (shared_state.py): unset = this process's memory.
@@ -188,13 +223,19 @@ class Settings:
         if language is not None:
             if not _LANGUAGE_RE.fullmatch(language):
                 raise SettingsError(f"GEMINI_LANGUAGE={language!r} is not a speech language code (e.g. en-US, es-ES)")
+            if language not in LIVE_LANGUAGES:
+                raise SettingsError(f"GEMINI_LANGUAGE={language!r} is not a Live speech language "
+                                    f"({', '.join(LIVE_LANGUAGES)})")
             values["gemini_language"] = language
 
         voice = get("GEMINI_VOICE")
         if voice is not None:
             if not re.fullmatch(r"[A-Za-z][A-Za-z-]*", voice):
                 raise SettingsError(f"GEMINI_VOICE={voice!r} is not a prebuilt voice name (e.g. Kore, Puck, Aoede)")
-            values["gemini_voice"] = voice
+            if canonical_voice(voice) is None:
+                raise SettingsError(f"GEMINI_VOICE={voice!r} is not a Live prebuilt voice (e.g. Kore, Puck, Aoede; "
+                                    "the list is in the README)")
+            values["gemini_voice"] = canonical_voice(voice)
 
         inline = get("AGENT_INSTRUCTIONS")
         path = get("AGENT_INSTRUCTIONS_FILE")
@@ -214,6 +255,19 @@ class Settings:
         greeting = get("AGENT_GREETING")
         if greeting:
             values["agent_greeting"] = greeting
+
+        agents_file = get("AGENTS_FILE")
+        if agents_file is None and environ is None and Path(AGENTS_FILE_NAME).is_file():
+            agents_file = AGENTS_FILE_NAME  # a project made by `telephony init`, served from its folder
+        if agents_file is not None:
+            if not Path(agents_file).is_file():
+                raise SettingsError(f"AGENTS_FILE={agents_file!r} is not a file")
+            values["agents_file"] = Path(agents_file)
+        agent_tools = get("AGENT_TOOLS")
+        if agent_tools is not None:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", agent_tools):
+                raise SettingsError(f"AGENT_TOOLS={agent_tools!r} is not a module name (e.g. clinic.tools)")
+            values["agent_tools"] = agent_tools
 
         public_url = get("PUBLIC_URL")
         if public_url is not None:
@@ -257,6 +311,7 @@ class Settings:
         values.update(_float(get, "MAX_CALL_SECONDS", "max_call_s", 0, 86400))
         values.update(_int(get, "MAX_CONCURRENT_CALLS", "max_concurrent_calls", 1, 100000))
         values.update(_float(get, "DRAIN_TIMEOUT_SECONDS", "drain_timeout_s", 0, 3600))
+        values.update(_float(get, "MOVE_WAIT_SECONDS", "move_wait_s", 0, 60))
 
         db = get("ORDERS_DB_PATH")
         if db is not None:
@@ -278,6 +333,15 @@ class Settings:
             if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
                 raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix:// (value not shown)")
             values["redis_url"] = redis_url
+
+        if values.get("warm_transfer_targets"):
+            missing = [name for name, key in (("TWILIO_PHONE_NUMBER", "twilio_phone_number"), ("PUBLIC_URL", "public_url"),
+                                              ("TWILIO_ACCOUNT_SID", "twilio_account_sid"),
+                                              ("TWILIO_AUTH_TOKEN", "twilio_auth_token")) if not values.get(key)]
+            if missing:
+                raise SettingsError(f"warm transfers ({', '.join(sorted(values['warm_transfer_targets']))}) need "
+                                    f"{' and '.join(missing)}: Twilio calls the human from our number and asks us "
+                                    "what to play them")
 
         level = get("LOG_LEVEL")
         if level is not None:
@@ -418,21 +482,55 @@ def _float(get, name: str, attr: str, lo: float, hi: float) -> dict[str, float]:
     return _number(get, name, attr, lo, hi, float)
 
 
+TRANSFER_MODES = ("cold", "warm")
+
+
+def transfer_target(name: str, value: str, default_mode: str, where: str) -> tuple[str, str, bool]:
+    """One transfer directory entry: `name` and `value` (`+15551230001`, `sip:desk@example.com`,
+    optionally followed by `;warm` or `;cold`), as (name, destination, warm); SettingsError
+    names `where` otherwise. Shared by every place that declares transfer targets."""
+    dest, _, own_mode = value.partition(";")
+    name, dest, own_mode = name.strip().lower(), dest.strip(), own_mode.strip().lower() or default_mode
+    if own_mode not in TRANSFER_MODES:
+        raise SettingsError(f"{where}: the mode after ';' must be cold or warm")
+    if not re.fullmatch(r"[a-z][a-z0-9_ -]{0,39}", name) or not _DESTINATION_RE.fullmatch(dest):
+        raise SettingsError(f"{where} must be name=+15551230001 (or name=sip:desk@example.com), optionally ;warm")
+    return name, dest, own_mode == "warm"
+
+
 def _phone_line(get) -> dict[str, object]:
     """Transfers, outbound calls, keypad and call records."""
     values: dict[str, object] = {}
+    mode = (get("TRANSFER_MODE") or "cold").lower()
+    if mode not in TRANSFER_MODES:
+        raise SettingsError(f"TRANSFER_MODE={mode!r} must be 'cold' or 'warm'")
     raw = get("TRANSFER_TARGETS")
     if raw is not None:
         targets = []
+        warm = set()
         for item in (part.strip() for part in raw.split(",") if part.strip()):
             name, sep, dest = item.partition("=")
-            name, dest = name.strip().lower(), dest.strip()
-            if not sep or not re.fullmatch(r"[a-z][a-z0-9_ -]{0,39}", name) or not _DESTINATION_RE.fullmatch(dest):
+            if not sep:
                 raise SettingsError(
                     f"TRANSFER_TARGETS entry {item!r} must be name=+15551230001 (or name=sip:desk@example.com)"
                 )
+            name, dest, is_warm = transfer_target(name, dest, mode, f"TRANSFER_TARGETS entry {item!r}")
             targets.append((name, dest))
+            if is_warm:
+                warm.add(name)
         values["transfer_targets"] = tuple(targets)
+        values["warm_transfer_targets"] = frozenset(warm)
+    values.update(_int(get, "TRANSFER_RING_SECONDS", "transfer_ring_s", 5, 120))
+    music = get("HOLD_MUSIC_URL")
+    if music is not None:
+        if urlsplit(music).scheme not in ("http", "https") or not urlsplit(music).netloc:
+            raise SettingsError(f"HOLD_MUSIC_URL={music!r} must be an http(s) URL of an audio file Twilio can fetch")
+        values["hold_music_url"] = music
+    voicemail = get("VOICEMAIL_MESSAGE")
+    if voicemail is not None:
+        if len(voicemail) > 1000:
+            raise SettingsError(f"VOICEMAIL_MESSAGE is {len(voicemail)} characters; keep it under 1000")
+        values["voicemail_message"] = voicemail
     number = get("TWILIO_PHONE_NUMBER")
     if number is not None:
         if not re.fullmatch(r"\+[1-9][0-9]{6,14}", number):

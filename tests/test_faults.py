@@ -17,7 +17,7 @@ from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, Fail, Reply, Say, Script
 from telephony.testing.server import ServerThread
 from telephony.testing.simulator import CallSimulator
-from telephony.tools import ToolRegistry
+from telephony.tool_registry import ToolRegistry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -119,3 +119,61 @@ def test_a_malformed_message_from_live_is_dropped_and_the_call_goes_on(faulty, e
     call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
     assert len(sessions) == 1 and summary["end_reason"] == "caller hung up"
     assert summary["agent_turns"] >= 2  # the greeting and the reply after the bad frames
+
+
+def test_a_send_to_live_that_fails_is_one_error_line_and_a_fresh_session_takes_over(faulty, emulator, caplog):
+    # The first session answers setupComplete and its close in one write: the greeting,
+    # the first thing sent, finds the socket closed before any read has seen the close.
+    script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[Say(seconds=0.5, freq=600)])],
+                    close_after_setup=1, setup_close_code=1011, setup_close_reason="internal error")
+    with caplog.at_level("INFO", logger="telephony"):
+        call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "sending to Live failed" in errors[0] and summary["call_sid"] in errors[0]
+    assert len(sessions) == 2 and summary["live_reconnects"] == 1
+    assert sessions[1].texts, "the greeting that did not go out went to the next session"
+    assert summary["agent_turns"] >= 2 and summary["end_reason"] == "caller hung up" and call.close_code == 1000
+
+
+def test_sends_that_fail_on_every_session_end_the_call_with_the_apology(faulty, emulator, caplog):
+    script = Script(greeting=[Say(seconds=0.3)], close_after_setup=100, setup_close_code=1011,
+                    setup_close_reason="internal error")
+    with caplog.at_level("INFO", logger="telephony"):
+        call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(sessions) == 4 and len(errors) == 5  # one line per broken session, one for the end
+    assert all("sending to Live failed" in e and summary["call_sid"] in e for e in errors)
+    assert summary["end_reason"].startswith("4 Live sessions in a row ended before they were healthy")
+    assert summary["end_reason"] in errors[-1] and "apology" in errors[-1]
+    assert faulty.app.state.recent_calls[-1]["end_reason"] == summary["end_reason"]
+    assert no_call_tasks(faulty)
+
+
+def test_a_model_that_closes_every_session_after_setup_ends_the_call_with_the_apology(faulty, emulator, caplog):
+    script = Script(greeting=[Say(seconds=0.3)], close_after_setup=100, close_after_first_message=True,
+                    setup_close_code=1011, setup_close_reason="internal error")
+    with caplog.at_level("INFO", logger="telephony"):
+        call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(sessions) == script.closed_after_setup == 4
+    assert summary["end_reason"].startswith("4 Live sessions in a row ended before they were healthy")
+    (end,) = [e for e in errors if "before they were healthy" in e]
+    assert summary["call_sid"] in end and summary["end_reason"] in end and "apology" in end
+    # Mostly the reader sees each close; a send that finds the socket closed first is its own line.
+    assert all("sending to Live failed" in e for e in errors if e != end)
+    assert faulty.app.state.recent_calls[-1]["end_reason"] == summary["end_reason"]
+    assert no_call_tasks(faulty)
+
+
+def test_a_session_that_worked_before_it_dropped_does_not_count_toward_the_bound(faulty, emulator, caplog):
+    # The first session greets and answers, then drops; the next three close right after
+    # setup; the fifth works. Four sessions ended in a row, but the first was healthy.
+    script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[Fail(drop=True)]), Reply(steps=[Say(seconds=0.5, freq=600)])],
+                    close_after_setup=3, close_after_setup_spares=1, close_after_first_message=True,
+                    setup_close_code=1011, setup_close_reason="internal error")
+    with caplog.at_level("INFO", logger="telephony"):
+        call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    assert len(sessions) == 5 and script.closed_after_setup == 3 and summary["live_reconnects"] == 4
+    assert summary["end_reason"] == "caller hung up" and call.close_code == 1000
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert all("sending to Live failed" in e for e in errors)  # no end, only a send that saw a close first

@@ -253,7 +253,9 @@ class TestTheOutboundCallApi:
 
     def test_passes_answering_machine_detection_through_when_asked(self, outbound, standin):
         call_sid = placed_call(standin, outbound, machine_detection=True)
-        assert standin.calls[call_sid]["_params"]["MachineDetection"] == "Enable"
+        params = standin.calls[call_sid]["_params"]
+        assert params["MachineDetection"] == "DetectMessageEnd" and params["AsyncAmd"] == "true"
+        assert params["AsyncAmdStatusCallback"] == f"{PUBLIC}/twilio/amd"
 
     @pytest.mark.parametrize("to", [OTHER, "+1 555 765 4321", "sip:boss@example.com", "911", "not a number"])
     def test_refuses_a_destination_off_the_allow_list_with_403_and_calls_no_one(self, outbound, standin, to):
@@ -276,6 +278,7 @@ class TestTheOutboundCallApi:
         ({"to": CALLEE, "machine_detection": "yes"}, "machine_detection"),
         ({"to": CALLEE, "from": OTHER}, "unknown field"),
         ([CALLEE], "object"),
+        ({"to": CALLEE, "agent": "no-such-agent"}, "there is no agent named 'no-such-agent'"),
     ])
     def test_a_bad_body_gets_400_saying_what_is_wrong(self, outbound, body, why):
         r = place(outbound, body)
@@ -314,6 +317,14 @@ class TestTheAnswer:
         assert "answered_by" not in parameters
         connect = ET.fromstring(answer.body).find("./Connect")
         assert connect.get("action") == f"{PUBLIC}/stream-ended"
+
+    def test_the_agent_chosen_for_the_call_travels_to_the_stream(self, outbound, standin):
+        call_sid = placed_call(standin, outbound, purpose="Confirm the visit", agent="default")
+        _, parameters = stream_of(standin.answer(call_sid, via=outbound.http_url).body)
+        assert parameters["agent"] == "default"
+        unnamed = placed_call(standin, outbound)  # no agent asked for: the one answering our number
+        _, parameters = stream_of(standin.answer(unnamed, via=outbound.http_url).body)
+        assert parameters["agent"] == "default"
 
     def test_the_answered_stream_passes_the_gatekeeper_and_reaches_live(self, outbound, standin, emulator):
         emulator.script = Script(greeting=[Say(seconds=0.3)], replies=[])
@@ -444,7 +455,7 @@ class TestTelephonyCall:
         sid = next(sid for sid, c in list(standin.calls.items()) if c["_params"] == request.params)
         assert sid in out
         assert request.params["From"] == OUR_NUMBER and request.params["To"] == CALLEE
-        assert request.params["MachineDetection"] == "Enable"
+        assert request.params["MachineDetection"] == "DetectMessageEnd" and request.params["AsyncAmd"] == "true"
         assert request.params["Url"].startswith(f"{PUBLIC}/outbound-answer?ref=o1.")
         # the server (same auth token) opens the ref the CLI sealed
         _, parameters = stream_of(standin.answer(sid, via=outbound.http_url).body)
