@@ -20,6 +20,16 @@ from telephony.testing.simulator import CallSimulator, SimulatedCall
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_sessionstart(session):
+    """Stop before any test when the machine lacks a server the suite starts: one line,
+    naming the command that installs it, instead of a failure minutes in."""
+    from telephony.testing.preflight import missing, report
+
+    lacking = missing()
+    if lacking:
+        pytest.exit(report(lacking), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 @pytest.fixture(scope="session")
 def emulator():
     with LiveEmulator() as emu:
