@@ -14,6 +14,7 @@ import pytest
 from telephony.audio import ulaw_encode
 from telephony.audio_recording import AudioRecordings, CallAudio
 from telephony.testing.watched import authorized, place_call, watched_server
+from telephony.testing.order_story import order_script
 
 
 def frame(value: int) -> str:
@@ -62,8 +63,6 @@ def test_a_call_sid_never_becomes_a_path_elsewhere(tmp_path):
 
 
 def test_a_recorded_call_is_served_to_the_token_holder_as_stereo_wav(emulator, tmp_path):
-    from test_phone_calls import order_script
-
     emulator.script = order_script()
     folder = tmp_path / "recordings"
     with watched_server(emulator, tmp_path, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder)) as server:

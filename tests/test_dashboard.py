@@ -16,6 +16,7 @@ import pytest
 
 from telephony.dashboard import COOKIE
 from telephony.testing.watched import API_TOKEN, place_call, watched_server
+from telephony.testing.order_story import order_script
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -39,8 +40,6 @@ def browser(profile: str):
 
 @pytest.fixture(scope="module")
 def dashboard(emulator, tmp_path_factory):
-    from test_phone_calls import order_script
-
     folder = tmp_path_factory.mktemp("dashboard")
     emulator.script = order_script()
     with watched_server(emulator, folder, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder / "recordings")) as server:

@@ -95,8 +95,7 @@ def test_drain_stops_new_calls_and_ends_the_rest_politely_with_their_summaries(s
     assert health.status_code == 503 and health.json()["status"] == "draining"
     assert "busy" in busy.text
     assert code == 1000  # closed by us, onto the apology TwiML
-    assert app.state.recent_calls[-1]["call_sid"] == call_sid
-    assert app.state.recent_calls[-1]["end_reason"] == "server shutting down"
+    assert small_server.finished_call(call_sid)["end_reason"] == "server shutting down"
     after = httpx.post(f"{small_server.http_url}/stream-ended", data={"CallSid": call_sid})
     assert "<Say>" in after.text and "<Hangup />" in after.text
 

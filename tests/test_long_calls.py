@@ -59,7 +59,7 @@ def test_a_call_survives_three_go_away_handovers_with_sample_exact_caller_audio(
     received = b"".join(bytes(s.audio_in) for s in sessions)
     expected = expected_live_input(FIXTURES / "order_call.jsonl", server.app.state.settings.resampler)
     assert received == expected  # not one caller sample lost, duplicated or reordered
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["live_reconnects"] == 3 and summary["end_reason"] == "caller hung up"
     assert call.close_code == 1000 and not call.protocol_errors
 
@@ -108,7 +108,7 @@ def test_a_refused_handle_opens_a_fresh_session_that_knows_the_conversation_and_
     assert "Hi, thanks for calling Acme!" in instruction and "Do not greet the caller again" in instruction
     assert "greeting" not in [d for _, kind, d in fresh.events if kind == "turn_start"]
     assert dominant_hz(call.played_audio[-8000:]) == pytest.approx(600.0, abs=10)  # the answer came through
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["live_sessions_fresh"] == 1 and summary["end_reason"] == "caller hung up"
     assert call.close_code == 1000
 
@@ -133,7 +133,7 @@ def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(ph
     assert first.close_code == 1011 and refused.close_code == 1008 and fresh.close_code == 1008
     assert not key(fresh.setup, "sessionResumption", "session_resumption").get("handle")
     assert len(emulator.sessions) == before + 3, "no fourth attempt"
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["end_reason"].startswith("Live session could not be opened")
     assert summary["live_sessions_fresh"] == 0
     assert call.of_kind("closed")[-1].detail["by"] == "server"
@@ -161,6 +161,6 @@ def test_a_1008_close_after_go_away_is_resumed_like_any_other(phone, emulator, s
     assert first.close_code == 1008
     assert key(resumed.setup, "sessionResumption", "session_resumption").get("handle")
     assert dominant_hz(call.played_audio[-4000:]) == pytest.approx(660.0, abs=10)
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["live_sessions_resumed"] == 1 and summary["live_sessions_fresh"] == 0
     assert summary["end_reason"] == "caller hung up" and call.close_code == 1000

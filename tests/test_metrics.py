@@ -18,6 +18,7 @@ from telephony.metrics import OUTCOMES, call_outcome, replacement_cause
 from telephony.speech import SpeechEndDetector
 from telephony.testing.redis_server import RedisServer
 from telephony.testing.server import ServerProcess
+from telephony.testing.order_story import order_script
 from telephony.testing.watched import (
     API_TOKEN,
     authorized,
@@ -91,8 +92,6 @@ class TestMetricsAreProtectedLikeTheCallsApi:
 
 
 def test_an_order_call_is_counted_from_greeting_to_hang_up(server, emulator):
-    from test_phone_calls import order_script
-
     emulator.script = order_script()
     before = scrape(server.http_url)
     _, call = place_call(server.ws_url)

@@ -212,7 +212,7 @@ def signed_call(secure, emulator):
 class TestASignedCall:
     def test_goes_through_and_talks_to_live(self, signed_call, secure):
         assert signed_call["call"].close_code == 1000 and signed_call["call"].agent_audio
-        summary = secure.app.state.recent_calls[-1]
+        summary = secure.finished_call(signed_call["call_sid"])
         assert summary["call_sid"] == signed_call["call_sid"] and summary["end_reason"] == "caller hung up"
 
     def test_the_twiml_carries_a_token_and_no_secret(self, signed_call):

@@ -18,12 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from telephony.settings import Settings
 from telephony.tracing import CALL_SID, CallTracing, from_settings
 from telephony.testing.watched import place_call, watched_server
+from telephony.testing.order_story import order_script
 
 
 @pytest.fixture(scope="module")
 def spans(emulator, tmp_path_factory):
-    from test_phone_calls import order_script
-
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -21,14 +21,13 @@ from telephony.testing.watched import authorized, place_call, watched_server
 from telephony.records import CallRecorder
 from telephony.records_query import get_call
 from telephony.settings import Settings
+from telephony.testing.order_story import order_script
 
 ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
 def order_call(emulator, tmp_path_factory):
-    from test_phone_calls import order_script
-
     folder = tmp_path_factory.mktemp("latency")
     emulator.script = order_script()
     with watched_server(emulator, folder) as server:

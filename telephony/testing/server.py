@@ -49,6 +49,27 @@ class ServerThread(LoopbackAddress):
 
         return asyncio.run_coroutine_threadsafe(names(), self.loop).result(timeout=5)
 
+    def finished_call(self, call_sid: str, timeout: float = 10.0) -> dict:
+        """The summary of call `call_sid`, once its bridge has finished.
+
+        The summary lands in `recent_calls` after the caller's socket has closed,
+        so a test that reads `recent_calls[-1]` as soon as its call returns can
+        read the previous call's. This waits, in the server's own loop, until no
+        bridge of that CallSid is active, then returns the newest summary for it.
+        """
+        assert self.loop is not None
+        state = self.app.state
+
+        async def summary() -> dict:
+            while any(bridge.call.call_sid == call_sid for bridge in list(state.active_calls)):
+                await asyncio.sleep(0.01)
+            for done in reversed(list(state.recent_calls)):
+                if done.get("call_sid") == call_sid:
+                    return done
+            raise LookupError(f"no finished call {call_sid} on this server")
+
+        return asyncio.run_coroutine_threadsafe(summary(), self.loop).result(timeout=timeout)
+
     def start(self, timeout: float = 20.0) -> "ServerThread":
         self._thread.start()
         deadline = time.monotonic() + timeout
