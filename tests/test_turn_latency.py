@@ -11,7 +11,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -32,8 +31,8 @@ def order_call(emulator, tmp_path_factory):
     emulator.script = order_script()
     with watched_server(emulator, folder) as server:
         sid, call = place_call(server.ws_url)
-        time.sleep(0.3)
-        server.app.state.recorder.flush()
+        server.finished_call(sid)
+        assert server.app.state.recorder.flush()
         record = httpx.get(f"{server.http_url}/calls/{sid}", headers=authorized()).json()
         yield sid, call, record, folder / "calls.db"
 
