@@ -551,7 +551,7 @@ class TestTwilioCheck:
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
-            port = site._server.sockets[0].getsockname()[1]
+            port = runner.addresses[0][1]
             try:
                 return await check_health(f"http://127.0.0.1:{port}/healthz")
             finally:
