@@ -29,7 +29,7 @@ from telephony.app import create_app
 from telephony.pricing import MODEL_PRICES, PriceTable, estimate_cost
 from telephony.records import CallRecorder
 from telephony.records_query import get_call, list_calls
-from telephony.records_schema import MIGRATIONS, SCHEMA_VERSION, RecordsError, migrate
+from telephony.records_schema import SCHEMA_VERSION, RecordsError
 from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, Reply, Say, Script
 from telephony.testing.server import ServerThread
@@ -74,32 +74,6 @@ class TestSchema:
             assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert {"calls", "turns", "tool_calls", "events", "status_callbacks"} <= set(tables(recorder.path))
-
-    def test_migrating_again_changes_nothing(self, recorder):
-        before = tables(recorder.path)
-        CallRecorder(recorder.path, settings()).close()  # a second start of the app
-        with contextlib.closing(sqlite3.connect(recorder.path, isolation_level=None)) as db:
-            assert migrate(db) == SCHEMA_VERSION
-        assert tables(recorder.path) == before
-
-    def test_a_later_migration_adds_a_column_and_keeps_the_rows_an_older_version_wrote(self, recorder):
-        recorder.call_started("CA1", stream_sid="MZ1", direction="inbound", caller=None, called=None, at=T0)
-        recorder.flush()
-        newer = (*MIGRATIONS, ("ALTER TABLE calls ADD COLUMN recording_url TEXT",))
-        with contextlib.closing(sqlite3.connect(recorder.path, isolation_level=None)) as db:
-            assert migrate(db, newer) == SCHEMA_VERSION
-            assert migrate(db, newer) == SCHEMA_VERSION + 1  # already there: nothing to do
-            assert db.execute("SELECT call_sid, recording_url FROM calls").fetchall() == [("CA1", None)]
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
-
-    def test_a_database_written_by_a_newer_version_is_refused_with_a_clear_error(self, tmp_path):
-        path = tmp_path / "calls.db"
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
-        with pytest.raises(RecordsError, match="newer than this code knows"):
-            CallRecorder(path, settings())
-        with pytest.raises(RecordsError, match="newer than this code knows"):
-            list_calls(path)
 
     def test_an_unusable_path_stops_start_up_naming_the_variable(self, tmp_path):
         (tmp_path / "a-file").write_text("not a folder")
