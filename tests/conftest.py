@@ -20,11 +20,61 @@ from telephony.testing.simulator import CallSimulator, SimulatedCall
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+SCOPE_SECONDS = "telephony/scope-seconds"
+
+
+def _scope(nodeid: str) -> str:
+    """The unit pytest-xdist's `--dist loadscope` keeps on one worker: a class, or a module's functions."""
+    return nodeid.rsplit("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, hand out the longest units first (as the last run timed them).
+
+    Most of the suite waits on audio played in real time, so its workers
+    outnumber the cores; what decides the wall time is a long unit started
+    last. Serial runs keep the written order.
+    """
+    if not hasattr(config, "workerinput"):
+        return
+    seconds = config.cache.get(SCOPE_SECONDS, {}) if getattr(config, "cache", None) else {}
+    first_seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first_seen.setdefault(_scope(item.nodeid), i)
+    items.sort(key=lambda item: (-seconds.get(_scope(item.nodeid), 0.0), first_seen[_scope(item.nodeid)]))
+
+
+class UnitTimes:
+    """Adds up each unit's time (setup, call, teardown) where the reports arrive (the
+    xdist controller, or a serial run) and keeps it in pytest's cache for the next run."""
+
+    def __init__(self, config):
+        self.config = config
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report):
+        scope = _scope(report.nodeid)
+        self.seconds[scope] = self.seconds.get(scope, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session):
+        if self.seconds and not hasattr(self.config, "workerinput"):
+            kept = self.config.cache.get(SCOPE_SECONDS, {})
+            kept.update({scope: round(t, 2) for scope, t in self.seconds.items()})
+            self.config.cache.set(SCOPE_SECONDS, kept)
+
+
+def pytest_configure(config):
+    if getattr(config, "cache", None) is not None:
+        config.pluginmanager.register(UnitTimes(config), "telephony-unit-times")
+
+
 def pytest_sessionstart(session):
     """Stop before any test when the machine lacks a server the suite starts: one line,
     naming the command that installs it, instead of a failure minutes in."""
     from telephony.testing.preflight import missing, report
 
+    if hasattr(session.config, "workerinput"):
+        return  # the controller checked before starting the workers
     lacking = missing()
     if lacking:
         pytest.exit(report(lacking), returncode=pytest.ExitCode.USAGE_ERROR)
