@@ -1,5 +1,6 @@
 # The phone agent in a slim image: `docker build -t phone-agent .`
-# Configuration comes from the environment (README, "Environment variables").
+# Configuration comes from the environment (docs/configuration.md); .dockerignore keeps
+# .git, tests, benchmarks and deploy/.env (secrets) out of the build context.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -8,9 +9,16 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY telephony ./telephony
 COPY tools ./tools
-RUN pip install ".[redis,postgres]" \
+# Every optional backend the documented variables can switch on: REDIS_URL (redis),
+# DATABASE_URL (postgres), OTEL_EXPORTER_OTLP_ENDPOINT (otel). A variable whose extra
+# is missing stops the server at start-up, so the image carries them all.
+RUN pip install ".[redis,postgres,otel]" \
     && useradd --create-home --uid 10001 agent \
     && mkdir -p /app/data && chown agent:agent /app/data
+
+# Call records (SQLite when DATABASE_URL is unset), the demo orders database and call
+# recordings live under /app/data: mount a volume there, or they go with the container.
+VOLUME ["/app/data"]
 
 USER agent
 ENV PORT=8000

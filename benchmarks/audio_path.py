@@ -80,7 +80,7 @@ def frames_of(data, size: int) -> list:
 
 
 def twilio_media_message(seq: int, payload: str) -> str:
-    """A media message as Twilio sends it (twilio-media-streams.md, "media")."""
+    """A media message as Twilio sends it (docs/twilio-media-streams.md §2 "media")."""
     return json.dumps(
         {
             "event": "media",

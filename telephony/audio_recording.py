@@ -15,7 +15,7 @@ WAV (16-bit stereo) is decoded and written once, in a thread, after the call.
 
 Retention: files older than RECORDING_RETENTION_DAYS are deleted at start-up
 and once a day (`delete_expired`). Recording a call may need the consent of
-everyone on it (see the README).
+everyone on it (see docs/operations.md, "Call audio").
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ GOAWAY_MARGIN_S = 2.0
 #: How long the goodbye at MAX_CALL_SECONDS may take before we hang up regardless.
 GOODBYE_GRACE_S = 15.0
 #: After `interrupted`, audio is dropped until the interrupted turn's `turnComplete`
-#: (gemini-live.md §12). Should that never come, dropping stops after this long: late
+#: (docs/gemini-live.md §12). Should that never come, dropping stops after this long: late
 #: chunks of the old turn trail the interruption by a few hundred ms, while the answer to
 #: the caller can only start after they stop talking (silence_duration_ms, 500 ms, plus
 #: the model's latency), and if that answer starts inside the window the watchdog nudges.
@@ -602,7 +602,7 @@ class Call:
         actions: list[ev.Action] = []
         if event.role == "caller":
             # Not the end of the discard: input transcription has no ordering with the
-            # model's output (gemini-live.md §12), so late audio of the interrupted turn
+            # model's output (docs/gemini-live.md §12), so late audio of the interrupted turn
             # can still follow it. Only that turn's turnComplete ends it.
             actions = self._arm_watchdog()
         if self.transcript and self.transcript[-1][0] == event.role and not self._transcript_break:

@@ -153,7 +153,7 @@ class LiveSession:
         """Every event of the session, across turns, ending with one `LiveClosed`.
 
         The SDK's `receive()` stops after each `turnComplete`, so it is entered again
-        for the next turn (gemini-live.md §4, "SDK behaviours that bite").
+        for the next turn (docs/gemini-live.md §4, "SDK behaviours that bite").
         """
         bad = 0
         while True:

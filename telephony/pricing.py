@@ -3,7 +3,7 @@
 Why its own module: prices change more often than anything else here, and
 the rules for pricing what the Live API reports (modalities, thinking,
 tool-use and cached tokens) deserve one place to read and check against the
-README's sources. The recorder stores the result (records.py); Settings'
+docs/operations.md's sources. The recorder stores the result (records.py); Settings'
 PRICE_* variables override the table.
 """
 
@@ -20,7 +20,7 @@ class PriceTable:
     """USD per million tokens, by modality (TEXT, and every other modality priced as
     audio). `cached_fraction` is the share of the input price a cached prompt token
     costs: 1.0 assumes no discount, as no Live model has a published cache price.
-    The defaults are gemini-3.8-live's (MODEL_PRICES); the README gives each price's
+    The defaults are gemini-3.8-live's (MODEL_PRICES); docs/operations.md gives each price's
     date and source."""
 
     audio_input: float = 0.75
@@ -32,7 +32,7 @@ class PriceTable:
     @classmethod
     def for_model(cls, model: str | None) -> "PriceTable":
         """The table of `model`'s family; an unknown model gets the default model's
-        prices, so a cost is always estimated (and the README says to set yours)."""
+        prices, so a cost is always estimated (and docs/operations.md says to set yours)."""
         for prefix, table in MODEL_PRICES.items():
             if model and str(model).removeprefix("models/").startswith(prefix):
                 return table
@@ -52,7 +52,7 @@ class PriceTable:
         return cls(**{**vars(base), **overrides})
 
 
-#: Prices per Live model family, by model-name prefix (the README lists each one's
+#: Prices per Live model family, by model-name prefix (docs/operations.md lists each one's
 #: date and source). 3.8 Live: third-party gateways' figures ($0.75 in, $4.50 out, no
 #: modality split), as Google's page gave none. 2.5 native audio: Google's published
 #: Live prices (audio in $3, out $12; text in $0.50, out $2), the same on Vertex.

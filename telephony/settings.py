@@ -18,12 +18,12 @@ from urllib.parse import urlsplit
 from .errors import SettingsError
 
 DEFAULT_MODEL = "gemini-3.8-live"
-#: Live model families this agent is built for (gemini-live.md §9), by name prefix. What
+#: Live model families this agent is built for (docs/gemini-live.md §9), by name prefix. What
 #: we send suits each: no thinking settings (3.8 Live rejects them with 1007), no
 #: proactivity (always on in 3.8; `proactive_audio: false` is an error), no affective
 #: dialog, NON_BLOCKING tools with a `scheduling` on each response.
 SUPPORTED_MODEL_FAMILIES = ("gemini-3.8-live", "gemini-2.5-flash-native-audio", "gemini-live-2.5-flash-native-audio")
-#: The same families under the ids Vertex AI serves (gemini-live.md §9, §12).
+#: The same families under the ids Vertex AI serves (docs/gemini-live.md §9, §12).
 VERTEX_MODEL_FAMILIES = ("gemini-3.8-live", "gemini-live-2.5-flash-native-audio", "gemini-live-2.5-flash-preview-native-audio")
 #: Vertex serves the 2.5 native-audio Live models in these regions only, not on `global` (§12).
 VERTEX_LIVE_25_LOCATIONS = ("us-central1", "us-east5", "europe-west4")
@@ -62,7 +62,7 @@ _SENSITIVITY = {"low": "LOW", "high": "HIGH"}
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server needs, documented in the README's variables table."""
+    """Everything the server needs, documented in docs/configuration.md."""
 
     gemini_api_key: str | None = field(default=None, repr=False)  # None on Vertex AI with ADC
     gemini_model: str = DEFAULT_MODEL
@@ -461,7 +461,7 @@ def _phone_line(get) -> dict[str, object]:
 
 
 def _watching(get) -> dict[str, object]:
-    """Metrics, traces and call audio (README "Watching the line")."""
+    """Metrics, traces and call audio (docs/operations.md, "Watching the line")."""
     values: dict[str, object] = {}
     for name, attr in (("METRICS_OPEN", "metrics_open"), ("RECORD_AUDIO", "record_audio")):
         flag = _bool(get, name)

@@ -76,7 +76,7 @@ _SCHEDULINGS = ("SILENT", "WHEN_IDLE", "INTERRUPT")
 #: When the model speaks after a tool's result, unless the tool says otherwise.
 #: WHEN_IDLE (the service's default for NON_BLOCKING calls, the default kind on 3.8 Live)
 #: has been reported never to fire in voice calls, leaving the caller in dead air
-#: (gemini-live.md §8, §12); INTERRUPT speaks as soon as the caller has stopped talking.
+#: (docs/gemini-live.md §8, §12); INTERRUPT speaks as soon as the caller has stopped talking.
 DEFAULT_SCHEDULING = "INTERRUPT"
 
 

@@ -2,7 +2,7 @@
 
 `parse()` turns one WebSocket text frame from Twilio into an event; the
 `*_message()` builders return the text frames we send back. Field names and
-types follow ../shared/reference/twilio-media-streams.md §2–§3: numbers such
+types follow docs/twilio-media-streams.md §2–§3: numbers such
 as sequenceNumber, chunk and timestamp arrive as *strings*, and we send only
 `media`, `mark` and `clear`.
 """

@@ -1,7 +1,7 @@
 """Audio conversion: codec, resampling, framing and the two per-call paths.
 
-Covers twilio-media-streams.md §2 "media" and §3 "media" (8 kHz mu-law, 160-byte
-frames, 0xFF silence) and gemini-live.md §6 "Audio" (16 kHz in, 24 kHz out, s16le).
+Covers docs/twilio-media-streams.md §2 "media" and §3 "media" (8 kHz mu-law, 160-byte
+frames, 0xFF silence) and docs/gemini-live.md §6 "Audio" (16 kHz in, 24 kHz out, s16le).
 
 The FIR resamplers are held to their telephone-band specification (hold-back, alias
 and image rejection, passband flatness, streaming continuity) by measuring the

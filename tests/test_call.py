@@ -1,4 +1,4 @@
-"""The Call core, driven event by event with no sockets (twilio-media-streams.md §2-§3, gemini-live.md §4, §7-§8)."""
+"""The Call core, driven event by event with no sockets (docs/twilio-media-streams.md §2-§3, docs/gemini-live.md §4, §7-§8)."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ class TestCallerInterrupts:
         assert c.call.turn == 2
 
     def test_caller_transcript_between_late_chunks_does_not_end_the_discard(self):
-        # gemini-live.md §12: input transcription has no ordering with the model's output.
+        # docs/gemini-live.md §12: input transcription has no ordering with the model's output.
         c = CallScript().connected()
         c.agent_says(0.5)
         c.call.handle(ev.ModelInterrupted())
@@ -240,7 +240,7 @@ class TestTools:
 
 
 class TestToolScheduling:
-    """gemini-live.md §8: each response's `scheduling` decides when the model speaks."""
+    """docs/gemini-live.md §8: each response's `scheduling` decides when the model speaks."""
 
     def test_the_response_carries_the_tools_scheduling_and_the_watchdog_waits_for_speech(self):
         call = Call(greeting=None, watchdog_s=5.0)
@@ -341,7 +341,7 @@ class TestBadInput:
 
 
 class TestLongCallsAndLiveFailures:
-    """gemini-live.md §5: goAway, resumption handles, drops."""
+    """docs/gemini-live.md §5: goAway, resumption handles, drops."""
 
     def test_a_dropped_session_is_resumed_at_once_and_caller_audio_is_kept_meanwhile(self):
         c = CallScript().connected()

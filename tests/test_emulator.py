@@ -1,6 +1,6 @@
 """The Live emulator, driven by the real google-genai SDK through the environment only.
 
-Reference: /work/shared/reference/gemini-live.md (§ numbers in the class docstrings).
+Reference: docs/gemini-live.md (§ numbers in the class docstrings).
 """
 
 from __future__ import annotations

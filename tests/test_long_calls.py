@@ -1,4 +1,4 @@
-"""Calls that outlive a Live connection (gemini-live.md §5): goAway handovers lose nothing."""
+"""Calls that outlive a Live connection (docs/gemini-live.md §5): goAway handovers lose nothing."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def dominant_hz(ulaw: bytes) -> float:
 def test_a_refused_handle_opens_a_fresh_session_that_knows_the_conversation_and_the_caller_stays(
     phone, emulator, server
 ):
-    """gemini-live.md §12: a handle can be refused (expired, invalid, another model)."""
+    """docs/gemini-live.md §12: a handle can be refused (expired, invalid, another model)."""
     script = Script(
         greeting=[Say(text="Hi, thanks for calling Acme!", seconds=1.0)],
         replies=[Reply(heard="Where is my order?", steps=[Say(text="It has shipped.", seconds=1.0, freq=600.0)])],

@@ -44,7 +44,7 @@ def heard_utterances(call, gap: float = 0.3) -> list[tuple[float, float, bytes]]
 
 
 def key(obj: dict, *names: str):
-    """Setup keys arrive camelCase or snake_case (gemini-live.md §2)."""
+    """Setup keys arrive camelCase or snake_case (docs/gemini-live.md §2)."""
     for name in names:
         if name in obj:
             return obj[name]
@@ -240,7 +240,7 @@ def test_under_plain_uvicorn_the_same_call_goes_the_same_way(emulator, tmp_path,
 
 
 class TestLateAudioAfterABargeIn:
-    """gemini-live.md §12: after `interrupted` the service may still send audio of the
+    """docs/gemini-live.md §12: after `interrupted` the service may still send audio of the
     interrupted turn, with a caller transcript in between, before its `turnComplete`."""
 
     @staticmethod
@@ -285,7 +285,7 @@ class TestLateAudioAfterABargeIn:
 
 
 def test_after_every_tool_response_the_caller_hears_the_model_before_the_watchdog(phone, server):
-    """gemini-live.md §8, §12: on 3.8 Live each response's `scheduling` decides whether the
+    """docs/gemini-live.md §8, §12: on 3.8 Live each response's `scheduling` decides whether the
     model speaks; WHEN_IDLE never fires in voice calls, so our tools choose on purpose."""
     script = Script(
         greeting=[Say(seconds=0.5, freq=GREETING_HZ)],

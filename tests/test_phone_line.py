@@ -1,4 +1,4 @@
-"""What a phone line needs: keypad input, the agent hanging up, transfers (twilio-media-streams.md §2, §5, §7)."""
+"""What a phone line needs: keypad input, the agent hanging up, transfers (docs/twilio-media-streams.md §2, §5, §7)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The server tests run a second real server (module-scoped) with TWILIO_AUTH_TOKEN
 PUBLIC_URL that differs from the loopback address it is reached on, as behind a proxy or
 tunnel. It shares the session's Live emulator, so "nothing was spent" is checked where
 it matters: the emulator saw no new Live connection. Requests are signed the way Twilio
-signs them, with twilio's own RequestValidator (twilio-media-streams.md §6).
+signs them, with twilio's own RequestValidator (docs/twilio-media-streams.md §6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The HTTP endpoints, and bad input on the media stream over a real socket (twilio-media-streams.md §4-§5)."""
+"""The HTTP endpoints, and bad input on the media stream over a real socket (docs/twilio-media-streams.md §4-§5)."""
 
 from __future__ import annotations
 

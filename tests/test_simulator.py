@@ -1,6 +1,6 @@
 """The recorded calls and the caller simulator behave like Twilio's side of a stream.
 
-Covers twilio-media-streams.md §2 (what Twilio sends: field types, ordering, dtmf) and §3
+Covers docs/twilio-media-streams.md §2 (what Twilio sends: field types, ordering, dtmf) and §3
 (what we send and how Twilio plays it: marks, clear, validation). The agent side here is a
 tiny stand-in WebSocket server written in this file, so these tests need no product code.
 """

@@ -621,7 +621,7 @@ class TestLookupOrder:
 
 
 class TestWhenTheModelSpeaksAboutAResult:
-    """gemini-live.md §8, §12: behavior on the declaration, scheduling on each response."""
+    """docs/gemini-live.md §8, §12: behavior on the declaration, scheduling on each response."""
 
     @staticmethod
     def lookup(order_id: str) -> dict:

@@ -1,4 +1,4 @@
-"""Parsing Twilio frames and building ours (twilio-media-streams.md §2-§3)."""
+"""Parsing Twilio frames and building ours (docs/twilio-media-streams.md §2-§3)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ from .orders import ensure_orders_db, lookup_order
 __all__ = ["registry", "CallContext", "end_call", "ensure_orders_db", "lookup_order", "transfer_call"]
 
 registry = ToolRegistry()
-# When the model speaks after each result (gemini-live.md §8). All three are NON_BLOCKING,
+# When the model speaks after each result (docs/gemini-live.md §8). All three are NON_BLOCKING,
 # 3.8 Live's default, said out loud: the model may say "one moment" while a tool runs,
 # and new caller speech does not cancel it. WHEN_IDLE is never used: it has been reported
 # never to fire in voice calls, leaving the caller in silence.

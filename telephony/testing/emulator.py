@@ -1,7 +1,7 @@
 """A local Gemini Live API emulator that the unmodified google-genai SDK can talk to.
 
 `LiveEmulator` is a TLS WebSocket server on loopback that speaks the Live wire
-protocol (docs: /work/shared/reference/gemini-live.md §1-§8, §11), answers from a
+protocol (docs/gemini-live.md §1-§8, §11), answers from a
 `Script` and records everything it receives, so adapter tests and the
 `telephony simulate` command can run a whole call without Google.
 
@@ -232,7 +232,7 @@ class Script:
     refuse_resumption: int | None = None
     """Close code (1007 or 1008) with which a setup carrying a resumption handle is
     refused, even one this emulator issued: the handle expired 2 h after its session
-    ended, or was made for another model (gemini-live.md §5, §12). None accepts them."""
+    ended, or was made for another model (docs/gemini-live.md §5, §12). None accepts them."""
     refuse_resumption_reason: str = "session resumption handle is invalid or expired"
     audio_chunk_ms: int = 40
     """Audio per modelTurn frame."""
@@ -246,7 +246,7 @@ class Script:
     late_chunks_after_interrupt: int = 0
     """Audio chunks of the interrupted turn still sent after `interrupted` (the rest of the
     Say that was playing, continued as its tone if it runs out): the production service
-    has been seen doing this (gemini-live.md §12)."""
+    has been seen doing this (docs/gemini-live.md §12)."""
     transcript_during_late_audio: str = ""
     """If set, sent as the caller's inputTranscription halfway through those late chunks:
     transcription has no ordering with the model's output."""
@@ -260,7 +260,7 @@ class Script:
     """usageMetadata after each turnComplete."""
     thoughts_tokens: int = 0
     """thoughtsTokenCount of each usageMetadata: billed as output, and left out of
-    totalTokenCount, as 3.8 Live reports it (gemini-live.md §12)."""
+    totalTokenCount, as 3.8 Live reports it (docs/gemini-live.md §12)."""
     tool_use_prompt_tokens: int = 0
     """toolUsePromptTokenCount of each usageMetadata (billed as input, on top of the prompt)."""
     cached_tokens: int = 0

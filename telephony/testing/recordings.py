@@ -2,7 +2,7 @@
 
 A recording is the list of messages Twilio sends on a bidirectional ``<Connect><Stream>``
 socket, one JSON object per line, byte-for-byte in Twilio's wire shape
-(docs/reference: twilio-media-streams.md §2):
+(docs/twilio-media-streams.md §2):
 
 - ``connected`` (no sequenceNumber), then ``start`` with ``sequenceNumber`` ``"1"``;
 - ``media`` every 20 ms with 160 µ-law bytes, ``track`` ``"inbound"``, and ``chunk`` /

@@ -1,7 +1,7 @@
 """A caller on loopback: plays a recorded call at a server the way Twilio would.
 
 ``CallSimulator`` is Twilio's side of a bidirectional Media Stream
-(twilio-media-streams.md §1-§3). It connects to the server's WebSocket, sends a recording
+(docs/twilio-media-streams.md §1-§3). It connects to the server's WebSocket, sends a recording
 with Twilio's timing and, at the same time, plays back what the server sends:
 
 - ``connected`` and ``start`` go out at once; each ``media`` goes out at its

@@ -3,7 +3,7 @@
 Point the app at it with `TWILIO_API_BASE_URL=<stand-in url>` (plus its account sid and
 auth token, see `env()`): twilio's real client then sends its real requests here, and
 tests read back exactly what Twilio would have received (`requests`). The stand-in
-checks requests the way Twilio does (twilio-media-streams.md §7): HTTP Basic auth with
+checks requests the way Twilio does (docs/twilio-media-streams.md §7): HTTP Basic auth with
 the account sid and auth token, the account in the path, form-encoded bodies, required
 and enumerated parameters; it answers with Twilio-shaped JSON (sids, statuses, paging)
 and Twilio's error bodies (`{"code", "message", "more_info", "status"}`).
