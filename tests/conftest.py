@@ -1,8 +1,20 @@
-"""Shared fixtures: one Live emulator and one real server for the whole session.
+"""Shared fixtures: Live emulators, real servers and phones for the whole session.
 
 The real google-genai SDK inside the server reaches the emulator through its
 own environment variables (GOOGLE_GEMINI_BASE_URL + SSL_CERT_FILE), exactly as
 it would reach Google; calls are played at the server over a loopback socket.
+
+- `phone`: whole calls on a virtual clock (telephony/testing/virtual_clock.py):
+  `phone.call("order_call.jsonl", script)` plays the recording at `phone.server`,
+  served in the emulator's own loop, which skips idle waits during the call. The
+  default for a test of what happens in a call.
+- `realtime_phone`, `server`, `emulator`: the same in real time, each in its own
+  thread; for what only wall-clock time shows (latency, another thread acting
+  mid-call) and a few end-to-end calls kept real-time on purpose.
+- `postgres`: one PostgreSQL server for the session; `serve_process`: `telephony serve`.
+
+`scripts/test` runs the suite on several pytest-xdist workers, each with its own
+session fixtures; the hooks below order the work so the longest units start first.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import pytest
 from telephony.testing.emulator import LiveEmulator
 from telephony.testing.server import ServerThread
 from telephony.testing.simulator import CallSimulator, SimulatedCall
+from telephony.testing.virtual_clock import VirtualClockLoop, run_fast
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -82,25 +95,58 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(scope="session")
 def emulator():
-    with LiveEmulator() as emu:
+    """The session's Live emulator. Its loop keeps real time except while `phone`
+    plays a call there (a `VirtualClockLoop`, see `phone`)."""
+    with LiveEmulator(loop_factory=VirtualClockLoop) as emu:
         yield emu
+
+
+DEVELOPMENT_ENV_CLEARED = ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE", "TWILIO_ACCOUNT_SID",
+                           "TWILIO_AUTH_TOKEN", "PUBLIC_URL", "REQUIRE_TWILIO_SIGNATURE", "STREAM_TOKEN_SECRET")
+
+
+def development_app(emulator: LiveEmulator, folder: Path):
+    """The real app in development mode (nothing verified), its SDK reaching `emulator`.
+
+    The SDK reads GOOGLE_GEMINI_BASE_URL and SSL_CERT_FILE when the client is
+    built, so the environment holds the emulator's values just for that.
+    """
+    from telephony.app import create_app
+    from telephony.settings import Settings
+
+    env = {k: v for k, v in os.environ.items() if k not in DEVELOPMENT_ENV_CLEARED}
+    env.update(emulator.env())
+    env.update(ORDERS_DB_PATH=str(folder / "orders.db"), CALLS_DB_PATH=str(folder / "calls.db"),
+               LIVE_CONNECT_TIMEOUT_SECONDS="2", TOOL_TIMEOUT_SECONDS="2")
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        return create_app(Settings.from_env())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
 def server(emulator, tmp_path_factory):
-    from telephony.app import create_app
-    from telephony.settings import Settings
+    """The real app in real time, in a thread of its own, reaching the session's `emulator`.
 
+    The environment keeps the emulator's variables for the whole session (tests
+    that build an app from the environment reach the same emulator).
+    """
     saved = dict(os.environ)
     os.environ.update(emulator.env())
-    for name in ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "PUBLIC_URL",
-                 "REQUIRE_TWILIO_SIGNATURE", "STREAM_TOKEN_SECRET"):  # development mode: nothing verified
+    for name in DEVELOPMENT_ENV_CLEARED:
         os.environ.pop(name, None)
     os.environ["ORDERS_DB_PATH"] = str(tmp_path_factory.mktemp("db") / "orders.db")
     os.environ["CALLS_DB_PATH"] = str(tmp_path_factory.mktemp("calls") / "calls.db")
     os.environ["LIVE_CONNECT_TIMEOUT_SECONDS"] = "2"
     os.environ["TOOL_TIMEOUT_SECONDS"] = "2"
     try:
+        from telephony.app import create_app
+        from telephony.settings import Settings
+
         app = create_app(Settings.from_env())
         with ServerThread(app) as srv:
             yield srv
@@ -109,33 +155,49 @@ def server(emulator, tmp_path_factory):
         os.environ.update(saved)
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    """One PostgreSQL server for the session (one initdb); tests make databases of their own on it."""
-    from telephony.testing.postgres_server import PostgresServer
-
-    with PostgresServer() as server:
-        yield server
-
-
 class Phone:
-    """Places simulated calls at the test server with a chosen emulator script."""
+    """Places simulated calls at a server with a chosen emulator script.
 
-    def __init__(self, server: ServerThread, emulator: LiveEmulator):
+    With `loop` (the `phone` fixture): the emulator, the server and the
+    simulated caller share one `VirtualClockLoop`, so a 13 s call takes the time
+    its messages take to process, not 13 s: the same sockets, the same messages in
+    the same order, but idle waits skipped. `Phone(server, emulator)` (the
+    `realtime_phone` fixture): the caller plays in real time from the test's thread.
+    """
+
+    def __init__(self, server: ServerThread, emulator: LiveEmulator, loop: VirtualClockLoop | None = None):
         self.server = server
         self.emulator = emulator
+        self.loop = loop
+        self.last_session = None
 
     def call(self, recording: str, script=None, speed: float = 1.0) -> SimulatedCall:
+        """Play `recording` (tests/fixtures/...) with the emulator following `script`.
+        `speed` paces a real-time caller; on the virtual clock it changes nothing that takes time."""
         if script is not None:
             self.emulator.script = script
         before = len(self.emulator.sessions)
-        result = asyncio.run(CallSimulator(self.server.ws_url, FIXTURES / recording, speed=speed).run())
+        simulator = CallSimulator(self.server.ws_url, FIXTURES / recording, speed=speed)
+        if self.loop is not None:
+            result = run_fast(self.loop, simulator.run())
+        else:
+            result = asyncio.run(simulator.run())
         self.last_session = self.emulator.sessions[before] if len(self.emulator.sessions) > before else None
         return result
 
 
 @pytest.fixture(scope="session")
-def phone(server, emulator) -> Phone:
+def phone(server, emulator, tmp_path_factory):
+    """Calls on the virtual clock: the real app served in the emulator's own loop.
+    Use `phone.server` (not `server`) to look at the app that took the call."""
+    app = development_app(emulator, tmp_path_factory.mktemp("phone"))
+    with ServerThread(app, loop=emulator.loop) as hosted:
+        yield Phone(hosted, emulator, emulator.loop)
+
+
+@pytest.fixture(scope="session")
+def realtime_phone(server, emulator) -> Phone:
+    """Calls played in real time at the session's `server` and `emulator`."""
     return Phone(server, emulator)
 
 

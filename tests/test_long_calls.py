@@ -26,7 +26,8 @@ def expected_live_input(recording: Path, resampler: str) -> bytes:
     )
 
 
-def test_a_call_survives_three_go_away_handovers_with_sample_exact_caller_audio(phone, emulator, server):
+def test_a_call_survives_three_go_away_handovers_with_sample_exact_caller_audio(realtime_phone, emulator, server):
+    phone = realtime_phone  # another thread sends goAway on a wall-clock schedule
     script = Script(greeting=[Say(seconds=1.0)], replies=[Reply(steps=[Say(seconds=1.0, freq=600.0)])])
     before = len(emulator.sessions)
     stop = threading.Event()
@@ -82,9 +83,10 @@ def dominant_hz(ulaw: bytes) -> float:
 
 
 def test_a_refused_handle_opens_a_fresh_session_that_knows_the_conversation_and_the_caller_stays(
-    phone, emulator, server
+    realtime_phone, emulator, server
 ):
     """docs/gemini-live.md §12: a handle can be refused (expired, invalid, another model)."""
+    phone = realtime_phone  # another thread drops the session mid-call
     script = Script(
         greeting=[Say(text="Hi, thanks for calling Acme!", seconds=1.0)],
         replies=[Reply(heard="Where is my order?", steps=[Say(text="It has shipped.", seconds=1.0, freq=600.0)])],
@@ -113,8 +115,9 @@ def test_a_refused_handle_opens_a_fresh_session_that_knows_the_conversation_and_
     assert call.close_code == 1000
 
 
-def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(phone, emulator, server):
+def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(realtime_phone, emulator, server):
     """Only a fresh session's refused setup is fatal: retrying it would loop."""
+    phone = realtime_phone  # another thread drops the session mid-call
     script = Script(greeting=[Say(text="Hi, thanks for calling Acme!", seconds=1.0)], replies=[], refuse_resumption=1008)
     before = len(emulator.sessions)
 
@@ -129,6 +132,7 @@ def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(ph
     thread.start()
     call = phone.call("order_call.jsonl", script, speed=2)
     thread.join(timeout=10)
+    emulator.wait_for(lambda: len(emulator.sessions) >= before + 3 and emulator.sessions[before + 2].closed)
     first, refused, fresh = emulator.sessions[before : before + 3]
     assert first.close_code == 1011 and refused.close_code == 1008 and fresh.close_code == 1008
     assert not key(fresh.setup, "sessionResumption", "session_resumption").get("handle")
@@ -141,9 +145,10 @@ def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(ph
     assert "<Say>" in r.text  # Twilio plays the apology, not silence
 
 
-def test_a_1008_close_after_go_away_is_resumed_like_any_other(phone, emulator, server):
+def test_a_1008_close_after_go_away_is_resumed_like_any_other(phone, emulator):
     """pollen-robotics/reachy_mini_conversation_app #357: "Connection aborted because the client
     failed to close the connection after receiving a GoAway signal" comes as 1008."""
+    server = phone.server
     go_away_then_1008 = Fail(
         raw={"goAway": {"timeLeft": "50s"}}, close_code=1008,
         reason="Connection aborted because the client failed to close the connection after receiving a GoAway signal",

@@ -126,7 +126,8 @@ class TestAnOrderStatusCall:
         # Every mark outstanding at the clear came back (Twilio echoes them as cleared).
         assert sorted(call.marks_received) == sorted(call.marks_echoed)
 
-    def test_the_call_ends_on_stop_closing_live_and_leaving_no_task_behind(self, order_call, server, emulator):
+    def test_the_call_ends_on_stop_closing_live_and_leaving_no_task_behind(self, order_call, phone):
+        server, emulator = phone.server, phone.emulator
         call, session = order_call
         emulator.wait_for(lambda: session.closed, timeout=5)
         assert call.close_code == 1000 and not call.protocol_errors
@@ -136,7 +137,8 @@ class TestAnOrderStatusCall:
         leftovers = [n for n in server.task_names() if n in ("twilio-reader", "live") or n.startswith("tool-")]
         assert leftovers == [] and not server.app.state.active_calls
 
-    def test_the_transcript_is_kept_for_the_call(self, order_call, server):
+    def test_the_transcript_is_kept_for_the_call(self, order_call, phone):
+        server = phone.server
         summary = server.finished_call(order_call[0].call_sid)
         roles = [role for role, _ in summary["transcript"]]
         assert roles[:3] == ["agent", "caller", "agent"]
@@ -171,7 +173,8 @@ def test_an_unknown_tool_gets_an_error_and_the_call_goes_on(phone):
     "setup, why",
     [("close", "refused with 1008"), ("never", "no setupComplete"), ("http403", "upgrade refused")],
 )
-def test_when_live_cannot_be_reached_the_stream_is_closed_onto_the_spoken_apology(phone, server, setup, why):
+def test_when_live_cannot_be_reached_the_stream_is_closed_onto_the_spoken_apology(phone, setup, why):
+    server = phone.server
     call = phone.call("greeting_only.jsonl", Script(setup=setup))
     stop = [e.t for e in call.events if e.kind == "sent_stop"]
     closed = [e for e in call.events if e.kind == "closed"]
@@ -182,7 +185,8 @@ def test_when_live_cannot_be_reached_the_stream_is_closed_onto_the_spoken_apolog
     assert summary["end_reason"].startswith("Live session could not be opened")
 
 
-def test_a_live_session_dropped_mid_call_is_resumed_and_the_call_goes_on(phone, server, emulator):
+def test_a_live_session_dropped_mid_call_is_resumed_and_the_call_goes_on(phone, emulator):
+    server = phone.server
     script = Script(
         greeting=[Say(seconds=0.5)],
         replies=[
@@ -201,7 +205,8 @@ def test_a_live_session_dropped_mid_call_is_resumed_and_the_call_goes_on(phone, 
     assert call.close_code == 1000
 
 
-def test_a_policy_close_mid_call_is_not_retried_and_ends_the_call(phone, server, emulator):
+def test_a_policy_close_mid_call_is_not_retried_and_ends_the_call(phone, emulator):
+    server = phone.server
     script = Script(greeting=[Say(seconds=0.5)], replies=[Reply(steps=[Fail(close_code=1008, reason="policy")])])
     before = len(emulator.sessions)
     call = phone.call("order_call.jsonl", script, speed=2)
@@ -248,7 +253,8 @@ class TestLateAudioAfterABargeIn:
         (clear,) = call.of_kind("clear")
         return call.agent_audio[clear.detail["received_bytes"] :]
 
-    def test_caller_barges_in_late_audio_arrives_and_the_caller_hears_nothing_of_it(self, phone, server):
+    def test_caller_barges_in_late_audio_arrives_and_the_caller_hears_nothing_of_it(self, phone):
+        server = phone.server
         script = order_script()
         script.late_chunks_after_interrupt = 10  # 0.4 s more of the 520 Hz answer
         script.transcript_during_late_audio = "Thanks,"
@@ -266,7 +272,8 @@ class TestLateAudioAfterABargeIn:
         assert summary["stale_audio_chunks_dropped"] >= 10 and summary["interrupted_turns_without_turn_complete"] == 0
         assert summary["interruptions"] == 1 and summary["end_reason"] == "caller hung up"
 
-    def test_an_interrupted_turn_that_never_completes_is_given_up_after_the_bound(self, phone, server, caplog):
+    def test_an_interrupted_turn_that_never_completes_is_given_up_after_the_bound(self, phone, caplog):
+        server = phone.server
         script = order_script()
         script.late_chunks_after_interrupt = 10
         script.turn_complete_after_interrupt = False
@@ -284,9 +291,10 @@ class TestLateAudioAfterABargeIn:
         assert len([r for r in caplog.records if "no turnComplete" in r.getMessage()]) == 1
 
 
-def test_after_every_tool_response_the_caller_hears_the_model_before_the_watchdog(phone, server):
+def test_after_every_tool_response_the_caller_hears_the_model_before_the_watchdog(phone):
     """docs/gemini-live.md §8, §12: on 3.8 Live each response's `scheduling` decides whether the
     model speaks; WHEN_IDLE never fires in voice calls, so our tools choose on purpose."""
+    server = phone.server
     script = Script(
         greeting=[Say(seconds=0.5, freq=GREETING_HZ)],
         replies=[

@@ -37,7 +37,8 @@ def test_keypad_digits_reach_the_model_as_one_text_turn(phone):
     assert "(The caller typed 1 0 0 1 on the keypad.)" in phone.last_session.texts
 
 
-def test_agent_hangs_up_only_after_its_goodbye_has_played(phone, server):
+def test_agent_hangs_up_only_after_its_goodbye_has_played(phone):
+    server = phone.server
     script = Script(
         greeting=[Say(seconds=0.5)],
         replies=[Reply(heard="That's all, thanks.", steps=[  # as instructed: a goodbye, then end_call

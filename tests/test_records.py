@@ -302,12 +302,13 @@ def with_call_sid(recording: Path, call_sid: str, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def recorded_call(phone, server, tmp_path_factory):
+def recorded_call(phone, tmp_path_factory):
+    server = phone.server
     sid = "CA" + "e" * 32
     recording = with_call_sid(FIXTURES / "order_call.jsonl", sid, tmp_path_factory.mktemp("rec") / "order_call.jsonl")
     call = phone.call(str(recording), record_script(), speed=2)
     assert server.app.state.recorder.flush()
-    path = Path(os.environ["CALLS_DB_PATH"])
+    path = Path(server.app.state.settings.calls_db_path)
     return call, get_call(path, sid), path
 
 
@@ -343,14 +344,14 @@ class TestARecordedCall:
             tokens["prompt"], tokens["response"], tokens["by_modality"], PriceTable.from_settings(server.app.state.settings))
         assert record["estimated_cost_usd"] > 0
 
-    def test_a_call_that_thinks_uses_tools_and_hits_the_cache_costs_what_those_tokens_cost(self, phone, server,
-                                                                                            tmp_path):
+    def test_a_call_that_thinks_uses_tools_and_hits_the_cache_costs_what_those_tokens_cost(self, phone, tmp_path):
+        server = phone.server
         sid = "CA" + "7" * 32
         script = record_script()
         script.thoughts_tokens, script.tool_use_prompt_tokens, script.cached_tokens = 40, 25, 60
         phone.call(str(with_call_sid(FIXTURES / "order_call.jsonl", sid, tmp_path / "call.jsonl")), script, speed=2)
         assert server.app.state.recorder.flush()
-        record = get_call(Path(os.environ["CALLS_DB_PATH"]), sid)
+        record = get_call(Path(server.app.state.settings.calls_db_path), sid)
 
         tokens, by = record["tokens"], record["tokens"]["by_modality"]
         turns = by["thoughts:TEXT"] // 40

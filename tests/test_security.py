@@ -380,8 +380,9 @@ class TestMediaStreams:
         assert call.close_code in (1000, 1008)  # the simulator hangs up itself once it has nothing to send
 
 
-def test_in_development_mode_plain_streams_still_work_unverified(phone, server):
+def test_in_development_mode_plain_streams_still_work_unverified(phone):
     """The session server has no TWILIO_AUTH_TOKEN: `telephony simulate` keeps working offline."""
+    server = phone.server
     call = phone.call("greeting_only.jsonl", Script(greeting=[Say(seconds=0.3)], replies=[]), speed=4)
     assert call.close_code == 1000 and call.agent_audio
     assert server.app.state.gate.verifying is False

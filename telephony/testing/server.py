@@ -7,6 +7,8 @@ same one production runs, reached over a real socket.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
 import time
 
@@ -18,7 +20,11 @@ from .ports import LoopbackAddress, free_port
 
 
 class ServerThread(LoopbackAddress):
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", ws=None):
+    """The app under uvicorn in a thread of its own, or, given `loop` (an event loop
+    running in another thread, e.g. the Live emulator's), as one more task there."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", ws=None,
+                 loop: asyncio.AbstractEventLoop | None = None):
         if port == 0:
             port = free_port(host)
         self.app = app
@@ -28,7 +34,8 @@ class ServerThread(LoopbackAddress):
         self.server = uvicorn.Server(self.config)
         self._thread = threading.Thread(target=self._run, name="telephony-server", daemon=True)
         self.error: BaseException | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = loop
+        self._hosted: concurrent.futures.Future | None = None
 
     def _run(self) -> None:
         try:
@@ -71,10 +78,15 @@ class ServerThread(LoopbackAddress):
         return asyncio.run_coroutine_threadsafe(summary(), self.loop).result(timeout=timeout)
 
     def start(self, timeout: float = 20.0) -> "ServerThread":
-        self._thread.start()
+        if self.loop is not None:
+            self._hosted = asyncio.run_coroutine_threadsafe(self.server.serve(), self.loop)
+        else:
+            self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
-            if self.error is not None or not self._thread.is_alive():
+            if self._hosted is not None and self._hosted.done():
+                raise RuntimeError(f"server failed to start: {self._hosted.exception()!r}")
+            if self._hosted is None and (self.error is not None or not self._thread.is_alive()):
                 raise RuntimeError(f"server failed to start: {self.error!r}")
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start in time")
@@ -83,7 +95,11 @@ class ServerThread(LoopbackAddress):
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self._thread.join(timeout=15)
+        if self._hosted is not None:
+            with contextlib.suppress(Exception):
+                self._hosted.result(timeout=15)
+        else:
+            self._thread.join(timeout=15)
 
     def __enter__(self) -> "ServerThread":
         return self.start()
