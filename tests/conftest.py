@@ -155,6 +155,15 @@ def server(emulator, tmp_path_factory):
         os.environ.update(saved)
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the session (one initdb); tests make databases of their own on it."""
+    from telephony.testing.postgres_server import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
 class Phone:
     """Places simulated calls at a server with a chosen emulator script.
 
