@@ -66,8 +66,8 @@ def test_a_call_sid_never_becomes_a_path_elsewhere(tmp_path):
 def test_a_recorded_call_is_served_to_the_token_holder_as_stereo_wav(emulator, tmp_path):
     emulator.script = order_script()
     folder = tmp_path / "recordings"
-    with watched_server(emulator, tmp_path, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder)) as server:
-        sid, call = place_call(server.ws_url)
+    with watched_server(emulator, tmp_path, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder), virtual=True) as server:
+        sid, call = place_call(server.ws_url, loop=server.loop)
         server.finished_call(sid)
         wait_until(lambda: (folder / f"{sid}.wav").exists(), what="the call's recording")
         assert httpx.get(f"{server.http_url}/calls/{sid}/audio").status_code == 401

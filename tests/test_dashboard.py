@@ -42,8 +42,9 @@ def browser(profile: str):
 def dashboard(emulator, tmp_path_factory):
     folder = tmp_path_factory.mktemp("dashboard")
     emulator.script = order_script()
-    with watched_server(emulator, folder, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder / "recordings")) as server:
-        sid, call = place_call(server.ws_url)
+    with watched_server(emulator, folder, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder / "recordings"),
+                        virtual=True) as server:
+        sid, call = place_call(server.ws_url, loop=server.loop)
         server.finished_call(sid)
         wait_until(lambda: (folder / "recordings" / f"{sid}.wav").exists(), what="the call's recording")
         assert server.app.state.recorder.flush()

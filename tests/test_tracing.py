@@ -26,8 +26,8 @@ def spans(emulator, tmp_path_factory):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     emulator.script = order_script()
-    with watched_server(emulator, tmp_path_factory.mktemp("tracing"), tracing=CallTracing(provider)) as server:
-        sid, call = place_call(server.ws_url)
+    with watched_server(emulator, tmp_path_factory.mktemp("tracing"), tracing=CallTracing(provider), virtual=True) as server:
+        sid, call = place_call(server.ws_url, loop=server.loop)
         server.finished_call(sid)  # the call's span ends just before its summary
     return sid, call, exporter.get_finished_spans()
 
