@@ -34,7 +34,7 @@ from .audio import ULAW_SILENCE, ulaw_decode
 
 __all__ = ["CallAudio", "AudioRecordings", "SAMPLE_RATE"]
 
-log = logging.getLogger("telephony.audio_recording")
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 8000
 #: Call sids become file names: nothing but these characters, ever.

@@ -20,12 +20,13 @@ from typing import Any
 from fastapi import WebSocket
 from starlette.websockets import WebSocketState
 
+from . import actions as act
 from . import events as ev
 from . import live as live_mod
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
 from .call import Call
-from .errors import LiveError, MalformedMessage
+from .errors import LiveError, LiveSendError, MalformedMessage
 from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
@@ -33,11 +34,24 @@ from .tools import CallContext, ToolRegistry
 from .twilio_rest import is_already_ended
 from .twiml import AfterStream, apology_twiml, dial_twiml
 
-log = logging.getLogger("telephony.bridge")
+log = logging.getLogger(__name__)
 
 
 class _CallEnded(Exception):
     """Raised inside the task group to stop every task of the call."""
+
+
+class _LiveSendFailed(Exception):
+    """A send to `session` raised `error`; `_perform` hands it to the core."""
+
+    def __init__(self, session: live_mod.LiveSession, error: LiveSendError):
+        super().__init__(str(error))
+        self.session = session
+        self.error = error
+
+
+#: The actions that send to the Live session.
+_LIVE_SENDS = (act.SendAudioToLive, act.SendTextToLive, act.SendToolResponse)
 
 
 def _forget_frames(group: BaseExceptionGroup) -> None:
@@ -78,7 +92,7 @@ class CallBridge:
         watch: Watch | None = None,
     ):
         self.ws = websocket
-        # Who is calling, as the app's Gatekeeper vouched for it (security.py): tools
+        # Who is calling, as the app's Gatekeeper vouched for it (security.gatekeeper): tools
         # learn the caller only from here, never from the stream's own parameters.
         self.identity = identity
         self.settings = settings
@@ -101,14 +115,16 @@ class CallBridge:
         self._tools: dict[str, asyncio.Task] = {}
         self._timers: dict[str, asyncio.Task] = {}
         self._switch = asyncio.Event()
-        self._resume: ev.ResumeLive | None = None
-        self._end: ev.EndCall | None = None
+        self._resume: act.ResumeLive | None = None
+        self._failed_session: live_mod.LiveSession | None = None  # the last session a send failed on
+        self._end: act.EndCall | None = None
         self._started = time.monotonic()
         self._ws_closed = False
         self._loop = asyncio.get_running_loop()
         self._recorded_start = False
         self._new_turn = False
         self.observer = (watch or Watch()).observe(self.call, recorder)  # metrics, timings, traces (observe.py)
+        self.call.tap = self.observer.audio  # both sides' audio, when RECORD_AUDIO is on
 
     async def run(self) -> dict[str, object]:
         """Run the call to its end; return its summary. Never raises for call-level problems."""
@@ -124,7 +140,7 @@ class CallBridge:
                 log.error("call %s failed: %r", self.call.call_sid, exc, exc_info=exc)
             _forget_frames(group)
             if self._end is None:
-                self._end = ev.EndCall("internal error", apologize=True, close_code=1011)
+                self._end = act.EndCall("internal error", apologize=True, close_code=1011)
         finally:
             await self._tear_down()
             self.observer.call_ended()
@@ -150,7 +166,7 @@ class CallBridge:
             if actions:
                 await self._perform(actions)
 
-    def _twilio_frame(self, frame: str | bytes) -> list[ev.Action]:
+    def _twilio_frame(self, frame: str | bytes) -> list[act.Action]:
         try:
             event = tw.parse(frame)
         except MalformedMessage as exc:
@@ -223,7 +239,7 @@ class CallBridge:
         self._timers.pop(name, None)
         await self._perform(self.call.handle(ev.TimerFired(name)))
 
-    async def _run_tool(self, action: ev.RunTool) -> None:
+    async def _run_tool(self, action: act.RunTool) -> None:
         ctx = CallContext(
             call_sid=self.call.call_sid or "",
             caller=self.identity.caller if self.identity else None,
@@ -253,57 +269,105 @@ class CallBridge:
 
     # ----------------------------------------------------------- actions
 
-    async def _perform(self, actions: list[ev.Action]) -> None:
+    async def _perform(self, actions: list[act.Action]) -> None:
         """Each action in order, awaited: what the core asked for happens in that order."""
-        for action in actions:
-            kind = type(action)
-            if kind is ev.SendAudioToLive:
-                if self.live is not None:
-                    await self._to_live(self.live.send_audio(action.pcm))
-            elif kind is ev.SendToTwilio:
-                await self._send_twilio(action.messages)
-            elif kind is ev.RunTool:
-                assert self._tg is not None
-                self._tools[action.call_id] = self._tg.create_task(self._run_tool(action), name=f"tool-{action.name}")
-            elif kind is ev.CancelTool:
-                task = self._tools.pop(action.call_id, None)
-                if task is not None:
-                    task.cancel()
-            elif kind is ev.StartTimer:
-                assert self._tg is not None
-                old = self._timers.pop(action.name, None)
-                if old is not None:
-                    old.cancel()
-                self._timers[action.name] = self._tg.create_task(
-                    self._timer(action.name, action.seconds), name=f"timer-{action.name}"
-                )
-            elif kind is ev.CancelTimer:
-                task = self._timers.pop(action.name, None)
-                if task is not None:
-                    task.cancel()
-            elif kind is ev.SendTextToLive:
-                if self.live is not None:
-                    await self._to_live(self.live.send_text(action.text))
-            elif kind is ev.SendToolResponse:
-                if self.live is not None:
-                    await self._to_live(self.live.send_tool_response(
-                        action.call_id, action.name, action.response, action.scheduling
-                    ))
-            elif kind is ev.ResumeLive:
-                log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
-                self.observer.live_replaced(action.reason)
-                if self.recorder is not None and self.call.call_sid:
-                    self.recorder.event(self.call.call_sid, "reconnect", {"reason": action.reason}, time.time())
-                self._resume = action
-                self._switch.set()
-            elif kind is ev.ConnectLive:
-                assert self._tg is not None
-                self._tg.create_task(self._run_live(), name="live")
-            elif kind is ev.EndCall:
-                self._end = action
-                raise _CallEnded
-            else:
+        for index, action in enumerate(actions):
+            performer = self._performers.get(type(action))
+            if performer is None:
                 raise TypeError(f"unknown action {action!r}")
+            try:
+                await performer(self, action)
+            except _LiveSendFailed as failure:
+                await self._live_send_failed(failure, action, actions[index + 1:])
+                return
+
+    async def _live_send_failed(self, failure: _LiveSendFailed, action: act.Action, rest: list[act.Action]) -> None:
+        """A send to Live raised: one error line per session, then the core decides
+        (a fresh session, or the end with the apology) and keeps what did not go out.
+
+        The core hears of it before anything else is awaited, so it stops sending to
+        the broken session at once; the rest of the batch follows, the core's answer
+        last (a replacement cancels the Live reader, which may be this very task)."""
+        unsent = (action, *(a for a in rest if isinstance(a, _LIVE_SENDS)))
+        if failure.session is not self._failed_session:
+            self._failed_session = failure.session
+            log.error("call %s: sending to Live failed (%s); %d send(s) kept for the next session",
+                      self.call.call_sid, failure, len(unsent))
+        if self.live is failure.session:
+            self.live = None
+        answer = self.call.handle(ev.LiveSendFailed(str(failure), unsent, failure.error.code))
+        await self._perform([a for a in rest if not isinstance(a, _LIVE_SENDS)] + answer)
+
+    async def _send_audio_to_live(self, action: act.SendAudioToLive) -> None:
+        if (session := self.live) is not None:
+            await self._to_live(session, session.send_audio(action.pcm))
+
+    async def _send_text_to_live(self, action: act.SendTextToLive) -> None:
+        if (session := self.live) is not None:
+            await self._to_live(session, session.send_text(action.text))
+
+    async def _send_tool_response(self, action: act.SendToolResponse) -> None:
+        if (session := self.live) is not None:
+            await self._to_live(session, session.send_tool_response(
+                action.call_id, action.name, action.response, action.scheduling
+            ))
+
+    async def _send_to_twilio(self, action: act.SendToTwilio) -> None:
+        await self._send_twilio(action.messages)
+
+    async def _start_tool(self, action: act.RunTool) -> None:
+        assert self._tg is not None
+        self._tools[action.call_id] = self._tg.create_task(self._run_tool(action), name=f"tool-{action.name}")
+
+    async def _cancel_tool(self, action: act.CancelTool) -> None:
+        task = self._tools.pop(action.call_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _start_timer(self, action: act.StartTimer) -> None:
+        assert self._tg is not None
+        old = self._timers.pop(action.name, None)
+        if old is not None:
+            old.cancel()
+        self._timers[action.name] = self._tg.create_task(
+            self._timer(action.name, action.seconds), name=f"timer-{action.name}"
+        )
+
+    async def _cancel_timer(self, action: act.CancelTimer) -> None:
+        task = self._timers.pop(action.name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _resume_live(self, action: act.ResumeLive) -> None:
+        log.info("replacing the Live session of call %s: %s", self.call.call_sid, action.reason)
+        self.observer.live_replaced(action.reason)
+        if self.recorder is not None and self.call.call_sid:
+            self.recorder.event(self.call.call_sid, "reconnect", {"reason": action.reason}, time.time())
+        self._resume = action
+        self._switch.set()
+
+    async def _connect_live(self, action: act.ConnectLive) -> None:
+        assert self._tg is not None
+        self._tg.create_task(self._run_live(), name="live")
+
+    async def _end_call(self, action: act.EndCall) -> None:
+        self._end = action
+        raise _CallEnded
+
+    #: How each kind of action is carried out (the core's events go through `Call._handlers` alike).
+    _performers = {
+        act.SendAudioToLive: _send_audio_to_live,
+        act.SendToTwilio: _send_to_twilio,
+        act.RunTool: _start_tool,
+        act.CancelTool: _cancel_tool,
+        act.StartTimer: _start_timer,
+        act.CancelTimer: _cancel_timer,
+        act.SendTextToLive: _send_text_to_live,
+        act.SendToolResponse: _send_tool_response,
+        act.ResumeLive: _resume_live,
+        act.ConnectLive: _connect_live,
+        act.EndCall: _end_call,
+    }
 
     async def _send_twilio(self, messages: tuple[str, ...]) -> None:
         if self._ws_closed:
@@ -315,12 +379,15 @@ class CallBridge:
             self._ws_closed = True
             log.info("Twilio socket closed while sending (%s)", type(exc).__name__)
 
-    async def _to_live(self, coro) -> None:
-        """Sends to a session the server just closed fail; the reader reports the close."""
+    @staticmethod
+    async def _to_live(session: live_mod.LiveSession, send) -> None:
+        """Whatever a send raises (`live` makes it a `LiveSendError`: a socket closed
+        under it, an SDK that changed) is a `_LiveSendFailed` for `_perform`: caller
+        audio must never vanish silently."""
         try:
-            await coro
-        except Exception as exc:
-            log.debug("send to Live failed: %s", exc)
+            await send
+        except LiveSendError as exc:
+            raise _LiveSendFailed(session, exc) from None
 
     # ----------------------------------------------------------- the end
 
@@ -343,7 +410,7 @@ class CallBridge:
         self._loop.call_soon_threadsafe(deliver)
 
     async def _tear_down(self) -> None:
-        end = self._end or ev.EndCall("stream ended")
+        end = self._end or act.EndCall("stream ended")
         for task in [*self._tools.values(), *self._timers.values()]:
             task.cancel()
         if self.call.end_reason is None:

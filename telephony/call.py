@@ -33,13 +33,14 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
+from . import actions as act
 from . import events as ev
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio
 from .errors import InvalidCallState, MalformedMessage, StreamMismatch
-from .speech import SpeechEndDetector
+from .speech_end import SpeechEndDetector
 
-log = logging.getLogger("telephony.call")
+log = logging.getLogger(__name__)
 
 #: Bytes of 8 kHz mu-law per second: the unit of "how much the caller heard".
 ULAW_BYTES_PER_SECOND = 8000
@@ -49,6 +50,12 @@ BUFFERED_FRAMES = 250
 FATAL_LIVE_CODES = frozenset({1007, 1008})
 #: Delays before each reconnection attempt; past the last one the call ends with an apology.
 RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+#: Sessions in a row whose sends fail before the call ends with the apology: a send that
+#: raises on every fresh session (an SDK that no longer speaks our calls) must not loop.
+MAX_SEND_FAILURES = 3
+#: A session that relayed this many caller frames (5 s) before a send failed was healthy:
+#: its failure starts a new count.
+HEALTHY_SESSION_FRAMES = 250
 #: Switch sessions this long before a goAway deadline at the latest.
 GOAWAY_MARGIN_S = 2.0
 #: How long the goodbye at MAX_CALL_SECONDS may take before we hang up regardless.
@@ -130,7 +137,7 @@ class Ending:
     """An end decided by the agent (goodbye, transfer) or the call's limit: it takes
     effect once the turn `after_turn` has completed and its audio has been heard."""
 
-    end: ev.EndCall
+    end: act.EndCall
     after_turn: int
     turn_complete: bool = False
 
@@ -194,13 +201,17 @@ class Call:
         self.pending_tools: dict[str, ToolRecord] = {}
         self.tool_calls: list[ToolRecord] = []
         self._buffered: deque[bytes] = deque(maxlen=BUFFERED_FRAMES)
-        self._queued_responses: list[ev.SendToolResponse] = []
+        self._queued_responses: list[act.SendToolResponse | act.SendTextToLive] = []
 
         # The Live session.
         self.link = LiveLink.NONE
         self._ever_ready = False
         self._reconnect_attempts = 0
         self._attempt_handle: str | None = None  # the handle the pending reconnection uses
+        self._send_failures = 0  # sessions in a row whose sends failed
+        self._frames_to_live = 0  # caller frames sent on the current session
+        self._kept_frames = 0  # frames at the front of `_buffered` whose send failed
+        self._kept_sends = 0  # the same at the front of `_queued_responses`
         self._go_away_seen = False  # this session announced its end: any close then resumes
         self._resume_at_boundary = False  # switch sessions at the next turn boundary (goAway)
         self.watchdog = Watchdog.IDLE
@@ -216,6 +227,7 @@ class Call:
         self.stale_audio_dropped = 0  # chunks of interrupted turns that never reached Twilio
         self.discards_timed_out = 0  # interrupted turns whose turnComplete never came
         self.reconnects = 0
+        self.live_send_failures = 0
         self.sessions_resumed = 0  # reconnections that kept the context through a handle
         self.sessions_fresh = 0  # reconnections without one (refused or never issued)
         self.watchdog_nudges = 0
@@ -243,7 +255,7 @@ class Call:
         """The call is ending or ended: nothing new starts."""
         return self.phase is Phase.ENDING or self.phase is Phase.ENDED
 
-    def handle(self, event: object) -> list[ev.Action]:
+    def handle(self, event: object) -> list[act.Action]:
         """Advance the call by one event; return what the adapter must do, in order."""
         if self.phase is Phase.ENDED:
             return []
@@ -252,7 +264,7 @@ class Call:
             raise InvalidCallState(f"Call cannot handle {type(event).__name__}")
         return method(self, event)
 
-    def bad_frame(self, error: MalformedMessage) -> list[ev.Action]:
+    def bad_frame(self, error: MalformedMessage) -> list[act.Action]:
         """The adapter could not parse a frame. Drop it; close the stream if it keeps happening."""
         self.bad_frames += 1
         self._warn_once(f"bad:{type(error).__name__}:{str(error)[:30]}", "dropped a bad Twilio frame: %s", error)
@@ -313,11 +325,11 @@ class Call:
 
     # ----------------------------------------------------- Twilio events
 
-    def _on_connected(self, event: tw.Connected) -> list[ev.Action]:
+    def _on_connected(self, event: tw.Connected) -> list[act.Action]:
         log.info("twilio stream connected (protocol=%s version=%s)", event.protocol, event.version)
         return []
 
-    def _on_start(self, event: tw.StreamStarted) -> list[ev.Action]:
+    def _on_start(self, event: tw.StreamStarted) -> list[act.Action]:
         if self.phase is not Phase.AWAITING_START:
             self._warn_once("dup-start", "ignored a second start event on stream %s", self.stream_sid)
             return []
@@ -333,12 +345,12 @@ class Call:
         self.phase = Phase.CONNECTING
         self.link = LiveLink.CONNECTING
         log.info("call %s started on stream %s", event.call_sid, event.stream_sid)
-        actions: list[ev.Action] = [ev.ConnectLive()]
+        actions: list[act.Action] = [act.ConnectLive()]
         if self.max_call_s:
-            actions.append(ev.StartTimer(Timer.MAX_CALL, self.max_call_s))
+            actions.append(act.StartTimer(Timer.MAX_CALL, self.max_call_s))
         return actions
 
-    def _on_caller_audio(self, event: tw.CallerAudio) -> list[ev.Action]:
+    def _on_caller_audio(self, event: tw.CallerAudio) -> list[act.Action]:
         if self.phase is Phase.AWAITING_START:
             self.frames_dropped += 1
             self._warn_once("media-before-start", "dropped media that arrived before the start event")
@@ -361,9 +373,10 @@ class Call:
                 self._warn_once("buffer-full", "caller audio buffer full while Live is unavailable; dropping the oldest")
             self._buffered.append(pcm)
             return []
-        return [ev.SendAudioToLive(pcm)]
+        self._frames_to_live += 1
+        return [act.SendAudioToLive(pcm)]
 
-    def _on_mark(self, event: tw.MarkEchoed) -> list[ev.Action]:
+    def _on_mark(self, event: tw.MarkEchoed) -> list[act.Action]:
         if not self._same_stream(event.stream_sid):
             return self._mismatch()
         if event.name in self.marks_cleared:
@@ -383,7 +396,7 @@ class Call:
             self.phase = Phase.LISTENING
         return self._end_if_goodbye_heard()
 
-    def _on_dtmf(self, event: tw.DtmfPressed) -> list[ev.Action]:
+    def _on_dtmf(self, event: tw.DtmfPressed) -> list[act.Action]:
         if not self._same_stream(event.stream_sid):
             return self._mismatch()
         if self.over:
@@ -391,51 +404,52 @@ class Call:
         self.digits.append(event.digit)
         self._keypad.append(event.digit)
         if event.digit == "#":  # the caller is done typing
-            return [ev.CancelTimer(Timer.DTMF), *self._keypad_to_model()]
-        return [ev.StartTimer(Timer.DTMF, self.dtmf_timeout_s)]
+            return [act.CancelTimer(Timer.DTMF), *self._keypad_to_model()]
+        return [act.StartTimer(Timer.DTMF, self.dtmf_timeout_s)]
 
-    def _keypad_to_model(self) -> list[ev.Action]:
+    def _keypad_to_model(self) -> list[act.Action]:
         """Give the digits typed so far to the model as one short text turn."""
         if self.link is not LiveLink.READY:
-            return [ev.StartTimer(Timer.DTMF, self.dtmf_timeout_s)] if self._keypad else []  # try again later
+            return [act.StartTimer(Timer.DTMF, self.dtmf_timeout_s)] if self._keypad else []  # try again later
         digits = [d for d in self._keypad if d != "#"] or self._keypad
         self._keypad = []
         if not digits:
             return []
         log.info("caller typed %d key(s) on the keypad", len(digits))
-        return [ev.SendTextToLive(f"(The caller typed {' '.join(digits)} on the keypad.)")]
+        return [act.SendTextToLive(f"(The caller typed {' '.join(digits)} on the keypad.)")]
 
-    def _on_stop(self, event: tw.StreamStopped) -> list[ev.Action]:
+    def _on_stop(self, event: tw.StreamStopped) -> list[act.Action]:
         if event.stream_sid is not None and not self._same_stream(event.stream_sid):
             return self._mismatch()
         return self._end("caller hung up")
 
-    def _on_disconnected(self, event: ev.TwilioDisconnected) -> list[ev.Action]:
+    def _on_disconnected(self, event: ev.TwilioDisconnected) -> list[act.Action]:
         return self._end(f"Twilio socket closed without stop (code={event.code})")
 
-    def _on_unknown(self, event: tw.UnknownEvent) -> list[ev.Action]:
+    def _on_unknown(self, event: tw.UnknownEvent) -> list[act.Action]:
         self._warn_once(f"unknown:{event.name}", "ignored unknown Twilio event %r", event.name)
         return []
 
     # ------------------------------------------------------- Live events
 
-    def _on_live_ready(self, event: ev.LiveReady) -> list[ev.Action]:
+    def _on_live_ready(self, event: ev.LiveReady) -> list[act.Action]:
         if self.over or self.phase is Phase.AWAITING_START:
             return []
         first = not self._ever_ready
         self._ever_ready = True
         self.link = LiveLink.READY
         self._reconnect_attempts = 0
+        self._frames_to_live = self._kept_frames = self._kept_sends = 0
         self._go_away_seen = False
         if self.phase is Phase.CONNECTING:
             self.phase = Phase.LISTENING
-        actions: list[ev.Action] = []
+        actions: list[act.Action] = []
         if first:
             purpose = self.parameters.get("purpose")
             if purpose:
-                actions.append(ev.SendTextToLive(OUTBOUND_GREETING.format(purpose=purpose[:400])))
+                actions.append(act.SendTextToLive(OUTBOUND_GREETING.format(purpose=purpose[:400])))
             elif self.greeting:
-                actions.append(ev.SendTextToLive(self.greeting))
+                actions.append(act.SendTextToLive(self.greeting))
         else:
             self.reconnects += 1
             if self._attempt_handle is not None:
@@ -445,13 +459,13 @@ class Call:
             self.current.discarding = False  # the old session's late audio cannot reach a new one
             log.info("Live session resumed (reconnect %d); replaying %d buffered frames", self.reconnects, len(self._buffered))
         # Nothing said or computed while switching is lost: audio first, in order, then tool results.
-        actions.extend(ev.SendAudioToLive(pcm) for pcm in self._buffered)
+        actions.extend(act.SendAudioToLive(pcm) for pcm in self._buffered)
         self._buffered.clear()
         actions.extend(self._queued_responses)
         self._queued_responses.clear()
         return actions
 
-    def _on_live_failed(self, event: ev.LiveFailed) -> list[ev.Action]:
+    def _on_live_failed(self, event: ev.LiveFailed) -> list[act.Action]:
         if self.over:
             return []
         if not self._ever_ready:
@@ -466,7 +480,42 @@ class Call:
             return self._reconnect(f"resumption refused, opening a fresh session: {event.reason}")
         return self._reconnect(f"resuming failed: {event.reason}")
 
-    def _on_live_closed(self, event: ev.LiveClosed) -> list[ev.Action]:
+    def _on_live_send_failed(self, event: ev.LiveSendFailed) -> list[act.Action]:
+        if self.over:
+            return []
+        self.live_send_failures += 1
+        self._keep_for_next_session(event.unsent)
+        if self.link is not LiveLink.READY:
+            return []  # already being replaced: the next session gets what was kept
+        if event.code in FATAL_LIVE_CODES and not self._go_away_seen:  # as `_on_live_closed`
+            return self._end(f"Live session closed (code={event.code}): {event.error}", apologize=True)
+        if self._frames_to_live >= HEALTHY_SESSION_FRAMES:
+            self._send_failures = 0
+        self._send_failures += 1
+        if self._send_failures > MAX_SEND_FAILURES:
+            return self._end(
+                f"sending to Live failed on {MAX_SEND_FAILURES + 1} sessions in a row ({event.error})", apologize=True
+            )
+        return self._reconnect(f"sending to Live failed: {event.error}")
+
+    def _keep_for_next_session(self, unsent: tuple) -> None:
+        """What did not go out is older than anything buffered since the failure, and
+        newer than what earlier failures kept: it goes between the two. The buffer keeps
+        the newest `BUFFERED_FRAMES`, as it does while Live is away."""
+        audio = [a.pcm for a in unsent if isinstance(a, act.SendAudioToLive)]
+        if audio:
+            frames = list(self._buffered)
+            kept = min(self._kept_frames, len(frames))
+            frames[kept:kept] = audio
+            self._kept_frames = kept + len(audio)
+            self.frames_dropped += max(0, len(frames) - BUFFERED_FRAMES)
+            self._buffered.clear()
+            self._buffered.extend(frames)
+        others = [a for a in unsent if isinstance(a, (act.SendTextToLive, act.SendToolResponse))]
+        self._queued_responses[self._kept_sends:self._kept_sends] = others
+        self._kept_sends += len(others)
+
+    def _on_live_closed(self, event: ev.LiveClosed) -> list[act.Action]:
         if self.over or self.link is LiveLink.SWITCHING:
             return []
         what = f"Live session closed (code={event.code}, {event.reason or 'no reason'})"
@@ -477,64 +526,64 @@ class Call:
         log.warning("%s; resuming", what)
         return self._reconnect(what)
 
-    def _on_server_stopping(self, event: ev.ServerStopping) -> list[ev.Action]:
+    def _on_server_stopping(self, event: ev.ServerStopping) -> list[act.Action]:
         return self._end("server shutting down", apologize=True)
 
-    def _on_timer(self, event: ev.TimerFired) -> list[ev.Action]:
+    def _on_timer(self, event: ev.TimerFired) -> list[act.Action]:
         if self.over:
             return []
         return self._timer_handlers[Timer(event.name)](self)
 
-    def _goaway_deadline(self) -> list[ev.Action]:
+    def _goaway_deadline(self) -> list[act.Action]:
         if self._resume_at_boundary and self.link is LiveLink.READY:
             return self._reconnect("goAway deadline reached before a turn boundary")
         return []
 
-    def _watchdog_fired(self) -> list[ev.Action]:
+    def _watchdog_fired(self) -> list[act.Action]:
         if self.watchdog is Watchdog.NUDGED or self.link is not LiveLink.READY:
             self.watchdog = Watchdog.IDLE if self.watchdog is Watchdog.ARMED else self.watchdog
             return []
         self.watchdog = Watchdog.NUDGED
         self.watchdog_nudges += 1
         log.warning("model silent for %.1f s; nudging it once", self.watchdog_s or 0)
-        return [ev.SendTextToLive(NUDGE_TEXT)]
+        return [act.SendTextToLive(NUDGE_TEXT)]
 
-    def _discard_expired(self) -> list[ev.Action]:
+    def _discard_expired(self) -> list[act.Action]:
         if self.current.discarding:
             self.discards_timed_out += 1
             log.warning("no turnComplete %.1f s after an interruption; playing model audio again", self.discard_limit_s)
             self.current.discarding = False
         return []
 
-    def _max_call_reached(self) -> list[ev.Action]:
+    def _max_call_reached(self) -> list[act.Action]:
         if self.ending is not None:
             return []
         log.info("call reached its %.0f s limit; asking the agent to say goodbye", self.max_call_s or 0)
         # The goodbye is the model's answer to our prompt: a turn after the current one.
-        actions = self._end_after_goodbye(ev.EndCall("maximum call length reached", hangup=True), self.turn + 1)
-        return [ev.SendTextToLive(GOODBYE_TEXT), *actions]
+        actions = self._end_after_goodbye(act.EndCall("maximum call length reached", hangup=True), self.turn + 1)
+        return [act.SendTextToLive(GOODBYE_TEXT), *actions]
 
-    def _goodbye_overdue(self) -> list[ev.Action]:
+    def _goodbye_overdue(self) -> list[act.Action]:
         if self.ending is None:
             return []
         log.info("the goodbye took longer than %.0f s; ending the call now", self.goodbye_timeout_s)
         return self._end_as(self.ending.end)
 
-    def _on_hangup_requested(self, event: ev.HangupRequested) -> list[ev.Action]:
+    def _on_hangup_requested(self, event: ev.HangupRequested) -> list[act.Action]:
         if self.over or self.ending is not None:
             return []
         log.info("the agent is ending the call (%s) once its goodbye has played", event.reason)
         # The goodbye is said in the turn that called the tool (or right after its result).
-        return self._end_after_goodbye(ev.EndCall(f"agent ended the call: {event.reason}", hangup=True), self.turn)
+        return self._end_after_goodbye(act.EndCall(f"agent ended the call: {event.reason}", hangup=True), self.turn)
 
-    def _on_transfer_requested(self, event: ev.TransferRequested) -> list[ev.Action]:
+    def _on_transfer_requested(self, event: ev.TransferRequested) -> list[act.Action]:
         if self.over or self.ending is not None:
             return []
         log.info("transferring the call to %s once the hand-off has played", event.name)
-        end = ev.EndCall(f"transferred to {event.name}", transfer_to=event.destination)
+        end = act.EndCall(f"transferred to {event.name}", transfer_to=event.destination)
         return self._end_after_goodbye(end, self.turn)
 
-    def _on_model_audio(self, event: ev.ModelAudio) -> list[ev.Action]:
+    def _on_model_audio(self, event: ev.ModelAudio) -> list[act.Action]:
         if self.phase not in (Phase.LISTENING, Phase.AGENT_SPEAKING):
             return []
         if self.current.discarding:
@@ -552,10 +601,10 @@ class Call:
         actions.append(self._media(payloads))
         return actions
 
-    def _on_generation_complete(self, event: ev.GenerationComplete) -> list[ev.Action]:
+    def _on_generation_complete(self, event: ev.GenerationComplete) -> list[act.Action]:
         return self._drain_turn()
 
-    def _on_turn_complete(self, event: ev.TurnComplete) -> list[ev.Action]:
+    def _on_turn_complete(self, event: ev.TurnComplete) -> list[act.Action]:
         actions = self._drain_turn()
         self.current.open = False
         # The interrupted turn is over: what follows is a new turn. The "discard" timer is
@@ -571,7 +620,7 @@ class Call:
             actions.extend(self._reconnect("goAway: switching sessions at a turn boundary"))
         return actions
 
-    def _on_interrupted(self, event: ev.ModelInterrupted) -> list[ev.Action]:
+    def _on_interrupted(self, event: ev.ModelInterrupted) -> list[act.Action]:
         if self.over or self.phase is Phase.AWAITING_START:
             return []
         self.interruptions += 1
@@ -594,12 +643,12 @@ class Call:
         self.phase = Phase.LISTENING
         # Always clear, even if everything seems played: Twilio may still be buffering.
         assert self._out is not None
-        return [ev.SendToTwilio((self._out.clear(),)), ev.StartTimer(Timer.DISCARD, self.discard_limit_s)]
+        return [act.SendToTwilio((self._out.clear(),)), act.StartTimer(Timer.DISCARD, self.discard_limit_s)]
 
-    def _on_transcript(self, event: ev.Transcript) -> list[ev.Action]:
+    def _on_transcript(self, event: ev.Transcript) -> list[act.Action]:
         if not event.text:
             return []
-        actions: list[ev.Action] = []
+        actions: list[act.Action] = []
         if event.role == "caller":
             # Not the end of the discard: input transcription has no ordering with the
             # model's output (docs/gemini-live.md §12), so late audio of the interrupted turn
@@ -612,29 +661,29 @@ class Call:
         self._transcript_break = False
         return actions
 
-    def _on_tool_call(self, event: ev.ToolCallRequested) -> list[ev.Action]:
+    def _on_tool_call(self, event: ev.ToolCallRequested) -> list[act.Action]:
         if self.over:
             return []
-        actions: list[ev.Action] = self._disarm_watchdog()
+        actions: list[act.Action] = self._disarm_watchdog()
         for fc in event.calls:
             record = ToolRecord(fc.call_id, fc.name)
             self.pending_tools[fc.call_id] = record
             self.tool_calls.append(record)
             log.info("model called %s(%s) id=%s", fc.name, _short(fc.args), fc.call_id)
-            actions.append(ev.RunTool(fc.call_id, fc.name, dict(fc.args)))
+            actions.append(act.RunTool(fc.call_id, fc.name, dict(fc.args)))
         return actions
 
-    def _on_tool_cancelled(self, event: ev.ToolCallCancelled) -> list[ev.Action]:
-        actions: list[ev.Action] = []
+    def _on_tool_cancelled(self, event: ev.ToolCallCancelled) -> list[act.Action]:
+        actions: list[act.Action] = []
         for call_id in event.call_ids:
             record = self.pending_tools.pop(call_id, None)
             if record is not None:
                 record.outcome = "cancelled"
                 log.info("model cancelled tool call %s (%s)", call_id, record.name)
-                actions.append(ev.CancelTool(call_id))
+                actions.append(act.CancelTool(call_id))
         return actions
 
-    def _on_tool_finished(self, event: ev.ToolFinished) -> list[ev.Action]:
+    def _on_tool_finished(self, event: ev.ToolFinished) -> list[act.Action]:
         record = self.pending_tools.pop(event.call_id, None)
         if record is None:
             return []  # cancelled meanwhile: the model must not get a response
@@ -642,7 +691,7 @@ class Call:
         record.latency_ms = round(event.elapsed_s * 1000, 1)
         if self.over:
             return []
-        response = ev.SendToolResponse(event.call_id, event.name, event.response, event.scheduling)
+        response = act.SendToolResponse(event.call_id, event.name, event.response, event.scheduling)
         if self.link is not LiveLink.READY:
             self._queued_responses.append(response)  # delivered on the resumed session
             return []
@@ -650,7 +699,7 @@ class Call:
             return [response]
         return [response, *self._arm_watchdog()]
 
-    def _on_usage(self, event: ev.UsageReported) -> list[ev.Action]:
+    def _on_usage(self, event: ev.UsageReported) -> list[act.Action]:
         self.usage["prompt"] += event.prompt_tokens
         self.usage["response"] += event.response_tokens
         self.usage["total"] += event.total_tokens
@@ -661,12 +710,12 @@ class Call:
             self.usage_by_modality[modality] = self.usage_by_modality.get(modality, 0) + count
         return []
 
-    def _on_resumption(self, event: ev.ResumptionUpdate) -> list[ev.Action]:
+    def _on_resumption(self, event: ev.ResumptionUpdate) -> list[act.Action]:
         if event.resumable and event.handle:
             self.resumption_handle = event.handle
         return []
 
-    def _on_go_away(self, event: ev.GoAway) -> list[ev.Action]:
+    def _on_go_away(self, event: ev.GoAway) -> list[act.Action]:
         log.info("Live session will close soon (time left: %s s)", event.time_left_s)
         self._go_away_seen = True
         if self.link is not LiveLink.READY or self.over:
@@ -676,12 +725,12 @@ class Call:
         if busy and (left is None or left > GOAWAY_MARGIN_S + 1.0):
             # Let the agent finish its sentence; switch at the turn boundary, or at the deadline.
             self._resume_at_boundary = True
-            return [ev.StartTimer(Timer.GOAWAY, (left - GOAWAY_MARGIN_S) if left is not None else 5.0)]
+            return [act.StartTimer(Timer.GOAWAY, (left - GOAWAY_MARGIN_S) if left is not None else 5.0)]
         return self._reconnect("goAway: switching sessions now")
 
     # ------------------------------------------------------------ helpers
 
-    def _media(self, payloads: list[str]) -> ev.SendToTwilio:
+    def _media(self, payloads: list[str]) -> act.SendToTwilio:
         assert self._out is not None
         out = self._out
         messages = [out.media(p) for p in payloads]
@@ -695,9 +744,9 @@ class Call:
         self.frames_out += len(payloads)
         self.sent_bytes += nbytes
         self._turn_sent[self.turn] = self._turn_sent.get(self.turn, 0) + nbytes
-        return ev.SendToTwilio(tuple(messages))
+        return act.SendToTwilio(tuple(messages))
 
-    def _drain_turn(self) -> list[ev.Action]:
+    def _drain_turn(self) -> list[act.Action]:
         """Flush the resampler tail and partial frame so the last syllable plays now."""
         if not self.current.open or self.current.drained or self.current.discarding:
             return []
@@ -708,7 +757,7 @@ class Call:
         self.phase = Phase.AGENT_SPEAKING
         return [self._media(payloads)]
 
-    def _reconnect(self, reason: str) -> list[ev.Action]:
+    def _reconnect(self, reason: str) -> list[act.Action]:
         """Replace the Live session, keeping the conversation through the resumption handle."""
         actions = self._drain_turn()  # what the old session said still plays
         self.current.open = False
@@ -721,55 +770,55 @@ class Call:
                 f"could not restore the Live session after {len(RECONNECT_BACKOFF_S)} attempts ({reason})", apologize=True
             )
         delay = RECONNECT_BACKOFF_S[self._reconnect_attempts - 1]
-        actions.append(ev.CancelTimer(Timer.GOAWAY))
-        actions.append(ev.ResumeLive(reason, delay))
+        actions.append(act.CancelTimer(Timer.GOAWAY))
+        actions.append(act.ResumeLive(reason, delay))
         return actions
 
-    def _arm_watchdog(self) -> list[ev.Action]:
+    def _arm_watchdog(self) -> list[act.Action]:
         if not self.watchdog_s or self.link is not LiveLink.READY:
             return []
         self.watchdog = Watchdog.ARMED
-        return [ev.StartTimer(Timer.WATCHDOG, self.watchdog_s)]
+        return [act.StartTimer(Timer.WATCHDOG, self.watchdog_s)]
 
-    def _disarm_watchdog(self) -> list[ev.Action]:
+    def _disarm_watchdog(self) -> list[act.Action]:
         if self.watchdog is not Watchdog.ARMED:
             return []
         self.watchdog = Watchdog.IDLE
-        return [ev.CancelTimer(Timer.WATCHDOG)]
+        return [act.CancelTimer(Timer.WATCHDOG)]
 
-    def _end_after_goodbye(self, end: ev.EndCall, after_turn: int) -> list[ev.Action]:
+    def _end_after_goodbye(self, end: act.EndCall, after_turn: int) -> list[act.Action]:
         self.ending = Ending(end, after_turn)
-        return [ev.StartTimer(Timer.GOODBYE_GRACE, self.goodbye_timeout_s)]
+        return [act.StartTimer(Timer.GOODBYE_GRACE, self.goodbye_timeout_s)]
 
-    def _end_if_goodbye_heard(self) -> list[ev.Action]:
+    def _end_if_goodbye_heard(self) -> list[act.Action]:
         """The end waits for the goodbye's turn to complete and its last mark to echo."""
         ending = self.ending
         if ending is not None and ending.turn_complete and not self.marks_in_flight and not self.current.open:
             return self._end_as(ending.end)
         return []
 
-    def _end_as(self, end: ev.EndCall) -> list[ev.Action]:
+    def _end_as(self, end: act.EndCall) -> list[act.Action]:
         return self._end(end.reason, apologize=end.apologize, hangup=end.hangup, transfer_to=end.transfer_to)
 
     def _end(
         self, reason: str, *, apologize: bool = False, close_code: int = 1000, hangup: bool = False,
         transfer_to: str | None = None,
-    ) -> list[ev.Action]:
+    ) -> list[act.Action]:
         if self.over:
             return []
         self.phase = Phase.ENDING
         self.end_reason = reason
-        actions: list[ev.Action] = [ev.CancelTool(call_id) for call_id in self.pending_tools]
+        actions: list[act.Action] = [act.CancelTool(call_id) for call_id in self.pending_tools]
         for record in self.pending_tools.values():
             record.outcome = "cancelled"
         self.pending_tools.clear()
-        actions.append(ev.EndCall(reason, apologize=apologize, close_code=close_code, hangup=hangup, transfer_to=transfer_to))
+        actions.append(act.EndCall(reason, apologize=apologize, close_code=close_code, hangup=hangup, transfer_to=transfer_to))
         return actions
 
     def _same_stream(self, sid: str | None) -> bool:
         return sid is None or sid == self.stream_sid
 
-    def _mismatch(self) -> list[ev.Action]:
+    def _mismatch(self) -> list[act.Action]:
         return self.bad_frame(StreamMismatch(f"message for another stream (this call is {self.stream_sid})"))
 
     def _warn_once(self, key: str, msg: str, *args: object) -> None:
@@ -798,6 +847,7 @@ class Call:
         ev.LiveReady: _on_live_ready,
         ev.LiveFailed: _on_live_failed,
         ev.LiveClosed: _on_live_closed,
+        ev.LiveSendFailed: _on_live_send_failed,
         ev.ModelAudio: _on_model_audio,
         ev.GenerationComplete: _on_generation_complete,
         ev.TurnComplete: _on_turn_complete,

@@ -37,7 +37,7 @@ from .records_schema import RecordsUnavailable
 
 __all__ = ["install", "COOKIE"]
 
-log = logging.getLogger("telephony.dashboard")
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "dashboard_static"
 COOKIE = "telephony_dashboard"

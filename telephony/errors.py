@@ -7,7 +7,9 @@
     │   └── StreamMismatch       a streamSid that is not this call's
     ├── LiveError                the Gemini Live side failed
     │   ├── LiveSetupTimeout     no setupComplete in time
-    │   └── LiveRefused          the session could not be opened (close code, reason)
+    │   ├── LiveRefused          the session could not be opened (close code, reason)
+    │   └── LiveSendError        a send to an open session raised (close code if it closed)
+    ├── Rejected                 a request or stream failed an admission check (security)
     ├── ToolError                a business tool could not answer
     │   ├── UnknownTool
     │   ├── InvalidArguments
@@ -57,6 +59,27 @@ class LiveRefused(LiveError):
 
     def __init__(self, code: int | None, reason: str = ""):
         super().__init__(f"Live session refused (code={code}, reason={reason!r})")
+        self.code = code
+        self.reason = reason
+
+
+class Rejected(TelephonyError):
+    """A request or stream failed a check. `reason` is its counter name; the
+    message says why, for the log (never shown to the peer)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class LiveSendError(LiveError):
+    """A send to an open Live session raised. `code` is the socket's close code when
+    the send failed because the socket had closed, else None (anything else: a bug,
+    or an SDK that changed)."""
+
+    def __init__(self, code: int | None, reason: str):
+        super().__init__(reason)
         self.code = code
         self.reason = reason
 

@@ -1,7 +1,8 @@
-"""The vocabulary of the Call core: events from Live and the adapter, and the actions it returns.
+"""What the Call core is told: events from Live and from the adapter.
 
-Twilio's events live in `twilio_protocol`. Everything here is a plain frozen
-dataclass with no SDK types, so the core can be driven by tests directly.
+Twilio's events live in `twilio_protocol`; what the core answers with lives
+in `actions`. Everything here is a plain frozen dataclass with no SDK types,
+so the core can be driven by tests directly.
 """
 
 from __future__ import annotations
@@ -96,6 +97,16 @@ class GoAway:
 
 
 @dataclass(frozen=True)
+class LiveSendFailed:
+    """Sending to the Live session raised (the adapter has logged it). `unsent` holds
+    the sends that did not go out, the failed one first, so the next session gets them."""
+
+    error: str
+    unsent: tuple[Any, ...] = ()
+    code: int | None = None  # the close code, when the send found the socket closed
+
+
+@dataclass(frozen=True)
 class LiveClosed:
     code: int | None
     reason: str = ""
@@ -143,87 +154,3 @@ class ToolFinished:
     response: dict[str, Any]
     elapsed_s: float = 0.0
     scheduling: str | None = None  # when the model speaks about it (tools.ToolRegistry.scheduling_for)
-
-
-# ------------------------------------------------------------------ actions
-
-
-@dataclass(frozen=True)
-class SendToTwilio:
-    """Text frames for the Twilio socket, in order (already framed: media, mark, clear)."""
-
-    messages: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ConnectLive:
-    """Open the Live session now that we know which call this is."""
-
-
-@dataclass(frozen=True)
-class SendAudioToLive:
-    pcm: bytes  # 16 kHz s16le
-
-
-@dataclass(frozen=True)
-class SendTextToLive:
-    text: str
-
-
-@dataclass(frozen=True)
-class SendToolResponse:
-    call_id: str
-    name: str
-    response: dict[str, Any]
-    scheduling: str | None = None  # SILENT, WHEN_IDLE, INTERRUPT; None sends none
-
-
-@dataclass(frozen=True)
-class RunTool:
-    call_id: str
-    name: str
-    args: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class CancelTool:
-    call_id: str
-
-
-@dataclass(frozen=True)
-class StartTimer:
-    """Feed `TimerFired(name)` back after `seconds`; starting a running timer restarts it."""
-
-    name: str
-    seconds: float
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    name: str
-
-
-@dataclass(frozen=True)
-class ResumeLive:
-    """Close the current Live socket (if any), wait `delay_s`, and reconnect with the
-    newest resumption handle."""
-
-    reason: str
-    delay_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class EndCall:
-    """Finish the call. `apologize` means the caller must hear why (we failed them)."""
-
-    reason: str
-    apologize: bool = False
-    close_code: int = 1000
-    hangup: bool = False  # end the phone call itself, not only our stream
-    transfer_to: str | None = None  # hand the call to this number instead
-
-
-Action = (
-    SendToTwilio | ConnectLive | SendAudioToLive | SendTextToLive | SendToolResponse | RunTool | CancelTool
-    | StartTimer | CancelTimer | ResumeLive | EndCall
-)

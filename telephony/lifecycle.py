@@ -36,7 +36,7 @@ from .shared_state import SharedStateUnavailable, open_shared_state
 from .tools import ToolRegistry
 from .twilio_rest import close_rest_client, make_rest_client
 
-log = logging.getLogger("telephony.app")
+log = logging.getLogger(__name__)
 
 #: Each instance reports itself alive this often, for this long (the drain asks who else is up).
 HEARTBEAT_S = 5.0

@@ -17,11 +17,13 @@ from typing import AsyncIterator, Iterable
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
+from websockets.exceptions import ConnectionClosed
 
 from . import events as ev
+from .errors import LiveSendError
 from .settings import Settings
 
-log = logging.getLogger("telephony.live")
+log = logging.getLogger(__name__)
 
 INPUT_MIME = "audio/pcm;rate=16000"
 #: Consecutive unparseable frames from Live before we give up on the session.
@@ -133,21 +135,30 @@ class LiveSession:
         self._session = session
 
     async def send_audio(self, pcm: bytes) -> None:
-        """One 20 ms caller frame (16 kHz PCM)."""
-        await self._session.send_realtime_input(audio=types.Blob(data=pcm, mime_type=INPUT_MIME))
+        """One 20 ms caller frame (16 kHz PCM). Every send raises only `LiveSendError`."""
+        try:
+            await self._session.send_realtime_input(audio=types.Blob(data=pcm, mime_type=INPUT_MIME))
+        except Exception as exc:
+            raise _send_error(exc) from exc
 
     async def send_text(self, text: str) -> None:
-        await self._session.send_realtime_input(text=text)
+        try:
+            await self._session.send_realtime_input(text=text)
+        except Exception as exc:
+            raise _send_error(exc) from exc
 
     async def send_tool_response(self, call_id: str, name: str, response: dict, scheduling: str | None = None) -> None:
         """`scheduling` says when the model speaks about a NON_BLOCKING call's result (§8).
         `will_continue` is never sent: Vertex AI rejects it, and every tool here answers once."""
-        await self._session.send_tool_response(
-            function_responses=[types.FunctionResponse(
-                id=call_id, name=name, response=response,
-                scheduling=types.FunctionResponseScheduling(scheduling) if scheduling else None,
-            )]
-        )
+        try:
+            await self._session.send_tool_response(
+                function_responses=[types.FunctionResponse(
+                    id=call_id, name=name, response=response,
+                    scheduling=types.FunctionResponseScheduling(scheduling) if scheduling else None,
+                )]
+            )
+        except Exception as exc:
+            raise _send_error(exc) from exc
 
     async def events(self) -> AsyncIterator[object]:
         """Every event of the session, across turns, ending with one `LiveClosed`.
@@ -280,6 +291,18 @@ def _seconds(value: object) -> float | None:
         return float(value.total_seconds())
     match = re.fullmatch(r"([0-9.]+)s", str(value))
     return float(match.group(1)) if match else None
+
+
+def _send_error(exc: Exception) -> LiveSendError:
+    """A failed send as one error: with the close code when the socket had closed (the
+    session then ended like any close), without one for anything else."""
+    if isinstance(exc, ConnectionClosed):
+        code = exc.rcvd.code if exc.rcvd is not None else 1006
+        reason = exc.rcvd.reason if exc.rcvd is not None else "no close frame"
+        return LiveSendError(code, f"the socket had closed (code={code}, {reason or 'no reason'})")
+    if isinstance(exc, genai_errors.APIError):
+        return LiveSendError(exc.code if isinstance(exc.code, int) else None, _reason(exc))
+    return LiveSendError(None, f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _reason(exc: genai_errors.APIError) -> str:

@@ -9,7 +9,7 @@ call. It reads the core's public facts (`Call.turn`, `frames_out`,
 `sent_bytes`, `interruptions`, `speech`) and never changes them.
 
 A turn's response latency runs from the end of the caller's speech, as
-`speech.SpeechEndDetector` saw it on the audio we relay, to the moment the
+`speech_end.SpeechEndDetector` saw it on the audio we relay, to the moment the
 agent's first audio of the turn has been handed to Twilio's socket. A turn
 with no caller speech before it (the greeting, a nudge) has no latency.
 """
@@ -28,7 +28,7 @@ from .audio_recording import AudioRecordings, CallAudio
 
 __all__ = ["Watch", "CallObserver", "TurnTiming"]
 
-log = logging.getLogger("telephony.observe")
+log = logging.getLogger(__name__)
 
 ULAW_BYTES_PER_SECOND = 8000
 
@@ -78,9 +78,9 @@ class CallObserver:
         self._caller_seq = 0
         self._interruptions_seen = 0
         self._span = None
-        self._audio: CallAudio | None = None
-        if watch.recordings is not None:
-            self._audio = call.tap = CallAudio()
+        #: Both sides' audio while RECORD_AUDIO is on: the bridge hands it to the core as
+        #: `Call.tap`, which feeds it; this observer only saves it when the call ends.
+        self.audio: CallAudio | None = CallAudio() if watch.recordings is not None else None
 
     # ------------------------------------------------------------ the call
 
@@ -109,8 +109,8 @@ class CallObserver:
                     ("telephony.outcome", outcome), ("telephony.end_reason", self.call.end_reason),
                     ("telephony.agent_turns", len(agent)), ("telephony.interruptions", self.call.interruptions),
                     ("telephony.live_reconnects", self.call.reconnects))})
-        if self._audio is not None and self.call.call_sid:
-            audio, self._audio = self._audio, None
+        if self.audio is not None and self.call.call_sid:
+            audio, self.audio = self.audio, None
             try:
                 asyncio.get_running_loop().run_in_executor(None, self.watch.recordings.save, self.call.call_sid, audio)
             except RuntimeError:  # no loop (a test driving the bridge by hand): write now

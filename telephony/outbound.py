@@ -41,7 +41,7 @@ from .shared_state import InProcessState, SharedState
 __all__ = ["OutboundUnavailable", "OutboundRequest", "OutboundCall", "OutboundRefs", "parse_outbound_request",
            "place_call", "answer_url", "MAX_PURPOSE_CHARS"]
 
-log = logging.getLogger("telephony.outbound")
+log = logging.getLogger(__name__)
 
 #: How long the callee may take to answer an outbound call before its `ref` lapses
 #: (Twilio rings for 60 s by default; queueing adds a little).

@@ -51,7 +51,7 @@ from .settings import is_postgres_url
 
 __all__ = ["CallRecorder", "SqliteRecords", "open_records"]
 
-log = logging.getLogger("telephony.records")
+log = logging.getLogger(__name__)
 
 #: The writer commits at most this long after the first record of a batch arrives.
 BATCH_WINDOW_S = 0.05

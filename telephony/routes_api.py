@@ -22,7 +22,7 @@ from .security import DestinationNotAllowed
 from .shared_state import SharedStateUnavailable
 from .twilio_rest import describe_error
 
-log = logging.getLogger("telephony.app")
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 

@@ -24,7 +24,7 @@ from .security import CallerIdentity, Gatekeeper, Rejected, stream_urls
 from .settings import Settings
 from .shared_state import SharedStateUnavailable
 
-log = logging.getLogger("telephony.app")
+log = logging.getLogger(__name__)
 
 #: Twilio sends `connected` then `start` at once; a stream that has not
 #: started after this many messages or seconds is not a Twilio stream.

@@ -20,7 +20,7 @@ from .settings import Settings
 from .shared_state import SharedStateUnavailable
 from .twiml import AfterStream, Next, apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml
 
-log = logging.getLogger("telephony.app")
+log = logging.getLogger(__name__)
 
 #: Twilio's voice webhooks are a few hundred bytes; anything far bigger is not Twilio.
 MAX_WEBHOOK_BYTES = 64 * 1024

@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["CallTracing", "from_settings", "CALL_SID"]
 
-log = logging.getLogger("telephony.tracing")
+log = logging.getLogger(__name__)
 
 #: The attribute every span of a call carries.
 CALL_SID = "telephony.call_sid"

@@ -22,7 +22,7 @@ from .settings import Settings
 __all__ = ["TWILIO_API", "ALREADY_ENDED", "REST_TIMEOUT_S", "make_rest_client", "close_rest_client", "is_already_ended",
            "rebase_url", "describe_error"]
 
-log = logging.getLogger("telephony.twilio_rest")
+log = logging.getLogger(__name__)
 
 TWILIO_API = "https://api.twilio.com"
 #: Twilio's "The requested resource ... was not found": for a call, it is already over.

@@ -95,7 +95,7 @@ class AfterStream:
 
     @classmethod
     def of(cls, end) -> "AfterStream":
-        """For a call that ended with this `events.EndCall` (None: it never decided)."""
+        """For a call that ended with this `actions.EndCall` (None: it never decided)."""
         if end is None or end.apologize:
             return cls(Next.APOLOGY)
         if end.transfer_to:

@@ -332,7 +332,7 @@ class TestFirDesign:
     @pytest.mark.parametrize("direction", DIRECTIONS)
     def test_the_taps_are_whole_multiples_of_2_to_the_minus_30_and_each_branch_sums_to_exactly_1(self, direction):
         # What makes every output sum exact from integer input, in any order (see
-        # "How the FIRs stream cheaply" in telephony/audio.py).
+        # "How the FIRs stream cheaply" in telephony/audio/resample.py).
         cls = FIR_CLASSES[direction]
         units = cls.taps * 2.0**30
         assert cls.taps.dtype == np.float64 and np.array_equal(units, np.round(units))

@@ -8,10 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from telephony import actions as act
 from telephony import events as ev
 from telephony import twilio_protocol as tw
 from telephony.audio import ulaw_encode
-from telephony.call import GOODBYE_TEXT, MAX_BAD_FRAMES, NUDGE_TEXT, Call, Phase
+from telephony.call import (
+    GOODBYE_TEXT, HEALTHY_SESSION_FRAMES, MAX_BAD_FRAMES, MAX_SEND_FAILURES, NUDGE_TEXT, Call, Phase,
+)
 from telephony.errors import InvalidCallState, MalformedMessage
 
 SID = "MZ" + "a" * 32
@@ -30,7 +33,7 @@ def caller_frame(level: int = 1000) -> str:
 def twilio_messages(actions) -> list[dict]:
     out = []
     for action in actions:
-        if isinstance(action, ev.SendToTwilio):
+        if isinstance(action, act.SendToTwilio):
             out.extend(json.loads(m) for m in action.messages)
     return out
 
@@ -72,7 +75,7 @@ class CallScript:
 class TestStartingACall:
     def test_start_asks_for_the_live_session(self):
         c = CallScript()
-        assert c.start() == [ev.ConnectLive()]
+        assert c.start() == [act.ConnectLive()]
         assert c.call.phase is Phase.CONNECTING
         assert c.call.call_sid == CALL and c.call.parameters["From"] == "+15551230101"
 
@@ -81,28 +84,28 @@ class TestStartingACall:
         c.start()
         assert c.caller_speaks(3) == []  # Live is still connecting
         actions = c.live_ready()
-        assert actions[0] == ev.SendTextToLive("Greet the caller.")
-        assert [type(a) for a in actions[1:]] == [ev.SendAudioToLive] * 3
+        assert actions[0] == act.SendTextToLive("Greet the caller.")
+        assert [type(a) for a in actions[1:]] == [act.SendAudioToLive] * 3
         assert c.call.phase is Phase.LISTENING
 
     def test_caller_audio_goes_to_live_as_16khz_pcm(self):
         c = CallScript().connected()
         actions = c.caller_speaks(50)
         pcm = b"".join(a.pcm for a in actions)
-        assert all(isinstance(a, ev.SendAudioToLive) for a in actions)
+        assert all(isinstance(a, act.SendAudioToLive) for a in actions)
         assert len(actions) == 50  # one send per 20 ms frame, no batching
         assert abs(len(pcm) - 50 * 640) <= 640 * 5  # 2x the samples, minus the resampler's hold-back
 
     def test_a_stream_that_is_not_8khz_mulaw_ends_with_an_apology(self):
         call = Call(greeting=None)
         actions = call.handle(tw.StreamStarted(SID, CALL, "", {}, encoding="audio/l16", sample_rate=16000))
-        assert isinstance(actions[-1], ev.EndCall) and actions[-1].apologize
+        assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
 
     def test_live_that_cannot_be_opened_ends_the_call_with_an_apology(self):
         c = CallScript()
         c.start()
         actions = c.call.handle(ev.LiveFailed("no setupComplete within 10 s"))
-        assert actions == [ev.EndCall("Live session could not be opened: no setupComplete within 10 s", apologize=True)]
+        assert actions == [act.EndCall("Live session could not be opened: no setupComplete within 10 s", apologize=True)]
 
 
 class TestAgentSpeaking:
@@ -179,7 +182,7 @@ class TestCallerInterrupts:
         c = CallScript().connected()
         c.agent_says(0.5)
         actions = c.call.handle(ev.ModelInterrupted())
-        assert actions[-1] == ev.StartTimer("discard", c.call.discard_limit_s)
+        assert actions[-1] == act.StartTimer("discard", c.call.discard_limit_s)
 
     def test_a_missing_turn_complete_after_an_interruption_ends_the_discard_at_its_bound(self, caplog):
         c = CallScript().connected()
@@ -219,23 +222,23 @@ class TestTools:
     def test_tool_call_runs_and_its_result_goes_back_with_id_and_name(self):
         c = CallScript().connected()
         actions = c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {"order_id": "A1001"}),)))
-        assert actions == [ev.RunTool("fc-1", "lookup_order", {"order_id": "A1001"})]
+        assert actions == [act.RunTool("fc-1", "lookup_order", {"order_id": "A1001"})]
         assert "fc-1" in c.call.pending_tools
         done = c.call.handle(ev.ToolFinished("fc-1", "lookup_order", {"result": {"found": True}}, 0.012))
-        assert done == [ev.SendToolResponse("fc-1", "lookup_order", {"result": {"found": True}})]
+        assert done == [act.SendToolResponse("fc-1", "lookup_order", {"result": {"found": True}})]
         assert c.call.summary()["tool_calls"] == [{"name": "lookup_order", "id": "fc-1", "outcome": "ok", "latency_ms": 12.0}]
 
     def test_cancelled_tool_call_is_stopped_and_never_answered(self):
         c = CallScript().connected()
         c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-2", "lookup_order", {}),)))
-        assert c.call.handle(ev.ToolCallCancelled(("fc-2", "fc-unknown"))) == [ev.CancelTool("fc-2")]
+        assert c.call.handle(ev.ToolCallCancelled(("fc-2", "fc-unknown"))) == [act.CancelTool("fc-2")]
         assert c.call.handle(ev.ToolFinished("fc-2", "lookup_order", {"result": 1})) == []
 
     def test_tool_error_is_answered_too_so_the_model_can_say_so(self):
         c = CallScript().connected()
         c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-3", "nope", {}),)))
         actions = c.call.handle(ev.ToolFinished("fc-3", "nope", {"error": "unknown tool 'nope'"}))
-        assert actions == [ev.SendToolResponse("fc-3", "nope", {"error": "unknown tool 'nope'"})]
+        assert actions == [act.SendToolResponse("fc-3", "nope", {"error": "unknown tool 'nope'"})]
         assert c.call.tool_calls[0].outcome == "error"
 
 
@@ -248,7 +251,7 @@ class TestToolScheduling:
         call.handle(ev.LiveReady())
         call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {}),)))
         actions = call.handle(ev.ToolFinished("fc-1", "lookup_order", {"result": 1}, 0.01, "INTERRUPT"))
-        assert actions == [ev.SendToolResponse("fc-1", "lookup_order", {"result": 1}, "INTERRUPT"), ev.StartTimer("watchdog", 5.0)]
+        assert actions == [act.SendToolResponse("fc-1", "lookup_order", {"result": 1}, "INTERRUPT"), act.StartTimer("watchdog", 5.0)]
 
     def test_a_silent_response_expects_no_speech_so_nobody_nudges_the_model(self):
         call = Call(greeting=None, watchdog_s=5.0)
@@ -256,7 +259,7 @@ class TestToolScheduling:
         call.handle(ev.LiveReady())
         call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "end_call", {}),)))
         actions = call.handle(ev.ToolFinished("fc-1", "end_call", {"result": {"ended": True}}, 0.01, "SILENT"))
-        assert actions == [ev.SendToolResponse("fc-1", "end_call", {"result": {"ended": True}}, "SILENT")]
+        assert actions == [act.SendToolResponse("fc-1", "end_call", {"result": {"ended": True}}, "SILENT")]
 
 
 class TestEndingACall:
@@ -264,19 +267,19 @@ class TestEndingACall:
         c = CallScript().connected()
         c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {}),)))
         actions = c.call.handle(tw.StreamStopped(SID))
-        assert actions == [ev.CancelTool("fc-1"), ev.EndCall("caller hung up")]
+        assert actions == [act.CancelTool("fc-1"), act.EndCall("caller hung up")]
         assert c.call.phase is Phase.ENDING
         assert c.caller_speaks() == [] and c.agent_says(0.1) == []
 
     def test_a_fatal_live_close_mid_call_ends_with_an_apology(self):
         c = CallScript().connected()
         (action,) = c.call.handle(ev.LiveClosed(1008, "model not supported"))
-        assert isinstance(action, ev.EndCall) and action.apologize
+        assert isinstance(action, act.EndCall) and action.apologize
 
     def test_twilio_socket_closing_without_stop_ends_the_call(self):
         c = CallScript().connected()
         (action,) = c.call.handle(ev.TwilioDisconnected(1006))
-        assert isinstance(action, ev.EndCall) and not action.apologize
+        assert isinstance(action, act.EndCall) and not action.apologize
 
     def test_summary_counts_what_happened(self):
         c = CallScript().connected()
@@ -323,7 +326,7 @@ class TestBadInput:
         actions = []
         for _ in range(MAX_BAD_FRAMES + 1):
             actions += c.call.bad_frame(MalformedMessage("not JSON"))
-        assert actions == [ev.EndCall(f"too many bad frames from Twilio ({MAX_BAD_FRAMES + 1})", close_code=1008)]
+        assert actions == [act.EndCall(f"too many bad frames from Twilio ({MAX_BAD_FRAMES + 1})", close_code=1008)]
 
     def test_unknown_events_and_marks_are_ignored(self):
         c = CallScript().connected()
@@ -347,29 +350,73 @@ class TestLongCallsAndLiveFailures:
         c = CallScript().connected()
         c.call.handle(ev.ResumptionUpdate("h1", True))
         actions = c.call.handle(ev.LiveClosed(1011, "internal error"))
-        assert ev.ResumeLive("Live session closed (code=1011, internal error)", 0.0) in actions
+        assert act.ResumeLive("Live session closed (code=1011, internal error)", 0.0) in actions
         assert c.caller_speaks(10) == []  # buffered, not lost
         ready = c.live_ready()
-        assert [type(a) for a in ready] == [ev.SendAudioToLive] * 10  # no second greeting
+        assert [type(a) for a in ready] == [act.SendAudioToLive] * 10  # no second greeting
         assert c.call.reconnects == 1
 
     def test_reconnection_backs_off_and_gives_up_with_an_apology(self):
         c = CallScript().connected()
         actions = c.call.handle(ev.LiveClosed(1006, "abnormal"))
-        delays = [a.delay_s for a in actions if isinstance(a, ev.ResumeLive)]
+        delays = [a.delay_s for a in actions if isinstance(a, act.ResumeLive)]
         for _ in range(10):
             actions = c.call.handle(ev.LiveFailed("connection refused"))
-            delays += [a.delay_s for a in actions if isinstance(a, ev.ResumeLive)]
-            if any(isinstance(a, ev.EndCall) for a in actions):
+            delays += [a.delay_s for a in actions if isinstance(a, act.ResumeLive)]
+            if any(isinstance(a, act.EndCall) for a in actions):
                 break
         assert delays == sorted(delays) and delays[0] == 0.0 and delays[-1] > delays[1]
-        assert isinstance(actions[-1], ev.EndCall) and actions[-1].apologize
+        assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
+
+    def test_a_failed_send_replaces_the_session_and_what_did_not_go_out_goes_to_the_next(self):
+        c = CallScript()
+        c.start()
+        c.caller_speaks(2)
+        greeting, *audio = c.live_ready()
+        actions = c.call.handle(ev.LiveSendFailed("TypeError: boom", (greeting, *audio)))
+        assert act.ResumeLive("sending to Live failed: TypeError: boom", 0.0) in actions
+        assert c.caller_speaks(3) == []  # buffered behind what was kept
+        ready = c.live_ready()
+        sent = [a.pcm for a in ready if isinstance(a, act.SendAudioToLive)]
+        assert sent[:2] == [a.pcm for a in audio] and len(sent) == 5  # oldest first, nothing lost
+        assert ready[-1] == greeting  # the greeting that never went out is not forgotten
+        assert c.call.live_send_failures == 1 and c.call.reconnects == 1
+
+    def test_a_second_failure_while_switching_only_keeps_its_sends(self):
+        c = CallScript().connected()
+        c.call.handle(ev.LiveSendFailed("boom", (act.SendAudioToLive(b"\x01\x00"),)))
+        assert c.call.handle(ev.LiveSendFailed("boom", (act.SendAudioToLive(b"\x02\x00"),))) == []
+        assert [a.pcm for a in c.live_ready()] == [b"\x01\x00", b"\x02\x00"]
+
+    def test_sends_failing_on_every_fresh_session_end_with_the_apology(self):
+        c = CallScript().connected()
+        for _ in range(MAX_SEND_FAILURES):
+            actions = c.call.handle(ev.LiveSendFailed("AttributeError: gone", ()))
+            assert any(isinstance(a, act.ResumeLive) for a in actions)
+            c.live_ready()
+        actions = c.call.handle(ev.LiveSendFailed("AttributeError: gone", ()))
+        assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
+        assert actions[-1].reason.startswith(f"sending to Live failed on {MAX_SEND_FAILURES + 1} sessions in a row")
+
+    def test_a_session_that_relayed_audio_before_its_send_failed_starts_a_new_count(self):
+        c = CallScript().connected()
+        for _ in range(MAX_SEND_FAILURES + 2):
+            c.caller_speaks(HEALTHY_SESSION_FRAMES)
+            actions = c.call.handle(ev.LiveSendFailed("ConnectionResetError", ()))
+            assert any(isinstance(a, act.ResumeLive) for a in actions)
+            c.live_ready()
+        assert not c.call.over
+
+    def test_a_send_that_found_the_socket_closed_fatally_ends_like_the_close(self):
+        c = CallScript().connected()
+        actions = c.call.handle(ev.LiveSendFailed("the socket had closed (code=1008, policy)", (), code=1008))
+        assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
 
     def test_a_resume_refused_as_invalid_is_not_retried(self):
         c = CallScript().connected()
         c.call.handle(ev.LiveClosed(1006, "abnormal"))
         (action,) = c.call.handle(ev.LiveFailed("invalid handle", 1007))
-        assert isinstance(action, ev.EndCall) and action.apologize
+        assert isinstance(action, act.EndCall) and action.apologize
 
     def test_a_refused_handle_opens_a_fresh_session_carrying_the_conversation(self):
         c = CallScript().connected()
@@ -380,13 +427,13 @@ class TestLongCallsAndLiveFailures:
         c.call.handle(ev.LiveClosed(1011, "internal error"))
         assert c.call.carry_over is None  # the resume carries the context itself
         actions = c.call.handle(ev.LiveFailed("session resumption handle expired", 1008))
-        assert any(isinstance(a, ev.ResumeLive) for a in actions)
-        assert not any(isinstance(a, ev.EndCall) for a in actions)  # the caller stays on the line
+        assert any(isinstance(a, act.ResumeLive) for a in actions)
+        assert not any(isinstance(a, act.EndCall) for a in actions)  # the caller stays on the line
         assert c.call.resumption_handle is None
         assert "You: Hi, Acme here.\nCaller: Where is order A1001?" in c.call.carry_over
         assert c.caller_speaks(3) == []  # kept for the fresh session
         ready = c.live_ready()
-        assert [type(a) for a in ready] == [ev.SendAudioToLive] * 3  # no second greeting
+        assert [type(a) for a in ready] == [act.SendAudioToLive] * 3  # no second greeting
         summary = c.call.summary()
         assert (summary["live_sessions_resumed"], summary["live_sessions_fresh"]) == (0, 1)
 
@@ -396,7 +443,7 @@ class TestLongCallsAndLiveFailures:
         c.call.handle(ev.LiveClosed(1006, "abnormal"))
         c.call.handle(ev.LiveFailed("handle expired", 1008))
         (action,) = c.call.handle(ev.LiveFailed("model not supported", 1008))
-        assert isinstance(action, ev.EndCall) and action.apologize
+        assert isinstance(action, act.EndCall) and action.apologize
 
     @pytest.mark.parametrize("code", [1000, 1008, 1011])
     def test_any_close_after_go_away_resumes(self, code):
@@ -405,35 +452,35 @@ class TestLongCallsAndLiveFailures:
         c.agent_says(0.5)  # busy: the switch waits for the turn boundary...
         c.call.handle(ev.GoAway(50.0))
         actions = c.call.handle(ev.LiveClosed(code, "client failed to close the connection after receiving a GoAway"))
-        assert any(isinstance(a, ev.ResumeLive) for a in actions)  # ...but the service closed first
-        assert not any(isinstance(a, ev.EndCall) for a in actions)
+        assert any(isinstance(a, act.ResumeLive) for a in actions)  # ...but the service closed first
+        assert not any(isinstance(a, act.EndCall) for a in actions)
         c.live_ready()
         assert c.call.summary()["live_sessions_resumed"] == 1
 
     def test_go_away_while_the_agent_speaks_waits_for_the_turn_boundary(self):
         c = CallScript().connected()
         c.agent_says(0.5)
-        assert c.call.handle(ev.GoAway(50.0)) == [ev.StartTimer("goaway", 48.0)]
+        assert c.call.handle(ev.GoAway(50.0)) == [act.StartTimer("goaway", 48.0)]
         actions = c.call.handle(ev.TurnComplete())
-        assert any(isinstance(a, ev.ResumeLive) for a in actions)
+        assert any(isinstance(a, act.ResumeLive) for a in actions)
 
     def test_go_away_when_idle_switches_now(self):
         c = CallScript().connected()
         actions = c.call.handle(ev.GoAway(50.0))
-        assert any(isinstance(a, ev.ResumeLive) for a in actions)
+        assert any(isinstance(a, act.ResumeLive) for a in actions)
 
     def test_go_away_deadline_forces_the_switch(self):
         c = CallScript().connected()
         c.agent_says(0.5)
         c.call.handle(ev.GoAway(10.0))
-        assert any(isinstance(a, ev.ResumeLive) for a in c.call.handle(ev.TimerFired("goaway")))
+        assert any(isinstance(a, act.ResumeLive) for a in c.call.handle(ev.TimerFired("goaway")))
 
     def test_a_tool_result_finished_while_switching_is_delivered_on_the_new_session(self):
         c = CallScript().connected()
         c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {}),)))
         c.call.handle(ev.LiveClosed(1006, "abnormal"))
         assert c.call.handle(ev.ToolFinished("fc-1", "lookup_order", {"result": 1})) == []
-        assert ev.SendToolResponse("fc-1", "lookup_order", {"result": 1}) in c.live_ready()
+        assert act.SendToolResponse("fc-1", "lookup_order", {"result": 1}) in c.live_ready()
 
 
 class TestWatchdogAndLimits:
@@ -441,8 +488,8 @@ class TestWatchdogAndLimits:
         call = Call(greeting=None, watchdog_s=5.0)
         call.handle(tw.StreamStarted(SID, CALL, "", {}))
         call.handle(ev.LiveReady())
-        assert call.handle(ev.Transcript("caller", "hello?")) == [ev.StartTimer("watchdog", 5.0)]
-        assert call.handle(ev.TimerFired("watchdog")) == [ev.SendTextToLive(NUDGE_TEXT)]
+        assert call.handle(ev.Transcript("caller", "hello?")) == [act.StartTimer("watchdog", 5.0)]
+        assert call.handle(ev.TimerFired("watchdog")) == [act.SendTextToLive(NUDGE_TEXT)]
         assert call.handle(ev.TimerFired("watchdog")) == []
         assert call.watchdog_nudges == 1
 
@@ -451,13 +498,13 @@ class TestWatchdogAndLimits:
         call.handle(tw.StreamStarted(SID, CALL, "", {}))
         call.handle(ev.LiveReady())
         call.handle(ev.Transcript("caller", "hello?"))
-        assert call.handle(ev.ModelAudio(tone_24k(0.1)))[0] == ev.CancelTimer("watchdog")
+        assert call.handle(ev.ModelAudio(tone_24k(0.1)))[0] == act.CancelTimer("watchdog")
 
     def test_max_call_length_asks_for_a_goodbye_then_hangs_up_after_it_played(self):
         call = Call(greeting=None, max_call_s=60)
-        assert ev.StartTimer("max_call", 60) in call.handle(tw.StreamStarted(SID, CALL, "", {}))
+        assert act.StartTimer("max_call", 60) in call.handle(tw.StreamStarted(SID, CALL, "", {}))
         call.handle(ev.LiveReady())
-        assert call.handle(ev.TimerFired("max_call"))[0] == ev.SendTextToLive(GOODBYE_TEXT)
+        assert call.handle(ev.TimerFired("max_call"))[0] == act.SendTextToLive(GOODBYE_TEXT)
         sent = []
         pcm = tone_24k(0.5)
         for i in range(0, len(pcm), 1920):
@@ -465,42 +512,42 @@ class TestWatchdogAndLimits:
         sent += call.handle(ev.TurnComplete())
         names = [m["mark"]["name"] for m in twilio_messages(sent) if m["event"] == "mark"]
         actions = call.handle(tw.MarkEchoed(SID, names[-1]))
-        assert actions == [ev.EndCall("maximum call length reached", hangup=True)]
+        assert actions == [act.EndCall("maximum call length reached", hangup=True)]
 
 
 class TestPhoneLine:
     def test_keypad_digits_are_collected_and_given_to_the_model_after_a_pause(self):
         c = CallScript().connected()
         for digit in "1001":
-            assert c.call.handle(tw.DtmfPressed(SID, digit)) == [ev.StartTimer("dtmf", 2.0)]
-        assert c.call.handle(ev.TimerFired("dtmf")) == [ev.SendTextToLive("(The caller typed 1 0 0 1 on the keypad.)")]
+            assert c.call.handle(tw.DtmfPressed(SID, digit)) == [act.StartTimer("dtmf", 2.0)]
+        assert c.call.handle(ev.TimerFired("dtmf")) == [act.SendTextToLive("(The caller typed 1 0 0 1 on the keypad.)")]
 
     def test_hash_ends_keypad_entry_at_once(self):
         c = CallScript().connected()
         c.call.handle(tw.DtmfPressed(SID, "4"))
         c.call.handle(tw.DtmfPressed(SID, "2"))
         actions = c.call.handle(tw.DtmfPressed(SID, "#"))
-        assert actions == [ev.CancelTimer("dtmf"), ev.SendTextToLive("(The caller typed 4 2 on the keypad.)")]
+        assert actions == [act.CancelTimer("dtmf"), act.SendTextToLive("(The caller typed 4 2 on the keypad.)")]
 
     def test_end_call_waits_for_the_goodbye_to_be_heard(self):
         c = CallScript().connected()
-        assert c.call.handle(ev.HangupRequested("done")) == [ev.StartTimer("goodbye_grace", 15.0)]
+        assert c.call.handle(ev.HangupRequested("done")) == [act.StartTimer("goodbye_grace", 15.0)]
         messages = twilio_messages(c.agent_says(0.5) + c.call.handle(ev.TurnComplete()))
         names = [m["mark"]["name"] for m in messages if m["event"] == "mark"]
         assert c.echo(names[-2]) == []  # still playing
-        assert c.echo(names[-1]) == [ev.EndCall("agent ended the call: done", hangup=True)]
+        assert c.echo(names[-1]) == [act.EndCall("agent ended the call: done", hangup=True)]
 
     def test_a_silent_goodbye_still_ends_the_call_after_the_timeout(self):
         c = CallScript().connected()
         c.call.handle(ev.HangupRequested("done"))
-        assert c.call.handle(ev.TimerFired("goodbye_grace")) == [ev.EndCall("agent ended the call: done", hangup=True)]
+        assert c.call.handle(ev.TimerFired("goodbye_grace")) == [act.EndCall("agent ended the call: done", hangup=True)]
 
     def test_transfer_happens_after_the_hand_off_sentence(self):
         c = CallScript().connected()
         c.call.handle(ev.TransferRequested("sales", "+15551230001"))
         messages = twilio_messages(c.agent_says(0.3) + c.call.handle(ev.TurnComplete()))
         last = [m["mark"]["name"] for m in messages if m["event"] == "mark"][-1]
-        assert c.echo(last) == [ev.EndCall("transferred to sales", transfer_to="+15551230001")]
+        assert c.echo(last) == [act.EndCall("transferred to sales", transfer_to="+15551230001")]
 
     def test_an_outbound_call_greets_with_its_purpose(self):
         call = Call(greeting="inbound greeting")

@@ -120,3 +120,30 @@ def test_a_malformed_message_from_live_is_dropped_and_the_call_goes_on(faulty, e
     call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
     assert len(sessions) == 1 and summary["end_reason"] == "caller hung up"
     assert summary["agent_turns"] >= 2  # the greeting and the reply after the bad frames
+
+
+def test_a_send_to_live_that_fails_is_one_error_line_and_a_fresh_session_takes_over(faulty, emulator, caplog):
+    # The first session answers setupComplete and its close in one write: the greeting,
+    # the first thing sent, finds the socket closed before any read has seen the close.
+    script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[Say(seconds=0.5, freq=600)])],
+                    close_after_setup=1, setup_close_code=1011, setup_close_reason="internal error")
+    with caplog.at_level("INFO", logger="telephony"):
+        call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "sending to Live failed" in errors[0] and summary["call_sid"] in errors[0]
+    assert len(sessions) == 2 and summary["live_reconnects"] == 1
+    assert sessions[1].texts, "the greeting that did not go out went to the next session"
+    assert summary["agent_turns"] >= 2 and summary["end_reason"] == "caller hung up" and call.close_code == 1000
+
+
+def test_sends_that_fail_on_every_session_end_the_call_with_the_apology(faulty, emulator, caplog):
+    script = Script(greeting=[Say(seconds=0.3)], close_after_setup=100, setup_close_code=1011,
+                    setup_close_reason="internal error")
+    with caplog.at_level("INFO", logger="telephony"):
+        call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == len(sessions) == 4  # one line per broken session, then the call ends
+    assert all("sending to Live failed" in e and summary["call_sid"] in e for e in errors)
+    assert summary["end_reason"].startswith("sending to Live failed on 4 sessions in a row")
+    assert faulty.app.state.recent_calls[-1]["end_reason"] == summary["end_reason"]
+    assert no_call_tasks(faulty)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from telephony.metrics import OUTCOMES, call_outcome, replacement_cause
-from telephony.speech import SpeechEndDetector
+from telephony.speech_end import SpeechEndDetector
 from telephony.testing.redis_server import RedisServer
 from telephony.testing.server import ServerProcess
 from telephony.testing.order_story import order_script

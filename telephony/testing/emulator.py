@@ -229,6 +229,12 @@ class Script:
     or "http403" (refuse the WebSocket upgrade)."""
     setup_close_code: int = 1008
     setup_close_reason: str = "model not found"
+    close_after_setup: int = 0
+    """The first this many sessions opened under this script answer setupComplete and,
+    in the same write, a close with `setup_close_code`: the client learns of both at
+    once, so its first send (the greeting) finds the socket closed, before any read does."""
+    closed_after_setup: int = field(default=0, init=False, repr=False, compare=False)
+    """How many sessions `close_after_setup` has closed so far."""
     refuse_resumption: int | None = None
     """Close code (1007 or 1008) with which a setup carrying a resumption handle is
     refused, even one this emulator issued: the handle expired 2 h after its session
@@ -670,6 +676,15 @@ class EmulatedSession:
             await self._ws.wait_closed()
         elif mode == "close":
             await self._ws.close(self.script.setup_close_code, self.script.setup_close_reason)
+        elif self.script.closed_after_setup < self.script.close_after_setup:
+            self.script.closed_after_setup += 1
+            self._record("closed_after_setup", self.script.setup_close_code)
+            # One write for both frames, so no read of the client can fall between them.
+            protocol = self._ws.protocol
+            protocol.send_text(json.dumps({"setupComplete": {}}).encode())
+            protocol.send_close(self.script.setup_close_code, self.script.setup_close_reason)
+            self._ws.transport.write(b"".join(protocol.data_to_send()))
+            await self._ws.wait_closed()
         else:
             await self._send({"setupComplete": {}})
 
