@@ -4,13 +4,16 @@ The real google-genai SDK inside the server reaches the emulator through its
 own environment variables (GOOGLE_GEMINI_BASE_URL + SSL_CERT_FILE), exactly as
 it would reach Google; calls are played at the server over a loopback socket.
 
-- `phone`: whole calls on a virtual clock (telephony/testing/virtual_clock.py):
-  `phone.call("order_call.jsonl", script)` plays the recording at `phone.server`,
-  served in the emulator's own loop, which skips idle waits during the call. The
-  default for a test of what happens in a call.
-- `realtime_phone`, `server`, `emulator`: the same in real time, each in its own
-  thread; for what only wall-clock time shows (latency, another thread acting
-  mid-call) and a few end-to-end calls kept real-time on purpose.
+- `emulator`, `server`: the session's Live emulator and the real app, both served in
+  the emulator's thread by one `VirtualClockLoop` (telephony/testing/virtual_clock.py),
+  which keeps real time unless a call is being fast-forwarded.
+- `phone`: whole calls on the virtual clock: `phone.call("order_call.jsonl", script)`
+  plays the recording at `server` (`phone.server`) inside that loop, skipping the idle
+  waits. The default for a test of what happens in a call.
+- `realtime_phone`: the same call played in real time from the test's thread; for what
+  only wall-clock time shows (latency, another thread acting mid-call) and a few
+  end-to-end calls kept real-time on purpose. A test that plays its own
+  `CallSimulator` with `asyncio.run` is real-time too.
 - `postgres`: one PostgreSQL server for the session; `serve_process`: `telephony serve`.
 
 `scripts/test` runs the suite on several pytest-xdist workers, each with its own
@@ -105,32 +108,10 @@ DEVELOPMENT_ENV_CLEARED = ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERP
                            "TWILIO_AUTH_TOKEN", "PUBLIC_URL", "REQUIRE_TWILIO_SIGNATURE", "STREAM_TOKEN_SECRET")
 
 
-def development_app(emulator: LiveEmulator, folder: Path):
-    """The real app in development mode (nothing verified), its SDK reaching `emulator`.
-
-    The SDK reads GOOGLE_GEMINI_BASE_URL and SSL_CERT_FILE when the client is
-    built, so the environment holds the emulator's values just for that.
-    """
-    from telephony.app import create_app
-    from telephony.settings import Settings
-
-    env = {k: v for k, v in os.environ.items() if k not in DEVELOPMENT_ENV_CLEARED}
-    env.update(emulator.env())
-    env.update(ORDERS_DB_PATH=str(folder / "orders.db"), CALLS_DB_PATH=str(folder / "calls.db"),
-               LIVE_CONNECT_TIMEOUT_SECONDS="2", TOOL_TIMEOUT_SECONDS="2")
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        return create_app(Settings.from_env())
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 @pytest.fixture(scope="session")
 def server(emulator, tmp_path_factory):
-    """The real app in real time, in a thread of its own, reaching the session's `emulator`.
+    """The real app, served in the emulator's own loop and reaching it: in real time,
+    except while `phone` plays a call on the virtual clock.
 
     The environment keeps the emulator's variables for the whole session (tests
     that build an app from the environment reach the same emulator).
@@ -148,7 +129,7 @@ def server(emulator, tmp_path_factory):
         from telephony.settings import Settings
 
         app = create_app(Settings.from_env())
-        with ServerThread(app) as srv:
+        with ServerThread(app, loop=emulator.loop) as srv:
             yield srv
     finally:
         os.environ.clear()
@@ -170,8 +151,8 @@ class Phone:
     With `loop` (the `phone` fixture): the emulator, the server and the
     simulated caller share one `VirtualClockLoop`, so a 13 s call takes the time
     its messages take to process, not 13 s: the same sockets, the same messages in
-    the same order, but idle waits skipped. `Phone(server, emulator)` (the
-    `realtime_phone` fixture): the caller plays in real time from the test's thread.
+    the same order, but idle waits skipped. Without (the `realtime_phone` fixture):
+    the caller plays in real time from the test's thread.
     """
 
     def __init__(self, server: ServerThread, emulator: LiveEmulator, loop: VirtualClockLoop | None = None):
@@ -196,12 +177,9 @@ class Phone:
 
 
 @pytest.fixture(scope="session")
-def phone(server, emulator, tmp_path_factory):
-    """Calls on the virtual clock: the real app served in the emulator's own loop.
-    Use `phone.server` (not `server`) to look at the app that took the call."""
-    app = development_app(emulator, tmp_path_factory.mktemp("phone"))
-    with ServerThread(app, loop=emulator.loop) as hosted:
-        yield Phone(hosted, emulator, emulator.loop)
+def phone(server, emulator) -> Phone:
+    """Calls on the virtual clock, at the session's `server` and `emulator` (one loop)."""
+    return Phone(server, emulator, emulator.loop)
 
 
 @pytest.fixture(scope="session")
