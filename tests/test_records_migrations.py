@@ -42,6 +42,7 @@ class Database:
     rows: Callable[[Any, str], list[tuple]]
     set_version: Callable[[Any, int], None]
     version: Callable[[Any], int]
+    version_rows: Callable[[Any], int]  # where the version is kept: one row (SQLite: one pragma)
     schema: Callable[[], object]
 
 
@@ -57,6 +58,7 @@ def sqlite_database(path: Path) -> Database:
         rows=lambda db, sql: [tuple(r) for r in db.execute(sql).fetchall()],
         set_version=lambda db, n: db.execute(f"PRAGMA user_version = {n}"),
         version=lambda db: db.execute("PRAGMA user_version").fetchone()[0],
+        version_rows=lambda db: 1,
         schema=schema,
     )
 
@@ -82,6 +84,7 @@ def postgres_database(url: str) -> Database:
         target=url, variable="DATABASE_URL", connect=connect, migrate=records_postgres.migrate,
         rows=lambda conn, sql: [tuple(r.values()) for r in conn.execute(sql).fetchall()],
         set_version=set_version, schema=schema, version=records_postgres.schema_version,
+        version_rows=lambda conn: conn.execute(f"SELECT count(*) AS n FROM {records_postgres.VERSION_TABLE}").fetchone()["n"],
     )
 
 
@@ -105,6 +108,7 @@ def test_migrating_again_changes_nothing(database):
     CallRecorder(database.target, settings(), start=False).close()  # a second start of the app
     with database.connect() as conn:
         assert database.migrate(conn) == SCHEMA_VERSION
+        assert database.version_rows(conn) == 1
     assert database.schema() == before
 
 
