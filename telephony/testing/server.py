@@ -1,4 +1,5 @@
-"""Run the real app under uvicorn on a loopback port, in a background thread.
+"""Run the real app under uvicorn on a loopback port, in a background thread
+(or in an event loop already running in one, such as the Live emulator's).
 
 Used by `telephony simulate` and by the test fixtures: the server is the
 same one production runs, reached over a real socket.
