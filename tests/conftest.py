@@ -220,7 +220,9 @@ def serve_process(emulator, tmp_path):
         deadline = time.monotonic() + 20
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz")
+                # Ours, not another worker's server that took the port between the pick and the bind.
+                if r.status_code == 200 and f":{proc.pid}:" in r.json().get("instance", ""):
                     return proc, port
             assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
             time.sleep(0.1)

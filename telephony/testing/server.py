@@ -123,6 +123,7 @@ class ServerProcess(LoopbackAddress):
 
         self.port = free_port(host)
         self.host = host
+        self.workers = workers
         self.log_path = log_path
         self._log = open(log_path, "w")
         command = [sys.executable, "-m", "telephony.cli", "serve", "--host", host, "--port", str(self.port)]
@@ -137,19 +138,26 @@ class ServerProcess(LoopbackAddress):
             return f.read()
 
     def wait_healthy(self, timeout: float = 30.0) -> "ServerProcess":
+        import json
         import urllib.request
 
         deadline = time.monotonic() + timeout
         while True:
             try:
                 with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1) as r:
-                    if r.status == 200:
+                    if r.status == 200 and self._answered_by_us(json.loads(r.read()).get("instance", "")):
                         return self
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start (exit {self.proc.poll()}):\n{self.output()[-2000:]}")
             time.sleep(0.05)
+
+    def _answered_by_us(self, instance: str) -> bool:
+        """Whether /healthz came from this process (its id carries the pid), not from
+        another test's server that took the port between our pick and our bind. With
+        several workers the answering pid is a worker's: then, that this one still runs."""
+        return f":{self.proc.pid}:" in instance if self.workers == 1 else self.proc.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is None:
