@@ -48,6 +48,14 @@ class ServerThread(LoopbackAddress):
         self.loop = asyncio.get_running_loop()
         await self.server.serve()
 
+    async def _serve_hosted(self) -> None:
+        """uvicorn exits (SystemExit) when it cannot bind; in a loop shared with others that
+        would stop the whole loop, so it becomes this server's own start-up error."""
+        try:
+            await self.server.serve()
+        except SystemExit as exc:
+            raise RuntimeError(f"uvicorn exited with {exc.code} (is port {self.port} taken?)") from None
+
     def task_names(self) -> list[str]:
         """Names of the tasks alive in the server's loop (for leak checks)."""
         assert self.loop is not None
@@ -80,7 +88,7 @@ class ServerThread(LoopbackAddress):
 
     def start(self, timeout: float = 20.0) -> "ServerThread":
         if self.loop is not None:
-            self._hosted = asyncio.run_coroutine_threadsafe(self.server.serve(), self.loop)
+            self._hosted = asyncio.run_coroutine_threadsafe(self._serve_hosted(), self.loop)
         else:
             self._thread.start()
         deadline = time.monotonic() + timeout
