@@ -14,9 +14,12 @@ def test_this_machine_has_everything_the_suite_starts():
     assert preflight.missing() == []
 
 
-def test_a_missing_server_is_named_by_its_package_in_one_line_with_the_command_that_installs_it(monkeypatch):
+def test_a_missing_server_is_named_by_its_package_in_one_line_with_the_command_that_installs_it(monkeypatch, tmp_path):
     monkeypatch.setattr(preflight, "PROGRAMS", (*preflight.PROGRAMS, ("no-such-server-7f3a", "no-such-server-pkg")))
-    monkeypatch.setattr(preflight, "MODULES", (*preflight.MODULES, ("no_such_module_7f3a", "no-such-dist")))
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text((ROOT / "pyproject.toml").read_text().replace(
+        'test = ["pytest>=8,<10",', 'test = ["no-such-dist>=1.0", "pytest>=8,<10",'))
+    monkeypatch.setattr(preflight, "PYPROJECT", pyproject)
     lacking = preflight.missing()
     assert lacking == ["no-such-server-pkg", "no-such-dist"]
     line = preflight.report(lacking)

@@ -8,9 +8,12 @@ missing and the command that installs it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import re
 import shutil
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
 from .postgres_server import PostgresServerError, find_bindir
 
@@ -25,9 +28,17 @@ PROGRAMS = (
     ("chromedriver", "chromium-driver"),
 )
 
-# Python modules the test extra installs (pyproject.toml `[test]`).
-MODULES = (("httpx", "httpx"), ("redis", "redis"), ("psycopg", "psycopg"), ("selenium", "selenium"),
-           ("opentelemetry.sdk", "opentelemetry-sdk"))
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def _distribution_names(pyproject: Path) -> list[str]:
+    """The project's dependencies and its `test` extra, by distribution name (markers and
+    versions left aside: this catches what is not installed at all)."""
+    if not pyproject.is_file():  # an installed copy, without its pyproject
+        return []
+    project = tomllib.loads(pyproject.read_text())["project"]
+    requirements = [*project.get("dependencies", []), *project.get("optional-dependencies", {}).get("test", [])]
+    return [re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0] for r in requirements if ";" not in r]
 
 
 def _program(name: str) -> bool:
@@ -35,19 +46,18 @@ def _program(name: str) -> bool:
 
 
 def missing() -> list[str]:
-    """Debian packages (servers) and Python distributions the tests need but cannot find."""
+    """Debian packages (servers) and Python distributions (pyproject.toml: the dependencies
+    and the `test` extra) the tests need but cannot find."""
     lacking = [package for program, package in PROGRAMS if not _program(program)]
     try:
         find_bindir()
     except PostgresServerError:
         lacking.insert(1, "postgresql")
-    for module, dist in MODULES:
+    for name in _distribution_names(PYPROJECT):
         try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            lacking.append(dist)
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            lacking.append(name)
     return lacking
 
 
