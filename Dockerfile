@@ -8,6 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY telephony ./telephony
+# The demo shop's tools, the example agent: imported from the working directory, not installed.
+# Your agent: copy or mount your project (agents.toml, its tools module) and set AGENTS_FILE.
 COPY tools ./tools
 # Every optional backend the documented variables can switch on: REDIS_URL (redis),
 # DATABASE_URL (postgres), OTEL_EXPORTER_OTLP_ENDPOINT (otel). A variable whose extra

@@ -15,17 +15,19 @@ from typing import Any
 from fastapi import FastAPI
 
 from . import __version__, dashboard, routes_api, routes_media, routes_twilio
+from .agents import AgentBook
 from .lifecycle import serving
 from .settings import Settings
-from .tools import ToolRegistry
+from .tool_registry import ToolRegistry
 
 
 def create_app(settings: Settings | None = None, registry: ToolRegistry | None = None, *,
-               tracing: Any | None = None) -> FastAPI:
-    """The app. `tracing` (a `tracing.CallTracing`) replaces the one OTEL_EXPORTER_OTLP_ENDPOINT would make."""
+               tracing: Any | None = None, agents: AgentBook | None = None) -> FastAPI:
+    """The app. `tracing` (a `tracing.CallTracing`) replaces the one OTEL_EXPORTER_OTLP_ENDPOINT would make;
+    `registry` replaces every agent's business tools; `agents` replaces the agents the settings name."""
 
     def lifespan(app: FastAPI):
-        return serving(app, settings, registry, tracing)
+        return serving(app, settings, registry, tracing, agents)
 
     app = FastAPI(title="Gemini Live phone agent", version=__version__, lifespan=lifespan)
     app.include_router(routes_twilio.router)

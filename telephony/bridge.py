@@ -30,7 +30,8 @@ from .errors import LiveError, LiveSendError, MalformedMessage
 from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
-from .tools import CallContext, ToolRegistry
+from .agents import Agent, agent_from_settings
+from .tool_registry import CallContext, ToolRegistry
 from .twilio_rest import is_already_ended
 from .twiml import AfterStream, apology_twiml, dial_twiml
 
@@ -85,7 +86,8 @@ class CallBridge:
         *,
         settings: Settings,
         client: Any,
-        registry: ToolRegistry,
+        agent: Agent | None = None,
+        registry: ToolRegistry | None = None,
         rest: Any | None = None,
         identity: CallerIdentity | None = None,
         recorder: Any | None = None,
@@ -97,16 +99,18 @@ class CallBridge:
         self.identity = identity
         self.settings = settings
         self.client = client
-        self.registry = registry
+        # The agent answering this call (agents.py): its instructions, voice, tools, limits.
+        self.agent = agent or agent_from_settings(settings, tools=registry)
+        self.registry = self.agent.tools
         self.rest = rest
         self.recorder = recorder
         self.control = CallControl(self)
         self.call = Call(
-            greeting=settings.agent_greeting,
+            greeting=self.agent.greeting,
             inbound=InboundAudio(inbound_resampler(settings.resampler)),
             outbound=OutboundAudio(outbound_resampler(settings.resampler)),
-            watchdog_s=settings.model_watchdog_s or None,
-            max_call_s=settings.max_call_s or None,
+            watchdog_s=self.agent.model_watchdog_s or None,
+            max_call_s=self.agent.max_call_s or None,
             dtmf_timeout_s=settings.dtmf_timeout_s,
             goodbye_timeout_s=settings.goodbye_timeout_s,
         )
@@ -123,7 +127,8 @@ class CallBridge:
         self._loop = asyncio.get_running_loop()
         self._recorded_start = False
         self._new_turn = False
-        self.observer = (watch or Watch()).observe(self.call, recorder)  # metrics, timings, traces (observe.py)
+        # metrics, timings, traces (observe.py)
+        self.observer = (watch or Watch()).observe(self.call, recorder, agent=self.agent.name)
         self.call.tap = self.observer.audio  # both sides' audio, when RECORD_AUDIO is on
 
     async def run(self) -> dict[str, object]:
@@ -193,7 +198,8 @@ class CallBridge:
     async def _one_live_session(self) -> None:
         handle = self.call.resumption_handle
         config = live_mod.build_config(
-            self.settings, self.registry.declarations(), resumption_handle=handle, carry_over=self.call.carry_over
+            self.settings, self.registry.declarations(), agent=self.agent, resumption_handle=handle,
+            carry_over=self.call.carry_over,
         )
         try:
             async with live_mod.open_session(self.client, self.settings, config) as session:
@@ -246,6 +252,8 @@ class CallBridge:
             called=self.identity.called if self.identity else None,
             settings=self.settings,
             control=self.control,
+            agent=self.agent,
+            tool_settings=self.agent.tool_settings,
         )
         started = time.monotonic()
         try:
@@ -399,7 +407,7 @@ class CallBridge:
     @property
     def after_stream(self) -> AfterStream:
         """What Twilio should do when it asks what follows the stream."""
-        return AfterStream.of(self._end)
+        return AfterStream.of(self._end, self.agent.name)
 
     def inject(self, event: object) -> None:
         """Feed an event from outside the call's tasks (thread-safe): tools acting on the call."""
@@ -439,7 +447,7 @@ class CallBridge:
         if self.rest is None or not self.call.call_sid:
             return
         try:
-            await self.rest.calls(self.call.call_sid).update_async(twiml=apology_twiml())
+            await self.rest.calls(self.call.call_sid).update_async(twiml=apology_twiml(self.agent))
             log.info("redirected call %s to the apology message", self.call.call_sid)
         except Exception as exc:
             log.warning("could not redirect call %s to the apology (%s); closing the stream instead", self.call.call_sid, exc)
@@ -481,6 +489,7 @@ class CallBridge:
                 direction="outbound" if params.get("direction", "").startswith("outbound") else "inbound",
                 caller=self.identity.caller if self.identity else params.get("From"),
                 called=self.identity.called if self.identity else params.get("To"), at=time.time(),
+                agent=self.agent.name,
             )
         elif isinstance(event, tw.DtmfPressed):
             self.recorder.event(sid, "dtmf", {"digit": event.digit}, time.time())

@@ -70,10 +70,13 @@ OUTBOUND_GREETING = (
     "You placed this phone call and the person has just answered. The purpose of the call: {purpose}. "
     "Greet them in one short sentence, say who you are and why you are calling."
 )
-NUDGE_TEXT = "(The caller is waiting and has heard nothing. Please answer them now.)"
+#: Prompts to the model, not words for the caller: each asks for the conversation's own
+#: language, so an agent speaking Spanish (agents.py) answers them in Spanish.
+NUDGE_TEXT = ("(The caller is waiting and has heard nothing. Please answer them now, "
+              "in the language of the conversation.)")
 GOODBYE_TEXT = (
     "(The maximum length of this call has been reached. Tell the caller politely, in one short "
-    "sentence, that you have to end the call now, and say goodbye.)"
+    "sentence and in the language of the conversation, that you have to end the call now, and say goodbye.)"
 )
 #: What a fresh session is told when a resumption handle was refused (or never came):
 #: it has none of the old session's context, only what both sides said so far.

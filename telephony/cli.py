@@ -1,4 +1,5 @@
-"""The `telephony` command: `serve` the agent, `simulate` a call offline, `call` out, set up `twilio`."""
+"""The `telephony` command: `serve` the agent, `simulate` a call offline, `call` out, set up `twilio`,
+check the `agents`, `init` a project of your own."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     # Call records (records_cli.py): reads DATABASE_URL or CALLS_DB_PATH only, so no GEMINI_API_KEY is needed.
     calls = sub.add_parser("calls", help="list recent call records; `calls show CALLSID` prints one call")
     calls.add_argument("--limit", type=int, default=20, help="how many calls to list (default 20)")
+    calls.add_argument("--agent", default=None, help="only this agent's calls")
     calls_sub = calls.add_subparsers(dest="calls_command")
     show = calls_sub.add_parser("show", help="print a call's transcript and timeline")
     show.add_argument("call_sid")
@@ -46,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("to", help="the number to call, E.164 (must be on ALLOWED_DESTINATIONS)")
     call.add_argument("--purpose", default="", help="why the agent calls; it reaches the agent as context")
     call.add_argument("--machine-detection", action="store_true", help="ask Twilio to detect answering machines")
+    call.add_argument("--agent", default=None,
+                      help="the agent that talks (default: the one answering TWILIO_PHONE_NUMBER)")
+
+    agents = sub.add_parser("agents", help="check the agents and print which number each answers")
+    agents.add_argument("--file", default=None, help="the agents file (default: AGENTS_FILE)")
+    init = sub.add_parser("init", help="start your own agent project in a folder")
+    init.add_argument("folder", help="the folder to create (must not exist, or be empty)")
+    init.add_argument("--name", default=None, help="the business's name (default: from the folder's name)")
     twilio = sub.add_parser("twilio", help="set up or check the Twilio number and webhooks")
     twilio_sub = twilio.add_subparsers(dest="twilio_command", required=True)
     setup = twilio_sub.add_parser("setup", help="point the number's voice webhook at PUBLIC_URL/incoming-call")
@@ -61,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         return twilio_command(args)
     if args.command == "serve":
         return _serve(args.host, args.port, args.workers)
+    if args.command == "agents":
+        from .agents_cli import agents_command
+
+        return agents_command(args)
+    if args.command == "init":
+        from .agents_cli import init_command
+
+        return init_command(args)
     if args.command == "calls":
         from .records_cli import calls_command
 

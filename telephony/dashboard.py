@@ -87,14 +87,17 @@ def _refusal(request: Request) -> Response | None:
     return None
 
 
-def filter_calls(calls: list[dict[str, Any]], outcome: str = "", number: str = "", date: str = "") -> list[dict[str, Any]]:
+def filter_calls(calls: list[dict[str, Any]], outcome: str = "", number: str = "", date: str = "",
+                 agent: str = "") -> list[dict[str, Any]]:
     """The calls matching every filter given: outcome category, a fragment of either (masked)
-    number, and the local day they started (YYYY-MM-DD)."""
+    number, the local day they started (YYYY-MM-DD), and the agent that answered."""
     fragment = "".join(ch for ch in number if ch.isdigit() or ch == "+")
     out = []
     for call in calls:
         call = {**call, "outcome": call_outcome(call.get("end_reason")) if call.get("ended_at") else "in_progress"}
         if outcome and call["outcome"] != outcome:
+            continue
+        if agent and call.get("agent") != agent:
             continue
         if fragment and not any(fragment in (call.get(k) or "") for k in ("caller_masked", "called_masked")):
             continue
@@ -166,8 +169,9 @@ def install(app: FastAPI) -> None:
             calls = await asyncio.to_thread(list_calls, request.app.state.recorder.store, MAX_LISTED)
         except RecordsUnavailable:
             return JSONResponse({"detail": "the call records database cannot be reached"}, status_code=503)
-        found = filter_calls(calls, outcome, q.get("number", ""), q.get("date", ""))
-        return JSONResponse({"calls": found[:200], "outcomes": list(OUTCOMES)}, headers=HEADERS)
+        found = filter_calls(calls, outcome, q.get("number", ""), q.get("date", ""), q.get("agent", ""))
+        agents = request.app.state.agents.names()
+        return JSONResponse({"calls": found[:200], "outcomes": list(OUTCOMES), "agents": agents}, headers=HEADERS)
 
     @app.get("/dashboard/api/calls/{call_sid}")
     async def api_call(request: Request, call_sid: str) -> Response:

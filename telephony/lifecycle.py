@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -33,7 +34,8 @@ from .records_schema import RecordsError
 from .security import Gatekeeper, check_deployment, install_log_redaction
 from .settings import Settings
 from .shared_state import SharedStateUnavailable, open_shared_state
-from .tools import ToolRegistry
+from .agents import AgentBook, load_agents, warn_about_demo
+from .tool_registry import ToolRegistry
 from .twilio_rest import close_rest_client, make_rest_client
 
 log = logging.getLogger(__name__)
@@ -76,15 +78,9 @@ def _int_env(name: str, default: int) -> int:
         raise SettingsError(f"{name}={raw!r} is not a whole number") from None
 
 
-def default_registry() -> ToolRegistry:
-    from tools import registry
-
-    return registry
-
-
 @contextlib.asynccontextmanager
 async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistry | None,
-                  tracing: Any | None):
+                  tracing: Any | None, agents: AgentBook | None = None):
     """Everything the app holds while it serves, started in order and stopped in reverse."""
     s = settings or Settings.from_env()
     configure_logging(s.log_level)
@@ -97,17 +93,19 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     except SettingsError as exc:
         log.error("configuration error: %s", exc)
         raise
-    reg = registry or default_registry()
-    reg.default_timeout = s.tool_timeout_s
     try:
+        # Who answers which number, with which tools (agents.py); `registry` replaces every
+        # agent's business tools (tests, embedding).
+        book = agents or load_agents(s, tools=registry)
+        book.prepare(s)  # each tools module's start-up hook (the demo creates its orders database)
+        warn_about_demo(book, s)
         app.state.client = make_client(s)  # on Vertex AI, loads the credentials: may refuse to start
-        prepare_orders_db(s)
         app.state.recorder = CallRecorder(open_records(s), s)  # call records (records.py)
     except (SettingsError, RecordsError) as exc:
         log.error("configuration error: %s", exc)
         raise
     app.state.settings = s
-    app.state.registry = reg
+    app.state.agents = book
     app.state.rest = make_rest_client(s)  # None without REST credentials (twilio_rest.py)
     # What every process must agree on (shared_state.py): this process's memory, or Redis.
     shared = app.state.shared = open_shared_state(s.redis_url)
@@ -115,10 +113,12 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     app.state.outbound_refs = OutboundRefs(s, state=shared)  # what each outbound call is for (POST /outbound-call)
     app.state.active_calls = set()
     app.state.recent_calls = deque(maxlen=100)  # summaries of finished calls, newest last
-    app.state.gate = Gatekeeper(s, shared)
+    # A stream's slot lapses after the longest call any agent allows (0: an agent without a limit).
+    limits = [a.max_call_s for a in book]
+    app.state.gate = Gatekeeper(dataclasses.replace(s, max_call_s=0.0 if 0 in limits else max(limits)), shared)
     app.state.draining = False
     try:
-        app.state.watch = make_watch(s, reg, tracing)  # metrics, traces, call audio (observe.py)
+        app.state.watch = make_watch(s, book, tracing)  # metrics, traces, call audio (observe.py)
     except SettingsError as exc:
         log.error("configuration error: %s", exc)
         raise
@@ -131,7 +131,10 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
             log.error("%s: new calls are refused until it answers", exc)
     heartbeat = asyncio.create_task(heartbeat_loop(app), name="instance-heartbeat")
     drain_on_sigterm(app)
-    log.info("phone agent %s ready: model=%s voice=%s tools=%s", __version__, s.gemini_model, s.gemini_voice, reg.names())
+    log.info("phone agent %s ready: model=%s", __version__, s.gemini_model)
+    for agent in book:
+        log.info("agent %s answers %s: voice=%s language=%s tools=%s", agent.name, agent.answers(), agent.voice,
+                 agent.language or "auto", ", ".join(agent.tools.names()))
     if not s.public_url:
         log.warning("PUBLIC_URL is not set: stream URLs will use the Host header of each webhook request")
     if not s.has_twilio_rest:
@@ -167,7 +170,7 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     await close_rest_client(app.state.rest)  # after the calls: their hang-ups went through it
 
 
-def make_watch(s: Settings, registry: ToolRegistry, tracing: Any | None) -> Watch:
+def make_watch(s: Settings, agents: AgentBook, tracing: Any | None) -> Watch:
     from .tracing import from_settings
 
     recordings = None
@@ -175,7 +178,8 @@ def make_watch(s: Settings, registry: ToolRegistry, tracing: Any | None) -> Watc
         recordings = AudioRecordings(s.recordings_dir, s.recording_retention_days)
         log.info("call audio is recorded to %s (kept %g days): callers must be told", s.recordings_dir,
                  s.recording_retention_days)
-    return Watch(tracing=tracing or from_settings(s), recordings=recordings, tool_names=frozenset(registry.names()))
+    return Watch(tracing=tracing or from_settings(s), recordings=recordings, tool_names=agents.tool_names(),
+                 agent_names=frozenset(agents.names()))
 
 
 async def recording_retention(recordings: AudioRecordings | None) -> None:
@@ -187,27 +191,14 @@ async def recording_retention(recordings: AudioRecordings | None) -> None:
         await asyncio.sleep(86400)
 
 
-def prepare_orders_db(settings: Settings) -> None:
-    """Create and seed the demo orders database, or say which setting points nowhere usable."""
-    import sqlite3
-
-    from tools.orders import ensure_orders_db
-
-    try:
-        ensure_orders_db(settings.orders_db_path)
-    except (OSError, sqlite3.Error) as exc:
-        raise SettingsError(
-            f"ORDERS_DB_PATH={str(settings.orders_db_path)!r}: cannot create the orders database: {exc}"
-        ) from None
-
-
 def check_storage(settings: Settings) -> None:
-    """Both databases open and migrate (for `telephony serve` to fail in one line, before uvicorn).
+    """The agents load and the call records open and migrate (for `telephony serve` to fail
+    in one line, before uvicorn).
 
     PostgreSQL (DATABASE_URL) is not connected to here: being unreachable does not
     stop the server (records.py), and the app's start-up migrates it.
     """
-    prepare_orders_db(settings)
+    load_agents(settings).prepare(settings)
     open_records(settings).check()
 
 

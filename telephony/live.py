@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable
 
 from google import genai
 from google.genai import errors as genai_errors
@@ -82,22 +82,30 @@ def build_config(
     settings: Settings,
     declarations: Iterable[types.FunctionDeclaration] = (),
     *,
+    agent: Any = None,
     resumption_handle: str | None = None,
     carry_over: str | None = None,
 ) -> types.LiveConnectConfig:
-    """`carry_over` (from `Call.carry_over`) joins the system instruction of a session
+    """The session's setup for `agent` (an `agents.Agent`; None: the environment's one agent).
+
+    `carry_over` (from `Call.carry_over`) joins the system instruction of a session
     opened mid-call without a handle, so the model knows the conversation so far."""
+    if agent is None:
+        from .agents import agent_from_settings
+        from .tool_registry import ToolRegistry
+
+        agent = agent_from_settings(settings, tools=ToolRegistry())
     declarations = list(declarations)
-    instructions = settings.agent_instructions
+    instructions = agent.instructions
     if carry_over:
         instructions = f"{instructions}\n\n{carry_over}" if instructions else carry_over
     return types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
         speech_config=types.SpeechConfig(
             voice_config=types.VoiceConfig(
-                prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.gemini_voice)
+                prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=agent.voice)
             ),
-            language_code=settings.gemini_language,
+            language_code=agent.language,
         ),
         system_instruction=instructions,
         tools=[types.Tool(function_declarations=declarations)] if declarations else None,
@@ -105,11 +113,11 @@ def build_config(
             automatic_activity_detection=types.AutomaticActivityDetection(
                 disabled=False,
                 start_of_speech_sensitivity=types.StartSensitivity(
-                    f"START_SENSITIVITY_{settings.vad_start_sensitivity}"
+                    f"START_SENSITIVITY_{agent.vad_start_sensitivity}"
                 ),
-                end_of_speech_sensitivity=types.EndSensitivity(f"END_SENSITIVITY_{settings.vad_end_sensitivity}"),
-                prefix_padding_ms=settings.vad_prefix_padding_ms,
-                silence_duration_ms=settings.vad_silence_duration_ms,
+                end_of_speech_sensitivity=types.EndSensitivity(f"END_SENSITIVITY_{agent.vad_end_sensitivity}"),
+                prefix_padding_ms=agent.vad_prefix_padding_ms,
+                silence_duration_ms=agent.vad_silence_duration_ms,
             ),
             activity_handling=types.ActivityHandling.START_OF_ACTIVITY_INTERRUPTS,
         ),

@@ -41,7 +41,8 @@ TOOL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 ACTIVE_CALLS = Gauge("phone_active_calls", "Calls in progress (media streams with a bridge).",
                      multiprocess_mode="livesum")
-CALLS = Counter("phone_calls", "Calls ended, by outcome (the category of the end reason).", ["outcome"])
+CALLS = Counter("phone_calls", "Calls ended, by outcome (the category of the end reason) and agent (agents.py).",
+                ["outcome", "agent"])
 LIVE_SESSIONS = Counter("phone_live_sessions", "Live sessions opened: kind=opened (a call's first) or resumed.",
                         ["kind"])
 LIVE_REPLACED = Counter("phone_live_sessions_replaced", "Live sessions replaced mid-call, by cause.", ["cause"])

@@ -40,9 +40,10 @@ class Watch:
     tracing: Any | None = None  # tracing.CallTracing, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     recordings: AudioRecordings | None = None  # when RECORD_AUDIO is on
     tool_names: frozenset[str] = field(default_factory=frozenset)
+    agent_names: frozenset[str] = field(default_factory=frozenset)  # configured agents: a bounded label
 
-    def observe(self, call: Any, recorder: Any | None) -> "CallObserver":
-        return CallObserver(call, recorder, self)
+    def observe(self, call: Any, recorder: Any | None, agent: str | None = None) -> "CallObserver":
+        return CallObserver(call, recorder, self, agent)
 
 
 @dataclass
@@ -64,8 +65,9 @@ class TurnTiming:
 class CallObserver:
     """Everything kept about one call beyond its record; created by the bridge, fed by its hooks."""
 
-    def __init__(self, call: Any, recorder: Any | None, watch: Watch):
+    def __init__(self, call: Any, recorder: Any | None, watch: Watch, agent: str | None = None):
         self.call = call
+        self.agent = agent or "default"
         self.recorder = recorder
         self.watch = watch
         self.speech_ends = 0  # the detector's count last seen: the bridge compares it per frame
@@ -98,7 +100,8 @@ class CallObserver:
         now = time.time()
         self._close_turn(now, interrupted=False, cut=True)
         outcome = m.call_outcome(self.call.end_reason)
-        m.CALLS.labels(outcome).inc()
+        agent_label = self.agent if not self.watch.agent_names or self.agent in self.watch.agent_names else "other"
+        m.CALLS.labels(outcome, agent_label).inc()
         m.ACTIVE_CALLS.dec()
         if self._span is not None:
             agent = [t for t in self.timings if t.role == "agent"]
@@ -106,6 +109,7 @@ class CallObserver:
             self.watch.tracing.end_call(self._span, ended, {
                 m_attr: value for m_attr, value in (
                     ("telephony.call_sid", self.call.call_sid), ("telephony.stream_sid", self.call.stream_sid),
+                    ("telephony.agent", self.agent),
                     ("telephony.outcome", outcome), ("telephony.end_reason", self.call.end_reason),
                     ("telephony.agent_turns", len(agent)), ("telephony.interruptions", self.call.interruptions),
                     ("telephony.live_reconnects", self.call.reconnects))})

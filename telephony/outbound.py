@@ -66,6 +66,7 @@ class OutboundRequest:
     to: str
     purpose: str = ""
     machine_detection: bool = False
+    agent: str | None = None  # the agent's name (agents.py); None: the one answering our number
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class OutboundCall:
     to: str
     purpose: str
     expires: int
+    agent: str | None = None
 
 
 def parse_outbound_request(body: bytes) -> OutboundRequest:
@@ -85,7 +87,7 @@ def parse_outbound_request(body: bytes) -> OutboundRequest:
         raise ValueError("the body must be JSON: {\"to\": \"+15551234567\", \"purpose\": \"...\"}") from None
     if not isinstance(data, dict):
         raise ValueError("the body must be a JSON object with at least \"to\"")
-    unknown = set(data) - {"to", "purpose", "machine_detection"}
+    unknown = set(data) - {"to", "purpose", "machine_detection", "agent"}
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
     to, purpose, machine = data.get("to"), data.get("purpose", ""), data.get("machine_detection", False)
@@ -99,7 +101,10 @@ def parse_outbound_request(body: bytes) -> OutboundRequest:
         raise ValueError(f"\"purpose\" is longer than {MAX_PURPOSE_CHARS} characters")
     if not isinstance(machine, bool):
         raise ValueError("\"machine_detection\" must be true or false")
-    return OutboundRequest(to.strip(), purpose.strip(), machine)
+    agent = data.get("agent")
+    if agent is not None and (not isinstance(agent, str) or not agent.strip() or len(agent) > 40):
+        raise ValueError("\"agent\" must be the name of a configured agent")
+    return OutboundRequest(to.strip(), purpose.strip(), machine, agent.strip() if agent else None)
 
 
 def _b64(data: bytes) -> str:
@@ -113,7 +118,7 @@ def _unb64(text: str) -> bytes:
 class OutboundRefs:
     """Seals what an outbound call is for into the `ref` of its answer URL, and opens it once.
 
-    The ref is AES-GCM over `[to, purpose, expiry]` with a key derived from the
+    The ref is AES-GCM over `[to, purpose, expiry, agent]` with a key derived from the
     stream-token secret (STREAM_TOKEN_SECRET, else the auth token): opaque in Twilio's
     logs, unforgeable, and readable by any process of the same deployment, so the CLI
     can place a call that the server answers. Twilio's signature on the webhook already
@@ -130,10 +135,10 @@ class OutboundRefs:
         self._clock = clock
         self._state = state if state is not None else InProcessState(clock)
 
-    def seal(self, to: str, purpose: str) -> str:
+    def seal(self, to: str, purpose: str, agent: str | None = None) -> str:
         nonce = secrets.token_bytes(12)
         expires = math.ceil(self._clock() + self.ttl_s)
-        plain = json.dumps([to, purpose, expires], separators=(",", ":")).encode("utf-8")
+        plain = json.dumps([to, purpose, expires, agent], separators=(",", ":")).encode("utf-8")
         return _REF_PREFIX + _b64(nonce + self._aead.encrypt(nonce, plain, _REF_LABEL))
 
     async def open(self, ref: str | None, callee: str | None = None) -> OutboundCall:
@@ -146,7 +151,8 @@ class OutboundRefs:
         try:
             raw = _unb64(ref[len(_REF_PREFIX):])
             plain = self._aead.decrypt(raw[:12], raw[12:], _REF_LABEL)
-            to, purpose, expires = json.loads(plain)
+            to, purpose, expires, *rest = json.loads(plain)
+            agent = rest[0] if rest and isinstance(rest[0], str) else None
         except (ValueError, InvalidTag, TypeError):
             raise Rejected("outbound_bad_ref", "the answer URL's ref was not made by this deployment") from None
         if self._clock() >= expires:
@@ -155,7 +161,7 @@ class OutboundRefs:
             raise Rejected("outbound_wrong_callee", "the answered call is not the one the ref was made for")
         if not await self._state.take_once("outbound_ref", _b64(raw[:12]), expires + 1 - self._clock()):
             raise Rejected("outbound_replayed_ref", "the outbound call's ref was already used")
-        return OutboundCall(to, purpose, int(expires))
+        return OutboundCall(to, purpose, int(expires), agent)
 
 
 def answer_url(public_url: str, ref: str) -> str:
@@ -180,7 +186,7 @@ async def place_call(client: Client | None, settings: Settings, request: Outboun
     call = await client.calls.create_async(
         to=to,
         from_=settings.twilio_phone_number,
-        url=answer_url(public, refs.seal(to, request.purpose)),
+        url=answer_url(public, refs.seal(to, request.purpose, request.agent)),
         method="POST",
         status_callback=f"{public}/twilio/status",
         status_callback_method="POST",

@@ -233,7 +233,7 @@ class CallRecorder:
     # ------------------------------------------------------------ what the bridge calls
 
     def call_started(self, call_sid: str, *, stream_sid: str | None, direction: str, caller: str | None,
-                     called: str | None, at: float) -> None:
+                     called: str | None, at: float, agent: str | None = None) -> None:
         if not self._sid_ok(call_sid, "call_started"):
             return
         direction = (direction or "").lower()
@@ -243,7 +243,8 @@ class CallRecorder:
             self._warn_once("direction", "call records: direction %r is neither inbound nor outbound; stored as inbound", direction)
             direction = "inbound"
         self._put(("call_started", call_sid, stream_sid, direction,
-                   mask_phone(caller) if caller else None, mask_phone(called) if called else None, float(at)))
+                   mask_phone(caller) if caller else None, mask_phone(called) if called else None, float(at),
+                   agent))
 
     def transcript(self, call_sid: str, role: str, text: str, at: float, new_turn: bool = False) -> None:
         if not self._sid_ok(call_sid, "transcript") or not text:
@@ -489,20 +490,21 @@ class CallRecorder:
         conn.execute("INSERT INTO calls (call_sid, started_at) VALUES (?, ?) ON CONFLICT (call_sid) DO NOTHING",
                      (call_sid, at))
 
-    def _apply_call_started(self, conn, call_sid, stream_sid, direction, caller, called, at) -> None:
+    def _apply_call_started(self, conn, call_sid, stream_sid, direction, caller, called, at, agent=None) -> None:
         conn.execute(
             """
-            INSERT INTO calls (call_sid, stream_sid, direction, caller_masked, called_masked, started_at)
-            VALUES (?, ?, ?, ?, ?, ?)
+            INSERT INTO calls (call_sid, stream_sid, direction, caller_masked, called_masked, started_at, agent)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (call_sid) DO UPDATE SET
                 stream_sid = coalesce(excluded.stream_sid, calls.stream_sid),
                 direction = excluded.direction,
+                agent = coalesce(excluded.agent, calls.agent),
                 caller_masked = coalesce(excluded.caller_masked, calls.caller_masked),
                 called_masked = coalesce(excluded.called_masked, calls.called_masked),
                 started_at = CASE WHEN calls.started_at IS NULL OR excluded.started_at < calls.started_at
                                   THEN excluded.started_at ELSE calls.started_at END
             """,
-            (call_sid, stream_sid, direction, caller, called, at),
+            (call_sid, stream_sid, direction, caller, called, at, agent),
         )
         # The first words of a call start a turn of their own, even if the sid was seen before.
         last = conn.execute("SELECT max(seq) AS seq FROM turns WHERE call_sid = ?", (call_sid,)).fetchone()["seq"]

@@ -28,17 +28,17 @@ def _cost(usd: float | None) -> str:
 
 
 def format_call_list(calls: Iterable[dict[str, Any]]) -> str:
-    rows = [("CALL SID", "STARTED", "DURATION", "DIRECTION", "TURNS", "COST", "END REASON")]
+    rows = [("CALL SID", "STARTED", "DURATION", "DIRECTION", "AGENT", "TURNS", "COST", "END REASON")]
     for c in calls:
         rows.append((
             c["call_sid"], _when(c["started_at"]),
             "-" if c["duration_s"] is None else f"{c['duration_s']:.1f} s",
-            c["direction"], str(c["turn_count"]), _cost(c["estimated_cost_usd"]),
+            c["direction"], c.get("agent") or "-", str(c["turn_count"]), _cost(c["estimated_cost_usd"]),
             c["end_reason"] if c["ended_at"] is not None else "(in progress, or cut off)",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  ".join(cell.rjust(w) if i in (2, 4, 5) else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+        "  ".join(cell.rjust(w) if i in (2, 5, 6) else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
         + "  " + r[-1]
         for r in rows
     )
@@ -55,7 +55,8 @@ def format_call(record: dict[str, Any]) -> str:
     started = record.get("started_at")
     if "direction" in record:
         lines.append(f"  {record['direction']} call from {record['caller_masked'] or '(unknown)'} "
-                     f"to {record['called_masked'] or '(unknown)'}, stream {record['stream_sid'] or '-'}")
+                     f"to {record['called_masked'] or '(unknown)'}, agent {record.get('agent') or '-'}, "
+                     f"stream {record['stream_sid'] or '-'}")
         duration = "-" if record["duration_s"] is None else f"{record['duration_s']:.2f} s"
         ended = f"ended {_when(record['ended_at'])}, {duration}: {record['end_reason']}" if record["ended_at"] is not None \
             else "no end recorded (still in progress, or the server stopped mid-call)"
@@ -131,7 +132,7 @@ def calls_command(args: Any) -> int:
                 return 1
             print(json.dumps(record, indent=2, ensure_ascii=False) if as_json else format_call(record))
             return 0
-        calls = list_calls(store, args.limit)
+        calls = list_calls(store, args.limit, getattr(args, "agent", None))
     except (RecordsError, RecordsUnavailable) as exc:
         print(f"telephony: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ def _call_dict(row: Mapping[str, Any]) -> dict[str, Any]:
         "call_sid": row["call_sid"],
         "stream_sid": row["stream_sid"],
         "direction": row["direction"],
+        "agent": row["agent"],
         "caller_masked": row["caller_masked"],
         "called_masked": row["called_masked"],
         "started_at": row["started_at"],
@@ -47,22 +48,24 @@ def _call_dict(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_calls(target: Any, limit: int = 20) -> list[dict[str, Any]]:
-    """The most recent calls first, each with its number of transcript turns.
+def list_calls(target: Any, limit: int = 20, agent: str | None = None) -> list[dict[str, Any]]:
+    """The most recent calls first, each with its number of transcript turns;
+    only `agent`'s calls when it is given.
 
     `target`: what `open_records` takes (a store, Settings, a path or a URL).
     """
     store = open_records(target)
     limit = max(1, min(int(limit), 1000))
+    where, params = ("WHERE c.agent = ?", (agent, limit)) if agent else ("", (limit,))
     with store.reading() as conn:
         if conn is None:
             return []
         rows = conn.execute(
             f"""
             SELECT c.*, (SELECT count(*) FROM turns t WHERE t.call_sid = c.call_sid) AS turn_count
-            FROM calls c ORDER BY {store.recent_first} LIMIT ?
+            FROM calls c {where} ORDER BY {store.recent_first} LIMIT ?
             """,
-            (limit,),
+            params,
         ).fetchall()
     return [{**_call_dict(row), "turn_count": row["turn_count"]} for row in rows]
 

@@ -114,6 +114,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX turn_timings_by_call ON turn_timings (call_sid, started_at)",
     ),
+    # 2 -> 3: which agent answered (agents.py): its configured name.
+    (
+        "ALTER TABLE calls ADD COLUMN agent TEXT",
+        "CREATE INDEX calls_by_agent ON calls (agent, started_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

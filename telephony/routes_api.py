@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from . import dashboard, metrics
+from .agents import NoAgent
 from .outbound import OutboundUnavailable, parse_outbound_request, place_call
 from .records_query import get_call, list_calls
 from .records_schema import RecordsUnavailable
@@ -61,7 +62,8 @@ async def metrics_endpoint(request: Request) -> Response:
 
 @router.get("/calls")
 async def calls_index(request: Request) -> Response:
-    """Recent call records (Authorization: Bearer CALLS_API_TOKEN; 404 when unset)."""
+    """Recent call records (Authorization: Bearer CALLS_API_TOKEN; 404 when unset); `?agent=NAME`
+    lists that agent's calls only."""
     refused = calls_api_refusal(request)
     if refused is not None:
         return refused
@@ -69,7 +71,8 @@ async def calls_index(request: Request) -> Response:
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         return JSONResponse({"detail": "limit must be a whole number from 1 to 1000"}, status_code=400)
     try:
-        calls = await asyncio.to_thread(list_calls, request.app.state.recorder.store, int(raw))
+        calls = await asyncio.to_thread(list_calls, request.app.state.recorder.store, int(raw),
+                                        request.query_params.get("agent") or None)
     except RecordsUnavailable as exc:
         return _records_unavailable(exc)
     return JSONResponse({"calls": calls})
@@ -101,7 +104,9 @@ async def calls_audio(request: Request, call_sid: str) -> Response:
 
 @router.post("/outbound-call")
 async def outbound_call(request: Request) -> Response:
-    """Place a call whose callee talks to the agent: {"to", "purpose", "machine_detection"}.
+    """Place a call whose callee talks to the agent: {"to", "purpose", "machine_detection", "agent"}.
+
+    `agent` names the agent that talks (default: the one answering TWILIO_PHONE_NUMBER).
 
     Authorization: Bearer CALLS_API_TOKEN (404 when unset). The destination must be
     on ALLOWED_DESTINATIONS (403). Twilio fetches the TwiML from /outbound-answer.
@@ -117,6 +122,11 @@ async def outbound_call(request: Request) -> Response:
         wanted = parse_outbound_request(raw)
     except ValueError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+    if wanted.agent is not None:
+        try:
+            state.agents.named(wanted.agent)
+        except NoAgent as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
     try:
         call = await place_call(state.rest, state.settings, wanted, state.outbound_refs)
     except DestinationNotAllowed:

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketState
 from twilio.request_validator import SIGNATURE_HEADER
 
 from . import twilio_protocol as tw
+from .agents import Agent, AgentBook, NoAgent
 from .bridge import CallBridge
 from .errors import MalformedMessage
 from .lifecycle import why_busy
@@ -74,8 +75,9 @@ async def media_stream(websocket: WebSocket) -> None:
     if identity is not None and not identity.verified:
         log.info("call %s: caller %s is NOT verified (development mode, no TWILIO_AUTH_TOKEN)",
                  identity.call_sid, gate.show(identity.caller))
+    agent = _agent_for(state.agents, start, identity)
     bridge = CallBridge(
-        _Replay(websocket, pending), settings=s, client=state.client, registry=state.registry,
+        _Replay(websocket, pending), settings=s, client=state.client, agent=agent,
         rest=state.rest, identity=identity, recorder=state.recorder, watch=state.watch,
     )
     state.active_calls.add(bridge)
@@ -90,6 +92,24 @@ async def media_stream(websocket: WebSocket) -> None:
                                                   AFTER_STREAM_TTL_S)
             except SharedStateUnavailable as exc:
                 log.warning("call %s: /stream-ended will answer the apology: %s", bridge.call.call_sid, exc)
+
+
+def _agent_for(book: AgentBook, start: tw.StreamStarted | None, identity: CallerIdentity | None) -> Agent:
+    """The agent the webhook chose (the `agent` parameter), if it is one of ours; else the
+    one answering the number dialled; else the first agent (a stream without a start)."""
+    params = start.custom_parameters if start is not None else {}
+    name = params.get("agent")
+    if name:
+        try:
+            return book.named(name)
+        except NoAgent:
+            log.warning("media stream names an unknown agent %r: choosing by the number dialled", str(name)[:40])
+    called = identity.called if identity is not None else params.get("To")
+    try:
+        return book.for_number(called)
+    except NoAgent as exc:
+        log.error("%s: the first agent takes the call", exc)
+        return book.agents[0]
 
 
 async def _read_until_start(websocket: WebSocket) -> tuple[deque[dict], tw.StreamStarted | None]:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
+from .agents import Agent, AgentBook, NoAgent
 from .lifecycle import busy_for_webhook, why_busy
 from .security import MAX_IDENTITY_CHARS, TOKEN_PARAMETER, Gatekeeper, Rejected, webhook_urls
 from .settings import Settings
@@ -39,23 +40,30 @@ async def incoming_call(request: Request) -> Response:
     form = dict(pairs)
     call_sid = form.get("CallSid", "")
     caller, called = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
+    book: AgentBook = request.app.state.agents
+    try:
+        agent = book.for_number(called)  # the number dialled chooses the agent
+    except NoAgent as exc:
+        log.error("call %s turned away (apology): %s; add the number to an agent in AGENTS_FILE",
+                  call_sid or "(no CallSid)", exc)
+        return Response(content=apology_twiml(book.for_refusal(called)), media_type="text/xml")
     busy = await busy_for_webhook(request.app.state)
     if busy is not None:
         gate.rejected[busy] += 1
         log.warning("call %s turned away: %s", call_sid or "(no CallSid)", busy.replace("_", " "))
-        return Response(content=busy_twiml(), media_type="text/xml")
+        return Response(content=busy_twiml(agent), media_type="text/xml")
     try:
         why = await gate.admit_call(call_sid, caller)
     except Rejected as exc:
         log.warning("call %s turned away (busy message): %s", call_sid or "(no CallSid)", exc.detail)
-        return Response(content=busy_twiml(), media_type="text/xml")
+        return Response(content=busy_twiml(agent), media_type="text/xml")
     if why is not None:
         log.warning("call %s from %s turned away: %s", call_sid or "(no CallSid)", gate.show(caller), why)
-        return Response(content=over_limit_twiml(), media_type="text/xml")
+        return Response(content=over_limit_twiml(agent), media_type="text/xml")
     host = s.public_host or request.headers.get("host", "")
-    twiml = stream_twiml(gate, host, call_sid, caller, called)
-    log.info("incoming call %s from %s: connecting to wss://%s/media-stream",
-             call_sid or "(no CallSid)", gate.show(caller), host)
+    twiml = stream_twiml(gate, host, call_sid, caller, called, agent=agent)
+    log.info("incoming call %s from %s to agent %s: connecting to wss://%s/media-stream",
+             call_sid or "(no CallSid)", gate.show(caller), agent.name, host)
     return Response(content=twiml, media_type="text/xml")
 
 
@@ -77,16 +85,22 @@ async def outbound_answer(request: Request) -> Response:
     form = dict(pairs)
     call_sid = form.get("CallSid", "")
     ours, callee = form.get("From", "")[:MAX_IDENTITY_CHARS], form.get("To", "")[:MAX_IDENTITY_CHARS]
+    book: AgentBook = state.agents
     try:
         outbound = await state.outbound_refs.open(request.query_params.get("ref"), callee=callee)
     except SharedStateUnavailable as exc:
         gate.rejected["shared_state_unavailable"] += 1
         log.warning("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
-        return Response(content=apology_twiml(), media_type="text/xml")
+        return Response(content=apology_twiml(book.for_refusal(ours)), media_type="text/xml")
     except Rejected as exc:
         gate.rejected[exc.reason] += 1
         log.warning("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
-        return Response(content=apology_twiml(), media_type="text/xml")
+        return Response(content=apology_twiml(book.for_refusal(ours)), media_type="text/xml")
+    try:
+        agent = book.named(outbound.agent) if outbound.agent else book.for_number(ours)
+    except NoAgent as exc:
+        log.error("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
+        return Response(content=apology_twiml(book.for_refusal(ours)), media_type="text/xml")
     answered_by = form.get("AnsweredBy", "")
     if answered_by == "fax":
         log.info("outbound call %s was answered by a fax machine: hanging up", call_sid)
@@ -95,10 +109,11 @@ async def outbound_answer(request: Request) -> Response:
     if busy is not None:
         gate.rejected[busy] += 1
         log.warning("outbound call %s answered while %s", call_sid, busy.replace("_", " "))
-        return Response(content=busy_twiml(), media_type="text/xml")
+        return Response(content=busy_twiml(agent), media_type="text/xml")
     host = s.public_host or request.headers.get("host", "")
     twiml = stream_twiml(gate, host, call_sid, callee, ours,
-                          {"direction": "outbound-api", "purpose": outbound.purpose, "answered_by": answered_by})
+                          {"direction": "outbound-api", "purpose": outbound.purpose, "answered_by": answered_by},
+                          agent=agent)
     log.info("outbound call %s answered by %s%s: connecting to wss://%s/media-stream", call_sid,
              gate.show(callee), f" ({answered_by})" if answered_by else "", host)
     return Response(content=twiml, media_type="text/xml")
@@ -110,13 +125,14 @@ async def stream_ended(request: Request) -> Response:
     pairs = await twilio_form(request, once=False)
     if isinstance(pairs, Response):
         return pairs
-    call_sid = dict(pairs).get("CallSid", "")
+    form = dict(pairs)
+    call_sid = form.get("CallSid", "")
     try:
         after = AfterStream.decode(await request.app.state.shared.pop_after_stream(call_sid))
     except SharedStateUnavailable as exc:
         log.warning("call %s: /stream-ended answers the apology: %s", call_sid, exc)
         after = AfterStream(Next.APOLOGY)
-    twiml = after.twiml()
+    twiml = after.twiml(_agent_of(request.app.state.agents, after.agent, form))
     return Response(content=twiml, media_type="text/xml")
 
 
@@ -139,20 +155,37 @@ async def twilio_status(request: Request) -> Response:
     return Response(status_code=204)
 
 
+def _agent_of(book: AgentBook, name: str | None, form: dict[str, str]) -> Agent:
+    """The agent whose words end a call: the one it had, else the one answering its number.
+    (On an inbound call Twilio's `To` is our number; on an outbound one, `From`.)"""
+    if name:
+        try:
+            return book.named(name)
+        except NoAgent:
+            pass
+    ours = form.get("From") if form.get("Direction", "").startswith("outbound") else form.get("To")
+    return book.for_refusal(ours)
+
+
 def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called: str,
-                  extra: dict[str, str] | None = None) -> str:
+                  extra: dict[str, str] | None = None, agent: Agent | None = None) -> str:
     """The <Connect><Stream> TwiML of every call, inbound or outbound.
 
     The stream token is minted for this CallSid and these numbers; `caller` is the
     other party (the callee, on an outbound call) and `called` our line. `extra`
     parameters (direction, purpose, ...) travel beside them but cannot replace them.
+    The agent chosen here travels as the `agent` parameter, and its words follow the
+    <Connect> for when the stream cannot start.
     """
     parameters = {"CallSid": call_sid, "From": caller, "To": called,
                   TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called)}
+    if agent is not None:
+        parameters["agent"] = agent.name
     for name, value in (extra or {}).items():
         parameters.setdefault(name, value)
     return connect_stream_twiml(
-        f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended", f"https://{host}/twilio/status"
+        f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended", f"https://{host}/twilio/status",
+        agent=agent,
     )
 
 

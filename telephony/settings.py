@@ -40,6 +40,29 @@ REFUSED_MODELS = {
 #: A BCP-47 speech language code as Live takes it: en-US, es-ES, cmn-CN, ...
 _LANGUAGE_RE = re.compile(r"[a-z]{2,3}-[A-Z]{2}")
 DEFAULT_VOICE = "Kore"
+#: The prebuilt voices of the Live native-audio models (Gemini API speech generation docs;
+#: the same 30 names on Vertex AI). README "Make it your agent" lists them too.
+LIVE_VOICES = (
+    "Achernar", "Achird", "Algenib", "Algieba", "Alnilam", "Aoede", "Autonoe", "Callirrhoe", "Charon", "Despina",
+    "Enceladus", "Erinome", "Fenrir", "Gacrux", "Iapetus", "Kore", "Laomedeia", "Leda", "Orus", "Puck",
+    "Pulcherrima", "Rasalgethi", "Sadachbia", "Sadaltager", "Schedar", "Sulafat", "Umbriel", "Vindemiatrix",
+    "Zephyr", "Zubenelgenubi",
+)
+#: The speech languages the Live API documents for `speech_config.language_code`.
+LIVE_LANGUAGES = (
+    "ar-XA", "bn-IN", "cmn-CN", "de-DE", "en-AU", "en-GB", "en-IN", "en-US", "es-ES", "es-US", "fr-CA", "fr-FR",
+    "gu-IN", "hi-IN", "id-ID", "it-IT", "ja-JP", "kn-IN", "ko-KR", "ml-IN", "mr-IN", "nl-NL", "pl-PL", "pt-BR",
+    "ru-RU", "ta-IN", "te-IN", "th-TH", "tr-TR", "vi-VN",
+)
+#: The agents file read from the working directory when AGENTS_FILE is unset.
+AGENTS_FILE_NAME = "agents.toml"
+_VOICES_FOLDED = {v.casefold(): v for v in LIVE_VOICES}
+
+
+def canonical_voice(name: str) -> str | None:
+    """The voice's name as Live spells it (kore -> Kore), or None if it is no Live voice."""
+    return _VOICES_FOLDED.get(name.strip().casefold())
+
 DEFAULT_INSTRUCTIONS = (
     "You are the friendly phone agent of Acme Outfitters, an online outdoor-gear shop. "
     "You are speaking on a phone line, so keep every answer short, plain and spoken: "
@@ -75,6 +98,9 @@ class Settings:
     google_cloud_location: str | None = None
     agent_instructions: str = DEFAULT_INSTRUCTIONS
     agent_greeting: str = DEFAULT_GREETING
+    # The agents file (agents.py): None = one agent from the variables above.
+    agents_file: Path | None = None
+    agent_tools: str | None = None  # AGENT_TOOLS: the env-only agent's tools module
     public_url: str | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
@@ -188,13 +214,19 @@ class Settings:
         if language is not None:
             if not _LANGUAGE_RE.fullmatch(language):
                 raise SettingsError(f"GEMINI_LANGUAGE={language!r} is not a speech language code (e.g. en-US, es-ES)")
+            if language not in LIVE_LANGUAGES:
+                raise SettingsError(f"GEMINI_LANGUAGE={language!r} is not a Live speech language "
+                                    f"({', '.join(LIVE_LANGUAGES)})")
             values["gemini_language"] = language
 
         voice = get("GEMINI_VOICE")
         if voice is not None:
             if not re.fullmatch(r"[A-Za-z][A-Za-z-]*", voice):
                 raise SettingsError(f"GEMINI_VOICE={voice!r} is not a prebuilt voice name (e.g. Kore, Puck, Aoede)")
-            values["gemini_voice"] = voice
+            if canonical_voice(voice) is None:
+                raise SettingsError(f"GEMINI_VOICE={voice!r} is not a Live prebuilt voice (e.g. Kore, Puck, Aoede; "
+                                    "the list is in the README)")
+            values["gemini_voice"] = canonical_voice(voice)
 
         inline = get("AGENT_INSTRUCTIONS")
         path = get("AGENT_INSTRUCTIONS_FILE")
@@ -214,6 +246,19 @@ class Settings:
         greeting = get("AGENT_GREETING")
         if greeting:
             values["agent_greeting"] = greeting
+
+        agents_file = get("AGENTS_FILE")
+        if agents_file is None and environ is None and Path(AGENTS_FILE_NAME).is_file():
+            agents_file = AGENTS_FILE_NAME  # a project made by `telephony init`, served from its folder
+        if agents_file is not None:
+            if not Path(agents_file).is_file():
+                raise SettingsError(f"AGENTS_FILE={agents_file!r} is not a file")
+            values["agents_file"] = Path(agents_file)
+        agent_tools = get("AGENT_TOOLS")
+        if agent_tools is not None:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", agent_tools):
+                raise SettingsError(f"AGENT_TOOLS={agent_tools!r} is not a module name (e.g. clinic.tools)")
+            values["agent_tools"] = agent_tools
 
         public_url = get("PUBLIC_URL")
         if public_url is not None:

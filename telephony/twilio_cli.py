@@ -110,7 +110,16 @@ def twilio_command(args: Any) -> int:
         if len(args.purpose) > MAX_PURPOSE_CHARS:
             print(f"telephony: --purpose is longer than {MAX_PURPOSE_CHARS} characters", file=sys.stderr)
             return 2
-        request = OutboundRequest(args.to.strip(), args.purpose.strip(), bool(args.machine_detection))
+        agent = getattr(args, "agent", None)
+        if agent:
+            from .agents import NoAgent, load_agents
+
+            try:  # the server checks it again when the call is answered
+                load_agents(settings).named(agent)
+            except (SettingsError, NoAgent) as exc:
+                print(f"telephony: --agent: {exc}", file=sys.stderr)
+                return 2
+        request = OutboundRequest(args.to.strip(), args.purpose.strip(), bool(args.machine_detection), agent or None)
         return asyncio.run(cli_call(settings, request))
     number = args.number or settings.twilio_phone_number
     if args.twilio_command == "setup":

@@ -1,9 +1,15 @@
-"""TwiML documents, built with twilio's own builders."""
+"""TwiML documents, built with twilio's own builders.
+
+What Twilio says for us (an apology, all lines busy, a caller over the limit) is the
+answering agent's words in its language (`agents.Agent.messages`, `<Say language>`);
+without an agent, the English defaults below.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
@@ -11,8 +17,22 @@ APOLOGY = "Sorry, our phone assistant is not available right now. Please call ag
 OVER_LIMIT = "Sorry, we are receiving too many calls from your number right now. Please try again later. Goodbye."
 
 
+def _say(response: VoiceResponse, which: str, default: str, agent: Any | None) -> None:
+    """`<Say>` the agent's message `which` in its language and voice, or the English default."""
+    if agent is None:
+        response.say(default)
+        return
+    attrs = {}
+    if agent.say_language:
+        attrs["language"] = agent.say_language
+    if agent.say_voice:
+        attrs["voice"] = agent.say_voice
+    response.say(getattr(agent.messages, which), **attrs)
+
+
 def connect_stream_twiml(
-    stream_url: str, parameters: dict[str, str], action_url: str | None = None, status_url: str | None = None
+    stream_url: str, parameters: dict[str, str], action_url: str | None = None, status_url: str | None = None,
+    agent: Any | None = None,
 ) -> str:
     """Connect the call to our media stream.
 
@@ -31,7 +51,7 @@ def connect_stream_twiml(
         if value:
             stream.parameter(name=name, value=value[:400])
     response.append(connect)
-    response.say(APOLOGY)
+    _say(response, "unavailable", APOLOGY, agent)
     response.hangup()
     return str(response)
 
@@ -56,24 +76,24 @@ def hangup_twiml() -> str:
 BUSY = "Sorry, all of our lines are busy right now. Please call again in a few minutes. Goodbye."
 
 
-def busy_twiml() -> str:
+def busy_twiml(agent: Any | None = None) -> str:
     response = VoiceResponse()
-    response.say(BUSY)
+    _say(response, "busy", BUSY, agent)
     response.hangup()
     return str(response)
 
 
-def apology_twiml() -> str:
+def apology_twiml(agent: Any | None = None) -> str:
     response = VoiceResponse()
-    response.say(APOLOGY)
+    _say(response, "unavailable", APOLOGY, agent)
     response.hangup()
     return str(response)
 
 
-def over_limit_twiml() -> str:
+def over_limit_twiml(agent: Any | None = None) -> str:
     """For a caller over their call limits: a short reason, then hang up (no stream, no Live minutes)."""
     response = VoiceResponse()
-    response.say(OVER_LIMIT)
+    _say(response, "over_limit", OVER_LIMIT, agent)
     response.hangup()
     return str(response)
 
@@ -88,36 +108,41 @@ class Next(enum.Enum):
 class AfterStream:
     """What Twilio should do once our server closed a call's stream (the `<Connect action>`
     request, `/stream-ended`), which may reach another instance: so it travels through the
-    shared state as text (`encode`/`decode`), and anything unreadable means an apology."""
+    shared state as text (`encode`/`decode`), and anything unreadable means an apology.
+    It names the call's agent, so an apology is said in that agent's language."""
 
     next: Next
     destination: str | None = None  # the transfer's number or sip: URI
+    agent: str | None = None  # the agent's name (agents.py)
 
     @classmethod
-    def of(cls, end) -> "AfterStream":
+    def of(cls, end, agent: str | None = None) -> "AfterStream":
         """For a call that ended with this `actions.EndCall` (None: it never decided)."""
         if end is None or end.apologize:
-            return cls(Next.APOLOGY)
+            return cls(Next.APOLOGY, agent=agent)
         if end.transfer_to:
-            return cls(Next.TRANSFER, end.transfer_to)
-        return cls(Next.HANGUP) if end.hangup else cls(Next.APOLOGY)
+            return cls(Next.TRANSFER, end.transfer_to, agent=agent)
+        return cls(Next.HANGUP, agent=agent) if end.hangup else cls(Next.APOLOGY, agent=agent)
 
     def encode(self) -> str:
-        return f"{self.next.value}:{self.destination}" if self.destination else self.next.value
+        text = f"{self.next.value}:{self.destination}" if self.destination else self.next.value
+        return f"{text}\t{self.agent}" if self.agent else text
 
     @classmethod
     def decode(cls, text: str | None) -> "AfterStream":
-        kind, _, destination = (text or "").partition(":")
+        text, _, agent = (text or "").partition("\t")
+        kind, _, destination = text.partition(":")
         try:
-            after = cls(Next(kind), destination or None)
+            after = cls(Next(kind), destination or None, agent or None)
         except ValueError:
-            return cls(Next.APOLOGY)
+            return cls(Next.APOLOGY, agent=agent or None)
         if (after.next is Next.TRANSFER) != bool(after.destination):
-            return cls(Next.APOLOGY)
+            return cls(Next.APOLOGY, agent=agent or None)
         return after
 
-    def twiml(self) -> str:
+    def twiml(self, agent: Any | None = None) -> str:
+        """`agent`: the `agents.Agent` named by `self.agent`, whose words an apology uses."""
         if self.next is Next.TRANSFER:
             assert self.destination is not None
             return dial_twiml(self.destination)
-        return hangup_twiml() if self.next is Next.HANGUP else apology_twiml()
+        return hangup_twiml() if self.next is Next.HANGUP else apology_twiml(agent)

@@ -19,7 +19,7 @@ from telephony.testing.emulator import CallTool, Fail, Reply, Say, Script
 from telephony.testing.server import ServerThread
 from telephony.testing.simulator import CallSimulator
 from telephony.testing.virtual_clock import run_fast
-from telephony.tools import ToolRegistry
+from telephony.tool_registry import ToolRegistry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -81,7 +81,7 @@ class TestAnOrderStatusCall:
         for name in ("inputAudioTranscription", "outputAudioTranscription", "sessionResumption", "contextWindowCompression"):
             assert name in setup
         declared = [d["name"] for t in setup["tools"] for d in key(t, "functionDeclarations", "function_declarations")]
-        assert declared == ["lookup_order", "end_call", "transfer_call"]
+        assert declared == ["lookup_order", "end_call"]  # no transfer targets here: no transfer_call
 
     def test_caller_speech_reaches_live_as_16khz_pcm_with_the_same_spectrum(self, order_call):
         _, session = order_call
@@ -309,7 +309,7 @@ def test_after_every_tool_response_the_caller_hears_the_model_before_the_watchdo
     call = phone.call("order_call.jsonl", script, speed=2)
     session = phone.last_session
     declared = {d["name"]: d.get("behavior") for t in session.setup["tools"] for d in key(t, "functionDeclarations", "function_declarations")}
-    assert declared == {"lookup_order": "NON_BLOCKING", "end_call": "NON_BLOCKING", "transfer_call": "NON_BLOCKING"}
+    assert declared == {"lookup_order": "NON_BLOCKING", "end_call": "NON_BLOCKING"}  # transfer_call: not offered
     assert [(r["name"], r.get("scheduling")) for r in session.tool_responses] == [
         ("lookup_order", "INTERRUPT"), ("transfer_call", "INTERRUPT"), ("end_call", "SILENT"),
     ]

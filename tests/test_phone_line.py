@@ -64,10 +64,15 @@ def test_agent_hangs_up_only_after_its_goodbye_has_played(phone):
 
 
 def test_transfer_needs_a_configured_team(phone):
+    """Without transfer targets the model is not offered transfer_call; if it calls it anyway,
+    it is told there is no such tool, and the call goes on."""
     script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[CallTool("transfer_call", {"destination": "sales"}), Say(seconds=0.3)])])
     phone.call("order_call.jsonl", script, speed=2)
+    declared = [d["name"] for t in phone.last_session.setup["tools"]
+                for d in t.get("functionDeclarations", t.get("function_declarations", []))]
+    assert "transfer_call" not in declared
     answer = phone.last_session.tool_responses[0]
-    assert answer["response"]["result"]["transferred"] is False
+    assert "there is no tool named 'transfer_call'" in answer["response"]["error"]
 
 
 # ------------------------------------------------ with REST credentials (Twilio stand-in)

@@ -172,7 +172,7 @@ def record_calls(rec: CallRecorder) -> None:
     rec.status_callback(sid, "call", {"CallSid": sid, "CallStatus": "ringing", "From": "+15551230101",
                                       "FromCity": "SPRINGFIELD"}, T0 - 1)
     rec.call_started(sid, stream_sid="MZ" + "a" * 32, direction="inbound", caller="+15551230101",
-                     called="+15559870000", at=T0)
+                     called="+15559870000", at=T0, agent="bright-smile-es")
     rec.transcript(sid, "agent", "Hi, thanks ", T0 + 0.1)
     rec.transcript(sid, "agent", "for calling!", T0 + 0.6)
     rec.event(sid, "interruption", {"heard_s": 0.5}, T0 + 0.9)
@@ -225,6 +225,9 @@ class TestTheSameRecordsAsSqlite:
             (1, "agent", "Hi, thanks for calling!"), (2, "caller", "Where is my order A1001?"),
             (3, "agent", "It has shipped."), (4, "agent", "Anything else?"), (5, "caller", "No, bye.")]
         assert (whole["started_at"], whole["ended_at"], whole["duration_s"]) == (T0, T0 + 6.654, 6.65)
+        assert whole["agent"] == "bright-smile-es"  # the agent column, on both databases
+        for target in stores.values():
+            assert [c["call_sid"] for c in list_calls(target, 50, agent="bright-smile-es")] == ["CA" + "a" * 32]
         assert whole["tool_calls"][0]["args"] == {"order_id": "A1001", "verification": "***"}
         assert whole["tokens"]["total"] == 1800 and whole["estimated_cost_usd"] > 0
         assert [e["type"] for e in whole["timeline"]][:2] == ["status_callback", "turn"]

@@ -36,7 +36,7 @@ from telephony.testing.emulator import CallTool, Say, Script
 from telephony.testing.recordings import read_recording
 from telephony.testing.server import ServerThread
 from telephony.testing.simulator import CallSimulator, SimulatedCall
-from telephony.tools import MAX_STRING_LENGTH, CallContext
+from telephony.tool_registry import MAX_STRING_LENGTH, CallContext
 from tools import orders, registry
 from tools.orders import REFUSAL, lookup_order
 

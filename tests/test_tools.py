@@ -1,4 +1,4 @@
-"""The tool registry (telephony/tools.py) and the first business tool, lookup_order.
+"""The tool registry (telephony/tool_registry.py) and the first business tool, lookup_order.
 
 Covers the function-calling parts of the Live reference (section 8, Tools):
 declarations the model is shown, arguments it sends back, and the response we
@@ -24,7 +24,7 @@ from google.genai import types
 import tools
 from telephony.errors import InvalidArguments, UnknownTool
 from telephony.settings import Settings
-from telephony.tools import MAX_STRING_LENGTH, CallContext, ToolRegistry
+from telephony.tool_registry import MAX_STRING_LENGTH, CallContext, ToolRegistry
 from tools import orders
 from tools.orders import ensure_orders_db, lookup_order, normalise_order_id
 
@@ -661,7 +661,12 @@ class TestWhenTheModelSpeaksAboutAResult:
             registry.register(self.lookup, name="c", behavior="BLOCKING", scheduling="INTERRUPT")
 
     def test_our_tools_choose_on_purpose(self):
-        registry = tools.registry
+        from telephony.agents import agent_from_settings
+        from telephony.settings import Settings
+
+        # The demo agent's tools with the product's call-control tools, as an agent with transfer targets has them.
+        settings = Settings(gemini_api_key="unused", transfer_targets=(("sales", "+15551230001"),))
+        registry = agent_from_settings(settings, tools=tools.registry).tools
         assert {d.name: d.behavior for d in registry.declarations()} == {
             "lookup_order": types.Behavior.NON_BLOCKING, "end_call": types.Behavior.NON_BLOCKING,
             "transfer_call": types.Behavior.NON_BLOCKING,

@@ -39,6 +39,7 @@ class TestACallIsTraced:
         assert len(calls) == 1
         assert calls[0].attributes[CALL_SID] == sid
         assert calls[0].attributes["telephony.outcome"] == "caller_hung_up"
+        assert calls[0].attributes["telephony.agent"] == "default"  # the one agent made from the environment
         assert calls[0].parent is None
 
     def test_every_agent_turn_is_a_child_span_with_its_latency_and_interruption(self, spans):

@@ -276,6 +276,7 @@ class TestTheOutboundCallApi:
         ({"to": CALLEE, "machine_detection": "yes"}, "machine_detection"),
         ({"to": CALLEE, "from": OTHER}, "unknown field"),
         ([CALLEE], "object"),
+        ({"to": CALLEE, "agent": "no-such-agent"}, "there is no agent named 'no-such-agent'"),
     ])
     def test_a_bad_body_gets_400_saying_what_is_wrong(self, outbound, body, why):
         r = place(outbound, body)
@@ -314,6 +315,14 @@ class TestTheAnswer:
         assert "answered_by" not in parameters
         connect = ET.fromstring(answer.body).find("./Connect")
         assert connect.get("action") == f"{PUBLIC}/stream-ended"
+
+    def test_the_agent_chosen_for_the_call_travels_to_the_stream(self, outbound, standin):
+        call_sid = placed_call(standin, outbound, purpose="Confirm the visit", agent="default")
+        _, parameters = stream_of(standin.answer(call_sid, via=outbound.http_url).body)
+        assert parameters["agent"] == "default"
+        unnamed = placed_call(standin, outbound)  # no agent asked for: the one answering our number
+        _, parameters = stream_of(standin.answer(unnamed, via=outbound.http_url).body)
+        assert parameters["agent"] == "default"
 
     def test_the_answered_stream_passes_the_gatekeeper_and_reaches_live(self, outbound, standin, emulator):
         emulator.script = Script(greeting=[Say(seconds=0.3)], replies=[])

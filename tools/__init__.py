@@ -1,12 +1,17 @@
-"""The business tools the phone agent can call, and the registry that holds them.
+"""The demo shop's tools (Acme Outfitters): the example agent, loaded like any business's.
+
+This folder is an example, not part of the installed package: an agent uses it by
+naming it in its agents file (`tools = "tools"`, see examples/acme/agents.toml), and
+the env-only agent uses it when run from a checkout of the repository. Your own
+agent's tools live in your own module (`telephony init` starts one).
 
 To add a tool:
 
-1. Write a plain function, sync or async, in `tools/yourtool.py`. Give every
+1. Write a plain function, sync or async, in your tools module. Give every
    parameter a type hint (str, int, float, bool, list[...], Literal["a", "b"],
    or any of these `| None`) and a Google-style docstring: the first paragraph
    tells the model when to call it, the `Args:` section describes each
-   parameter. Add a parameter annotated `CallContext` (from `telephony.tools`)
+   parameter. Add a parameter annotated `CallContext` (from `telephony.tool_registry`)
    if the tool needs to know the call (caller number, settings); the model
    never sees it. Return something JSON-like (a dict, a dataclass, a list).
 
@@ -34,25 +39,31 @@ destination through `telephony.security.check_destination(dest, ctx.settings)`,
 which allows only the numbers in ALLOWED_DESTINATIONS.
 """
 
-from telephony.tools import CallContext, ToolRegistry
+from telephony.tool_registry import CallContext, ToolRegistry
 
-from .call_control import end_call, end_call_scheduling, transfer_call
+import sqlite3
+
+from telephony.errors import SettingsError
+
 from .orders import ensure_orders_db, lookup_order
 
-__all__ = ["registry", "CallContext", "end_call", "ensure_orders_db", "lookup_order", "transfer_call"]
+__all__ = ["registry", "prepare", "CallContext", "ensure_orders_db", "lookup_order"]
 
 registry = ToolRegistry()
-# When the model speaks after each result (docs/gemini-live.md §8). All three are NON_BLOCKING,
-# 3.8 Live's default, said out loud: the model may say "one moment" while a tool runs,
-# and new caller speech does not cancel it. WHEN_IDLE is never used: it has been reported
-# never to fire in voice calls, leaving the caller in silence.
-# - lookup_order: INTERRUPT, the answer is what the caller is waiting for.
-# - transfer_call: INTERRUPT, the hand-off sentence (or why there is none) comes now; the
-#   transfer itself waits until that sentence has been heard.
-# - end_call: SILENT once the call is ending: the goodbye is said in the turn that called
-#   it, and speaking again would delay the hang-up with a second goodbye (a missing
-#   goodbye is bounded by GOODBYE_TIMEOUT_SECONDS). INTERRUPT when it could not end the
-#   call, so the model tells the caller.
+# When the model speaks after the result (docs/gemini-live.md §8): NON_BLOCKING, 3.8 Live's
+# default, said out loud (the model may say "one moment" while it runs, and new caller
+# speech does not cancel it), and INTERRUPT: the answer is what the caller is waiting for.
+# WHEN_IDLE is never used: it has been reported never to fire in voice calls. end_call and
+# transfer_call are the product's (telephony.call_control), added to every agent's tools.
 registry.register(lookup_order, behavior="NON_BLOCKING", scheduling="INTERRUPT")
-registry.register(end_call, behavior="NON_BLOCKING", scheduling=end_call_scheduling)
-registry.register(transfer_call, behavior="NON_BLOCKING", scheduling="INTERRUPT")
+
+
+def prepare(settings, tool_settings) -> None:
+    """Run once when a server with this agent starts: create and seed the demo orders database,
+    or say in one line why ORDERS_DB_PATH cannot be used."""
+    try:
+        ensure_orders_db(settings.orders_db_path)
+    except (OSError, sqlite3.Error) as exc:
+        raise SettingsError(
+            f"ORDERS_DB_PATH={str(settings.orders_db_path)!r}: cannot create the orders database: {exc}"
+        ) from None

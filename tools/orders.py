@@ -30,7 +30,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from telephony.tools import CallContext
+from telephony.tool_registry import CallContext
 
 __all__ = ["lookup_order", "ensure_orders_db", "normalise_order_id"]
 

@@ -93,6 +93,7 @@ async function load() {
   fact("From", record.caller_masked || "-");
   fact("To", record.called_masked || "-");
   fact("Direction", record.direction || "-");
+  fact("Agent", record.agent || "-");
   fact("Started", record.started_at ? new Date(record.started_at * 1000).toLocaleString() : "-");
   fact("Duration", record.duration_s == null ? "-" : record.duration_s.toFixed(2) + " s");
   fact("Outcome", record.outcome + (record.end_reason ? " (" + record.end_reason + ")" : ""));

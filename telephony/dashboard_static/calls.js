@@ -31,6 +31,17 @@ async function load() {
     }
     select.value = params.get("outcome") || "";
   }
+  const agents = document.getElementById("agent");
+  if (agents.options.length <= 2) {
+    const chosen = agents.value;
+    agents.replaceChildren(agents.options[0]);
+    for (const name of data.agents || []) {
+      const option = document.createElement("option");
+      option.value = option.textContent = name;
+      agents.appendChild(option);
+    }
+    agents.value = chosen;
+  }
   const body = document.querySelector("#calls tbody");
   body.replaceChildren();
   for (const call of data.calls) {
@@ -43,6 +54,7 @@ async function load() {
     cell(row, "").appendChild(link);
     cell(row, call.duration_s == null ? "-" : call.duration_s.toFixed(1) + " s", "num");
     cell(row, call.direction);
+    cell(row, call.agent || "-");
     cell(row, call.caller_masked || "-");
     cell(row, call.called_masked || "-");
     cell(row, call.outcome);
@@ -56,7 +68,12 @@ async function load() {
 document.addEventListener("DOMContentLoaded", () => {
   const form = document.getElementById("filters");
   const query = new URLSearchParams(location.search);
-  for (const name of ["number", "date"]) if (query.get(name)) form.elements[name].value = query.get(name);
+  if (query.get("agent")) {  // the agents' names arrive with the first list: keep the one asked for
+    const option = document.createElement("option");
+    option.value = option.textContent = query.get("agent");
+    form.elements.agent.appendChild(option);
+  }
+  for (const name of ["number", "date", "agent"]) if (query.get(name)) form.elements[name].value = query.get(name);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const params = new URLSearchParams(new FormData(form));

@@ -79,4 +79,6 @@ def scrape(base_url: str, headers: dict[str, str] | None = None) -> dict[tuple[s
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of `name`'s samples carrying these labels (whatever their other labels)."""
+    wanted = set(labels.items())
+    return sum(v for (n, have), v in samples.items() if n == name and wanted <= set(have))

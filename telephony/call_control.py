@@ -1,4 +1,7 @@
-"""Tools that act on the phone call itself: hang up, hand the caller to a human.
+"""The product's tools that act on the phone call itself: hang up, hand the caller to a human.
+
+Every agent gets `end_call`; `transfer_call` only when the agent has transfer
+targets (agents.py), so the model is never offered a transfer that cannot work.
 
 They do not end anything at once: they ask the call to finish after the agent's
 goodbye (or hand-off sentence) has actually been heard, confirmed by Twilio's
@@ -7,7 +10,7 @@ marks, with a timeout (GOODBYE_TIMEOUT_SECONDS) in case the model stays silent.
 
 from __future__ import annotations
 
-from telephony.tools import CallContext
+from .tool_registry import CallContext
 
 
 def end_call(reason: str, ctx: CallContext) -> dict:
@@ -38,7 +41,7 @@ def transfer_call(destination: str, ctx: CallContext) -> dict:
         destination: which team to transfer to, one of the names in the transfer directory
             (for example "sales" or "support").
     """
-    directory = dict(ctx.settings.transfer_targets)
+    directory = dict(ctx.agent.transfer_targets if ctx.agent is not None else ctx.settings.transfer_targets)
     name = destination.strip().lower()
     if not directory:
         return {"transferred": False, "message": "Transfers are not available on this line. Offer to help another way."}

@@ -95,6 +95,11 @@ class CallContext:
     #: Acts on the live call (`hang_up(reason)`, `transfer(name, destination)`); thread-safe,
     #: so sync tools may use it too. None outside a call (e.g. in unit tests).
     control: Any = None
+    #: The `agents.Agent` answering this call (None outside a call).
+    agent: Any = None
+    #: The agent's own settings for its tools (`[agents.tool_settings]` in the agents file):
+    #: an instance of the tools module's `ToolSettings` dataclass, or a read-only mapping.
+    tool_settings: Any = None
 
 
 # --------------------------------------------------------------------------- types
@@ -417,6 +422,15 @@ class ToolRegistry:
             getattr(fn, "__call__", None)
         )
         return _Tool(tool_name, fn, is_async, params, ctx_param, ctx_required, timeout, declaration)
+
+    def include(self, other: "ToolRegistry") -> None:
+        """Add every tool of `other` (an agent's business tools) as it was registered there.
+
+        Raises ValueError if a name is already taken here."""
+        for name, tool in other._tools.items():
+            if name in self._tools:
+                raise ValueError(f"a tool named {name!r} is already registered")
+            self._tools[name] = tool
 
     # ---- introspection
 
