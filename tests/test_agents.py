@@ -10,7 +10,6 @@ Then every kind of bad agents file must stop start-up with its one line.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import textwrap
 import uuid
