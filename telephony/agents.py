@@ -31,13 +31,14 @@ from typing import Any, Iterable
 
 from .errors import SettingsError
 from .settings import (
-    _DESTINATION_RE as DESTINATION_RE,
     DEFAULT_GREETING,
     DEFAULT_INSTRUCTIONS,
     LIVE_LANGUAGES,
     LIVE_VOICES,
+    TRANSFER_MODES,
     Settings,
     canonical_voice,
+    transfer_target,
 )
 from .tool_registry import ToolRegistry
 
@@ -140,6 +141,10 @@ class Agent:
     messages: Messages
     tools: ToolRegistry = field(compare=False, repr=False)
     transfer_targets: tuple[tuple[str, str], ...] = ()
+    #: The targets reached by a warm transfer (held caller, briefed person: transfer.py).
+    warm_transfer_targets: frozenset[str] = frozenset()
+    #: What the agent says on an answering machine reached by an outbound call (None: hang up).
+    voicemail_message: str | None = None
     tools_module: str | None = None
     #: What `CallContext.tool_settings` carries: the module's `ToolSettings` instance, or a
     #: read-only mapping of the `[agents.tool_settings]` table when it declares none.
@@ -281,6 +286,7 @@ def agent_from_settings(settings: Settings, *, tools: ToolRegistry | None = None
         greeting=settings.agent_greeting, voice=settings.gemini_voice, language=language, messages=messages,
         tools=_with_call_control(business, settings.transfer_targets, settings.tool_timeout_s, name),
         transfer_targets=settings.transfer_targets, tools_module=module,
+        warm_transfer_targets=settings.warm_transfer_targets, voicemail_message=settings.voicemail_message,
         say_language=_say_language(language), tool_settings=_pytypes.MappingProxyType({}), prepare=prepare,
         vad_start_sensitivity=settings.vad_start_sensitivity, vad_end_sensitivity=settings.vad_end_sensitivity,
         vad_prefix_padding_ms=settings.vad_prefix_padding_ms, vad_silence_duration_ms=settings.vad_silence_duration_ms,
@@ -305,7 +311,8 @@ def _demo_tools() -> tuple[ToolRegistry | None, Any]:
 
 
 _KEYS = {"name", "numbers", "instructions", "instructions_file", "greeting", "voice", "language", "tools",
-         "transfer_targets", "messages", "tool_settings", "call", "say_language", "say_voice"}
+         "transfer_targets", "messages", "tool_settings", "call", "say_language", "say_voice", "transfer_mode",
+         "voicemail_message"}
 _CALL_KEYS = {"vad_start_sensitivity", "vad_end_sensitivity", "vad_prefix_padding_ms", "vad_silence_duration_ms",
               "model_watchdog_seconds", "max_call_seconds"}
 
@@ -361,7 +368,19 @@ def _agent_from_table(t: dict, index: int, folder: Path, settings: Settings, too
     say_voice = t.get("say_voice")
     if say_voice is not None and not (isinstance(say_voice, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]{0,63}", say_voice)):
         raise SettingsError(f"{where}: say_voice {say_voice!r} is not a Twilio voice name (e.g. Polly.Lucia)")
-    targets = _targets(t.get("transfer_targets", {}), where)
+    mode = t.get("transfer_mode", "cold")
+    if mode not in TRANSFER_MODES:
+        raise SettingsError(f"{where}: transfer_mode must be 'cold' or 'warm', got {mode!r}")
+    targets, warm = _targets(t.get("transfer_targets", {}), where, mode)
+    if warm:
+        missing = [n for n, v in (("TWILIO_PHONE_NUMBER", settings.twilio_phone_number), ("PUBLIC_URL", settings.public_url),
+                                  ("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
+                                  ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token)) if not v]
+        if missing:
+            raise SettingsError(f"{where}: warm transfers ({', '.join(sorted(warm))}) need {' and '.join(missing)}")
+    voicemail = t.get("voicemail_message", settings.voicemail_message)
+    if voicemail is not None:
+        voicemail = _text(voicemail, f"{where}: voicemail_message")[:1000]
 
     module = t.get("tools")
     settings_type = None
@@ -385,7 +404,8 @@ def _agent_from_table(t: dict, index: int, folder: Path, settings: Settings, too
         name=name, numbers=numbers, default=default, instructions=instructions, greeting=greeting, voice=voice,
         language=language, messages=messages,
         tools=_with_call_control(business, targets, settings.tool_timeout_s, name),
-        transfer_targets=targets, tools_module=module, tool_settings=tool_settings,
+        transfer_targets=targets, warm_transfer_targets=warm, voicemail_message=voicemail,
+        tools_module=module, tool_settings=tool_settings,
         say_language=say_language, say_voice=say_voice, prepare=prepare,
         vad_start_sensitivity=_sensitivity(call, "vad_start_sensitivity", settings.vad_start_sensitivity, where),
         vad_end_sensitivity=_sensitivity(call, "vad_end_sensitivity", settings.vad_end_sensitivity, where),
@@ -474,18 +494,25 @@ def _messages(raw: Any, language: str | None, where: str) -> Messages:
     return Messages(**values)
 
 
-def _targets(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+def _targets(raw: Any, where: str, mode: str = "cold") -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
+    """The directory, and which of its targets get a warm transfer (`"+15551230009;warm"`,
+    or `transfer_mode = "warm"` for all but those marked `;cold`)."""
     if not isinstance(raw, dict):
         raise SettingsError(f"{where}: transfer_targets must be a table such as {{ reception = \"+15551230009\" }}")
-    out = []
+    out, warm = [], set()
     for name, dest in raw.items():
-        key = str(name).strip().lower()
-        if not re.fullmatch(r"[a-z][a-z0-9_ -]{0,39}", key) or not isinstance(dest, str) \
-                or not DESTINATION_RE.fullmatch(dest.strip()):
+        if not isinstance(dest, str):
             raise SettingsError(f"{where}: transfer_targets.{name} must name an E.164 number (+15551230009) "
                                 "or a sip: URI")
-        out.append((key, dest.strip()))
-    return tuple(out)
+        try:
+            key, destination, is_warm = transfer_target(str(name), dest, mode, f"{where}: transfer_targets.{name}")
+        except SettingsError:
+            raise SettingsError(f"{where}: transfer_targets.{name} must name an E.164 number (+15551230009) "
+                                "or a sip: URI, optionally followed by ;warm or ;cold") from None
+        out.append((key, destination))
+        if is_warm:
+            warm.add(key)
+    return tuple(out), frozenset(warm)
 
 
 def _sensitivity(call: dict, key: str, default: str, where: str) -> str:

@@ -23,19 +23,28 @@ from starlette.websockets import WebSocketState
 from . import actions as act
 from . import events as ev
 from . import live as live_mod
+from . import metrics
 from . import twilio_protocol as tw
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
-from .call import Call
+from .call import Call, Detection
 from .errors import LiveError, LiveSendError, MalformedMessage
 from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
 from .agents import Agent, agent_from_settings
+from .shared_state import SharedStateUnavailable
 from .tool_registry import CallContext, ToolRegistry
 from .twilio_rest import is_already_ended
 from .twiml import AfterStream, apology_twiml, dial_twiml
 
 log = logging.getLogger(__name__)
+
+#: How often a call waiting for its answering-machine verdict looks for it in the shared
+#: state (the verdict may reach another instance; on this one it is delivered at once).
+AMD_POLL_S = 0.25
+#: Twilio's AnsweredBy values, as metric labels (anything else counts as "other").
+ANSWERED_BY_LABELS = frozenset({"human", "machine_start", "machine_end_beep", "machine_end_silence",
+                                "machine_end_other", "fax", "unknown"})
 
 
 class _CallEnded(Exception):
@@ -75,8 +84,8 @@ class CallControl:
     def hang_up(self, reason: str) -> None:
         self._bridge.inject(ev.HangupRequested(reason))
 
-    def transfer(self, name: str, destination: str) -> None:
-        self._bridge.inject(ev.TransferRequested(name, destination))
+    def transfer(self, name: str, destination: str, *, warm: bool = False, summary: str = "") -> None:
+        self._bridge.inject(ev.TransferRequested(name, destination, warm=warm, summary=summary))
 
 
 class CallBridge:
@@ -92,6 +101,10 @@ class CallBridge:
         identity: CallerIdentity | None = None,
         recorder: Any | None = None,
         watch: Watch | None = None,
+        shared: Any | None = None,
+        transfers: Any | None = None,
+        opening: str | None = None,
+        resumption_handle: str | None = None,
     ):
         self.ws = websocket
         # Who is calling, as the app's Gatekeeper vouched for it (security.gatekeeper): tools
@@ -104,6 +117,8 @@ class CallBridge:
         self.registry = self.agent.tools
         self.rest = rest
         self.recorder = recorder
+        self.shared = shared  # the shared state: answering-machine verdicts from any instance
+        self.transfers = transfers  # transfer.WarmTransfers, when warm transfers are configured
         self.control = CallControl(self)
         self.call = Call(
             greeting=self.agent.greeting,
@@ -113,6 +128,9 @@ class CallBridge:
             max_call_s=self.agent.max_call_s or None,
             dtmf_timeout_s=settings.dtmf_timeout_s,
             goodbye_timeout_s=settings.goodbye_timeout_s,
+            voicemail_message=self.agent.voicemail_message,
+            opening=opening,
+            resumption_handle=resumption_handle,
         )
         self.live: live_mod.LiveSession | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -178,6 +196,8 @@ class CallBridge:
             self.observer.bad_frame(exc)
             return self.call.bad_frame(exc)
         actions = self.call.handle(event)
+        if isinstance(event, tw.StreamStarted) and self.call.detection is Detection.DETECTING and self._tg is not None:
+            self._tg.create_task(self._await_verdict(), name="amd-verdict")
         if self.call.speech.ends != self.observer.speech_ends:
             self.observer.caller_stopped_speaking()
         if self.recorder is not None and isinstance(event, (tw.StreamStarted, tw.DtmfPressed)):
@@ -239,6 +259,38 @@ class CallBridge:
             self.observer.live_event(event, received)
             if kind is ev.ModelInterrupted and self.recorder is not None:
                 self._record_live(event)  # after the clear has gone out: a barge-in waits for nothing
+
+    def answered_by(self, verdict: str) -> None:
+        """Twilio's answering-machine verdict for this call reached this instance."""
+        if self._tg is not None and self._end is None:
+            self._tg.create_task(self._verdict(verdict), name="amd-verdict-here")
+
+    async def _await_verdict(self) -> None:
+        """The verdict may reach another instance, which leaves it in the shared state."""
+        sid = self.call.call_sid or ""
+        warned = False
+        while self.call.detection is Detection.DETECTING and self.shared is not None:
+            try:
+                verdict = await self.shared.take_note("amd", sid)
+            except SharedStateUnavailable as exc:
+                verdict = None
+                if not warned:
+                    warned = True
+                    log.warning("call %s: cannot look for the answering-machine verdict: %s", sid, exc)
+            if verdict:
+                await self._verdict(verdict)
+                return
+            await asyncio.sleep(AMD_POLL_S)
+
+    async def _verdict(self, verdict: str) -> None:
+        if self.call.detection is not Detection.DETECTING:
+            return
+        actions = self.call.handle(ev.AnsweredBy(verdict))
+        metrics.ANSWERED_BY.labels(verdict if verdict in ANSWERED_BY_LABELS else "other").inc()
+        if self.recorder is not None and self.call.call_sid:
+            self.recorder.event(self.call.call_sid, "answered_by", {"answered_by": verdict}, time.time())
+            self.recorder.call_outcome(self.call.call_sid, answered_by=verdict, amd_outcome=self.call.amd_outcome)
+        await self._perform(actions)
 
     async def _timer(self, name: str, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -425,8 +477,11 @@ class CallBridge:
             self.call.end_reason = end.reason
         if end.apologize:
             await self._apologize()
+        elif end.transfer_to and end.transfer_summary is not None and self.transfers is not None:
+            await self._warm_transfer(end)
         elif end.transfer_to:
             await self._transfer(end.transfer_to)
+            self._record_transfer(end, "dialled")
         elif end.hangup:
             await self._hang_up()
         if not self._ws_closed and self.ws.client_state is WebSocketState.CONNECTED:
@@ -463,6 +518,37 @@ class CallBridge:
             log.info("transferred call %s", self.call.call_sid)
         except Exception as exc:
             log.warning("could not transfer call %s via REST (%s); closing the stream onto <Dial>", self.call.call_sid, exc)
+
+    async def _warm_transfer(self, end: act.EndCall) -> None:
+        """Hold the caller in a conference and call the person (transfer.py); the stream's
+        `stop` that follows is ours. If the caller comes back, a new stream resumes this
+        Live session through its handle."""
+        if not self.call.call_sid:
+            return
+        params = self.call.parameters
+        try:
+            ticket = await self.transfers.start(
+                caller_sid=self.call.call_sid,
+                caller=self.identity.caller if self.identity else params.get("From"),
+                called=self.identity.called if self.identity else params.get("To"),
+                name=end.transfer_name or "", destination=end.transfer_to or "", summary=end.transfer_summary or "",
+                handle=self.call.resumption_handle, direction=params.get("direction", "inbound"),
+                agent=self.agent.name,
+            )
+            if ticket is None:  # not held: /stream-ended dials the team cold
+                self._record_transfer(end, "dialled")
+        except SharedStateUnavailable as exc:
+            log.warning("call %s: the warm transfer cannot be kept in the shared state (%s); transferring cold",
+                        self.call.call_sid, exc)
+            await self._transfer(end.transfer_to or "")
+            self._record_transfer(end, "dialled")
+
+    def _record_transfer(self, end: act.EndCall, outcome: str) -> None:
+        metrics.TRANSFERS.labels("cold", outcome).inc()
+        if self.recorder is not None and self.call.call_sid:
+            self.recorder.event(self.call.call_sid, "transfer",
+                                {"target": end.transfer_name, "mode": "cold", "outcome": outcome}, time.time())
+            self.recorder.call_outcome(self.call.call_sid, transfer_target=end.transfer_name, transfer_outcome=outcome)
 
     async def _hang_up(self) -> None:
         """End the phone call itself. Without REST credentials, closing the stream makes
@@ -524,5 +610,7 @@ class CallBridge:
             log.info("transcript %s %s: %s", self.call.call_sid, role, text.strip())
         summary["transcript"] = [list(t) for t in self.call.transcript]
         if self.recorder is not None and self.call.call_sid:
+            if self.call.amd_outcome is not None:
+                self.recorder.call_outcome(self.call.call_sid, amd_outcome=self.call.amd_outcome)
             self.recorder.call_ended(self.call.call_sid, reason=self.call.end_reason or "", summary=summary, at=time.time())
         return summary

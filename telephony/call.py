@@ -18,7 +18,9 @@ Its state, each part in one place:
 
 - `Turn`, the agent turn now playing (open, drained, its late audio being discarded);
 - `Watchdog` (IDLE, ARMED, NUDGED), and the `Timer`s the adapter runs for the core;
-- `Ending`, the end decided but waiting for the goodbye (or hand-off) to be heard.
+- `Ending`, the end decided but waiting for the goodbye (or hand-off) to be heard;
+- `Detection`, an outbound call's answering-machine verdict: while it is awaited the
+  model is told nothing and hears nothing; a machine gets the voicemail message.
 
 Playback truth comes from Twilio marks: a mark follows every chunk of agent
 audio we send, and its echo means the audio before it has been played. A
@@ -90,6 +92,21 @@ CARRY_OVER_TEXT = (
 CARRY_OVER_CHARS = 6000
 #: Bad frames tolerated before a stream is treated as abusive and closed with 1008.
 MAX_BAD_FRAMES = 50
+#: How long an outbound call waits for Twilio's answering-machine verdict before going on
+#: as if a person answered: Twilio's MachineDetectionTimeout (30 s) plus its callback's way here.
+AMD_TIMEOUT_S = 40.0
+#: How long a warm transfer waits, once the hand-off has been heard, for a resumption handle
+#: that covers it (the caller may come back to this session); past it, the last handle serves.
+HANDLE_WAIT_S = 2.0
+#: How long the voicemail message may take before we hang up regardless.
+VOICEMAIL_GRACE_S = 60.0
+#: Verdicts that mean an answering machine (with DetectMessageEnd, after its greeting).
+MACHINE_VERDICTS = frozenset({"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other"})
+VOICEMAIL_TEXT = (
+    "You placed this phone call and reached an answering machine; its greeting has ended and it is "
+    "recording now. Do not greet it as a person and do not ask questions. Leave this message in your "
+    "own words, in a few short sentences, then stop: {message}"
+)
 
 
 class Phase(enum.Enum):
@@ -123,6 +140,18 @@ class Timer(enum.StrEnum):
     DTMF = "dtmf"
     GOAWAY = "goaway"
     GOODBYE_GRACE = "goodbye_grace"
+    AMD = "amd"
+    HANDLE_WAIT = "handle_wait"
+
+
+class Detection(enum.Enum):
+    """Answering-machine detection of an outbound call (Twilio's asynchronous AMD)."""
+
+    OFF = "off"  # inbound, or not asked for
+    DETECTING = "detecting"  # the verdict is awaited: the agent says nothing, hears nothing
+    HUMAN = "human"  # a person (or an unknown verdict, or none in time): the conversation goes on
+    MACHINE = "machine"  # a machine after its greeting: the voicemail message, then hang up
+    FAX = "fax"
 
 
 @dataclass
@@ -143,6 +172,10 @@ class Ending:
     end: act.EndCall
     after_turn: int
     turn_complete: bool = False
+    voicemail: bool = False  # the turn is the message left on an answering machine
+    needs_handle: bool = False  # a warm transfer: wait for a handle issued after the hand-off
+    handle_seen: bool = False
+    waiting_for_handle: bool = False
 
 
 @dataclass
@@ -174,6 +207,10 @@ class Call:
         dtmf_timeout_s: float = 2.0,
         goodbye_timeout_s: float = GOODBYE_GRACE_S,
         discard_limit_s: float = DISCARD_LIMIT_S,
+        voicemail_message: str | None = None,
+        amd_timeout_s: float = AMD_TIMEOUT_S,
+        opening: str | None = None,
+        resumption_handle: str | None = None,
     ):
         self.greeting = greeting
         self.watchdog_s = watchdog_s
@@ -181,6 +218,12 @@ class Call:
         self.dtmf_timeout_s = dtmf_timeout_s
         self.goodbye_timeout_s = goodbye_timeout_s
         self.discard_limit_s = discard_limit_s
+        # An outbound call's voicemail instruction (None: hang up on a machine without one).
+        self.voicemail_message = voicemail_message
+        self.amd_timeout_s = amd_timeout_s
+        # A call coming back to the agent (a warm transfer that did not happen): the first
+        # text its resumed session gets, instead of the greeting.
+        self.opening = opening
         self.inbound = inbound or InboundAudio()
         self.outbound = outbound or OutboundAudio()
         self.phase = Phase.AWAITING_START
@@ -239,7 +282,11 @@ class Call:
         self._transcript_break = False  # a turn ended: the next text starts a new entry
         self.usage = {"prompt": 0, "response": 0, "total": 0, "thoughts": 0, "tool_use_prompt": 0, "cached": 0}
         self.usage_by_modality: dict[str, int] = {}
-        self.resumption_handle: str | None = None
+        self.resumption_handle: str | None = resumption_handle
+        self._opening_sent = False
+        self.detection = Detection.OFF
+        self.answered_by: str | None = None
+        self.message_left = False
         self.end_reason: str | None = None
         self._warned: set[str] = set()
         # Watching the call (observe.py): the end of the caller's speech, and both sides' audio when recorded.
@@ -295,6 +342,15 @@ class Call:
         return CARRY_OVER_TEXT.format(conversation=conversation)
 
     @property
+    def amd_outcome(self) -> str | None:
+        """What answered an outbound call with detection: human, machine, or message left."""
+        if self.detection is Detection.OFF or self.detection is Detection.DETECTING:
+            return None
+        if self.detection is Detection.HUMAN:
+            return "human"
+        return "message left" if self.message_left else "machine"
+
+    @property
     def heard_seconds(self) -> float:
         return self.heard_bytes / ULAW_BYTES_PER_SECOND
 
@@ -323,6 +379,8 @@ class Call:
                 for t in self.tool_calls
             ],
             "digits": "".join(self.digits),
+            "answered_by": self.answered_by,
+            "amd_outcome": self.amd_outcome,
             "tokens": dict(self.usage, by_modality=dict(self.usage_by_modality)),
         }
 
@@ -351,6 +409,10 @@ class Call:
         actions: list[act.Action] = [act.ConnectLive()]
         if self.max_call_s:
             actions.append(act.StartTimer(Timer.MAX_CALL, self.max_call_s))
+        if self.parameters.get("amd") == "pending":
+            self.detection = Detection.DETECTING
+            log.info("call %s: waiting for the answering-machine verdict before the agent speaks", event.call_sid)
+            actions.append(act.StartTimer(Timer.AMD, self.amd_timeout_s))
         return actions
 
     def _on_caller_audio(self, event: tw.CallerAudio) -> list[act.Action]:
@@ -370,6 +432,8 @@ class Call:
         self.speech.feed(pcm)
         if self.tap is not None:
             self.tap.caller(event.payload)
+        if self.detection is Detection.DETECTING:
+            return []  # a machine's greeting must not start a conversation with it
         if self.link is not LiveLink.READY:
             if len(self._buffered) == self._buffered.maxlen:
                 self.frames_dropped += 1
@@ -448,11 +512,7 @@ class Call:
             self.phase = Phase.LISTENING
         actions: list[act.Action] = []
         if first:
-            purpose = self.parameters.get("purpose")
-            if purpose:
-                actions.append(act.SendTextToLive(OUTBOUND_GREETING.format(purpose=purpose[:400])))
-            elif self.greeting:
-                actions.append(act.SendTextToLive(self.greeting))
+            actions.extend(self._first_words())
         else:
             self.reconnects += 1
             if self._attempt_handle is not None:
@@ -468,9 +528,61 @@ class Call:
         self._queued_responses.clear()
         return actions
 
+    def _first_words(self) -> list[act.Action]:
+        """What the model is told first, once: the greeting, the outbound purpose, the
+        voicemail instruction, or the opening of a call back from a transfer; nothing
+        while the answering-machine verdict is awaited."""
+        if self._opening_sent or self.detection is Detection.DETECTING or self.link is not LiveLink.READY:
+            return []
+        self._opening_sent = True
+        if self.detection is Detection.MACHINE:
+            assert self.voicemail_message
+            self.ending = Ending(act.EndCall("voicemail message left", hangup=True), self.turn + 1, voicemail=True)
+            return [act.SendTextToLive(VOICEMAIL_TEXT.format(message=self.voicemail_message)),
+                    act.StartTimer(Timer.GOODBYE_GRACE, VOICEMAIL_GRACE_S)]
+        if self.opening:
+            return [act.SendTextToLive(self.opening)]
+        purpose = self.parameters.get("purpose")
+        if purpose:
+            return [act.SendTextToLive(OUTBOUND_GREETING.format(purpose=purpose[:400]))]
+        return [act.SendTextToLive(self.greeting)] if self.greeting else []
+
+    def _on_answered_by(self, event: ev.AnsweredBy) -> list[act.Action]:
+        if self.detection is not Detection.DETECTING or self.over:
+            return []
+        verdict = event.verdict
+        self.answered_by = verdict
+        actions: list[act.Action] = [act.CancelTimer(Timer.AMD)]
+        if verdict == "fax":
+            self.detection = Detection.FAX
+            return actions + self._end("answered by a fax machine", hangup=True)
+        if verdict in MACHINE_VERDICTS:
+            self.detection = Detection.MACHINE
+            if not self.voicemail_message:
+                return actions + self._end("answered by a machine; no voicemail message is configured", hangup=True)
+            log.info("call %s answered by a machine (%s): leaving the voicemail message", self.call_sid, verdict)
+            return actions + self._first_words()
+        if verdict not in ("human", "unknown"):
+            self._warn_once("verdict", "unknown answering-machine verdict %r; going on as with a person", verdict)
+        self.detection = Detection.HUMAN
+        log.info("call %s answered by %s: the agent speaks", self.call_sid, verdict)
+        return actions + self._first_words()
+
+    def _amd_overdue(self) -> list[act.Action]:
+        if self.detection is not Detection.DETECTING:
+            return []
+        log.warning("no answering-machine verdict after %.0f s; going on as with a person", self.amd_timeout_s)
+        self.detection = Detection.HUMAN
+        return self._first_words()
+
     def _on_live_failed(self, event: ev.LiveFailed) -> list[act.Action]:
         if self.over:
             return []
+        if not self._ever_ready and self.resumption_handle is not None and event.code in FATAL_LIVE_CODES:
+            # A call back from a transfer whose handle expired: a fresh session, the same opening.
+            log.warning("the returning call's resumption handle was refused (%s); opening a fresh session", event.reason)
+            self.resumption_handle = None
+            return self._reconnect(f"resumption refused, opening a fresh session: {event.reason}")
         if not self._ever_ready:
             return self._end(f"Live session could not be opened: {event.reason}", apologize=True)
         if event.code in FATAL_LIVE_CODES:
@@ -583,7 +695,15 @@ class Call:
         if self.over or self.ending is not None:
             return []
         log.info("transferring the call to %s once the hand-off has played", event.name)
-        end = act.EndCall(f"transferred to {event.name}", transfer_to=event.destination)
+        if event.warm:
+            end = act.EndCall(f"warm transfer to {event.name}", transfer_to=event.destination,
+                             transfer_name=event.name, transfer_summary=event.summary)
+            actions = self._end_after_goodbye(end, self.turn)
+            assert self.ending is not None
+            self.ending.needs_handle = True
+            return actions
+        else:
+            end = act.EndCall(f"transferred to {event.name}", transfer_to=event.destination, transfer_name=event.name)
         return self._end_after_goodbye(end, self.turn)
 
     def _on_model_audio(self, event: ev.ModelAudio) -> list[act.Action]:
@@ -716,7 +836,17 @@ class Call:
     def _on_resumption(self, event: ev.ResumptionUpdate) -> list[act.Action]:
         if event.resumable and event.handle:
             self.resumption_handle = event.handle
+            if self.ending is not None and self.ending.needs_handle and self.ending.turn_complete:
+                self.ending.handle_seen = True
+                return self._end_if_goodbye_heard()
         return []
+
+    def _handle_overdue(self) -> list[act.Action]:
+        if self.ending is None or not self.ending.needs_handle:
+            return []
+        log.info("no resumption handle after the hand-off; the caller would come back to the last one")
+        self.ending.handle_seen = True
+        return self._end_if_goodbye_heard()
 
     def _on_go_away(self, event: ev.GoAway) -> list[act.Action]:
         log.info("Live session will close soon (time left: %s s)", event.time_left_s)
@@ -797,15 +927,22 @@ class Call:
         """The end waits for the goodbye's turn to complete and its last mark to echo."""
         ending = self.ending
         if ending is not None and ending.turn_complete and not self.marks_in_flight and not self.current.open:
+            if ending.needs_handle and not ending.handle_seen and self.link is LiveLink.READY:
+                if ending.waiting_for_handle:
+                    return []
+                ending.waiting_for_handle = True
+                return [act.StartTimer(Timer.HANDLE_WAIT, HANDLE_WAIT_S)]
+            if ending.voicemail:
+                self.message_left = True
             return self._end_as(ending.end)
         return []
 
     def _end_as(self, end: act.EndCall) -> list[act.Action]:
-        return self._end(end.reason, apologize=end.apologize, hangup=end.hangup, transfer_to=end.transfer_to)
+        return self._end(end.reason, apologize=end.apologize, hangup=end.hangup, transfer=end if end.transfer_to else None)
 
     def _end(
         self, reason: str, *, apologize: bool = False, close_code: int = 1000, hangup: bool = False,
-        transfer_to: str | None = None,
+        transfer: act.EndCall | None = None,
     ) -> list[act.Action]:
         if self.over:
             return []
@@ -815,7 +952,11 @@ class Call:
         for record in self.pending_tools.values():
             record.outcome = "cancelled"
         self.pending_tools.clear()
-        actions.append(act.EndCall(reason, apologize=apologize, close_code=close_code, hangup=hangup, transfer_to=transfer_to))
+        if transfer is not None and transfer.transfer_to and not apologize:
+            actions.append(act.EndCall(reason, close_code=close_code, transfer_to=transfer.transfer_to,
+                                      transfer_name=transfer.transfer_name, transfer_summary=transfer.transfer_summary))
+        else:
+            actions.append(act.EndCall(reason, apologize=apologize, close_code=close_code, hangup=hangup))
         return actions
 
     def _same_stream(self, sid: str | None) -> bool:
@@ -836,6 +977,8 @@ class Call:
         Timer.DTMF: _keypad_to_model,
         Timer.MAX_CALL: _max_call_reached,
         Timer.GOODBYE_GRACE: _goodbye_overdue,
+        Timer.AMD: _amd_overdue,
+        Timer.HANDLE_WAIT: _handle_overdue,
     }
 
     _handlers = {
@@ -866,6 +1009,7 @@ class Call:
         ev.ServerStopping: _on_server_stopping,
         ev.HangupRequested: _on_hangup_requested,
         ev.TransferRequested: _on_transfer_requested,
+        ev.AnsweredBy: _on_answered_by,
     }
 
 

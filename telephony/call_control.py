@@ -32,14 +32,16 @@ def end_call_scheduling(response: dict) -> str:
     return "SILENT" if isinstance(result, dict) and result.get("ended") else "INTERRUPT"
 
 
-def transfer_call(destination: str, ctx: CallContext) -> dict:
-    """Transfer the caller to a human colleague (a cold transfer). Use it when the caller asks
-    for a person or needs help you cannot give. Before it happens, tell the caller in one short
-    sentence that you are transferring them.
+def transfer_call(destination: str, ctx: CallContext, summary: str = "") -> dict:
+    """Transfer the caller to a human colleague. Use it when the caller asks for a person or
+    needs help you cannot give. Before it happens, tell the caller in one short sentence that
+    you are transferring them and that they may hear hold music.
 
     Args:
         destination: which team to transfer to, one of the names in the transfer directory
             (for example "sales" or "support").
+        summary: two or three sentences for the colleague, read to them before they take the
+            call: who is calling, what they want, what you already found out or did.
     """
     directory = dict(ctx.agent.transfer_targets if ctx.agent is not None else ctx.settings.transfer_targets)
     name = destination.strip().lower()
@@ -52,6 +54,12 @@ def transfer_call(destination: str, ctx: CallContext) -> dict:
         }
     if ctx.control is None:
         return {"transferred": False, "message": "This call cannot be transferred from here."}
-    ctx.control.transfer(name, directory[name])
+    warm = name in (ctx.agent.warm_transfer_targets if ctx.agent is not None else ctx.settings.warm_transfer_targets)
+    ctx.control.transfer(name, directory[name], warm=warm, summary=summary.strip())
+    if warm:
+        return {"transferred": True, "team": name, "mode": "warm",
+                "message": f"Right after your next sentence the caller is put on hold while {name} is asked to take "
+                           "the call. Tell them now, in one short sentence. If nobody can take it, the caller "
+                           "comes back to you and you will be told."}
     return {"transferred": True, "team": name,
             "message": f"The caller will be transferred to {name} right after your next sentence. Tell them now."}

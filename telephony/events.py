@@ -131,10 +131,24 @@ class HangupRequested:
 
 @dataclass(frozen=True)
 class TransferRequested:
-    """A tool (transfer_call) asked to hand the caller to `destination` after the hand-off."""
+    """A tool (transfer_call) asked to hand the caller to `destination` after the hand-off.
+
+    `warm`: hold the caller in a conference and brief the human with `summary` first
+    (transfer.py); otherwise a cold `<Dial>`."""
 
     name: str
     destination: str
+    warm: bool = False
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class AnsweredBy:
+    """Twilio's asynchronous answering-machine verdict for this outbound call (its
+    AnsweredBy: human, machine_start, machine_end_beep, machine_end_silence,
+    machine_end_other, fax, unknown), routed here by CallSid from any instance."""
+
+    verdict: str
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,7 @@ async def serving(app: FastAPI, settings: Settings | None, registry: ToolRegistr
     limits = [a.max_call_s for a in book]
     app.state.gate = Gatekeeper(dataclasses.replace(s, max_call_s=0.0 if 0 in limits else max(limits)), shared)
     app.state.draining = False
+    app.state.transfers = make_transfers(app.state)  # warm transfers (transfer.py)
     try:
         app.state.watch = make_watch(s, book, tracing)  # metrics, traces, call audio (observe.py)
     except SettingsError as exc:
@@ -300,3 +301,23 @@ def drain_on_sigterm(app: FastAPI) -> None:
         pass
 
 
+def make_transfers(state) -> "WarmTransfers | None":
+    """Warm transfers need REST credentials, our number and PUBLIC_URL (Settings and the
+    agents file check them); None when no agent has a warm target."""
+    from .agents import NoAgent
+    from .routes_twilio import stream_twiml
+    from .transfer import Ticket, WarmTransfers
+
+    s = state.settings
+    if state.rest is None or not any(agent.warm_transfer_targets for agent in state.agents.agents):
+        return None
+
+    def return_twiml(ticket: Ticket) -> str:
+        try:
+            agent = state.agents.named(ticket.agent) if ticket.agent else None
+        except NoAgent:
+            agent = None
+        return stream_twiml(state.gate, s.public_host or "", ticket.caller_sid, ticket.caller or "", ticket.called or "",
+                            {"leg": f"return-{ticket.id}", "direction": ticket.direction}, agent=agent)
+
+    return WarmTransfers(s, state.shared, state.rest, state.recorder, return_twiml)

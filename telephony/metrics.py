@@ -54,6 +54,11 @@ TOOL_SECONDS = Histogram("phone_tool_call_seconds", "Tool call latency.", ["tool
 BARGE_INS = Counter("phone_barge_ins", "Caller interruptions of the agent (Live `interrupted`).")
 CLEAR_SECONDS = Histogram("phone_clear_latency_seconds", "From Live's `interrupted` received to Twilio `clear` sent.",
                           buckets=CLEAR_BUCKETS)
+TRANSFERS = Counter("phone_transfers", "Transfers to a person, by mode (cold, warm) and outcome (warm: accepted, "
+                    "declined, no-answer, busy, failed, human hung up, caller hung up, could not call).",
+                    ["mode", "outcome"])
+ANSWERED_BY = Counter("phone_outbound_answered", "Outbound calls with answering-machine detection, by Twilio's "
+                      "verdict (human, machine_end_beep, ..., fax, unknown, none: no verdict in time).", ["answered_by"])
 RESPONSE_SECONDS = Histogram(
     "phone_response_latency_seconds",
     "Per agent turn: from the end of the caller's speech (measured on the relayed audio) to the first agent "
@@ -64,6 +69,8 @@ _OUTCOMES = (
     ("caller_hung_up", re.compile(r"^caller hung up")),
     ("agent_hung_up", re.compile(r"^agent ended the call")),
     ("transferred", re.compile(r"^transferred to")),
+    ("warm_transfer", re.compile(r"^warm transfer to")),
+    ("voicemail", re.compile(r"^voicemail message left|^answered by a (machine|fax)")),
     ("max_length", re.compile(r"^maximum call length")),
     ("twilio_disconnected", re.compile(r"^Twilio socket closed")),
     ("live_failed", re.compile(r"Live session|restore the Live")),

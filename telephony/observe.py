@@ -112,7 +112,8 @@ class CallObserver:
                     ("telephony.agent", self.agent),
                     ("telephony.outcome", outcome), ("telephony.end_reason", self.call.end_reason),
                     ("telephony.agent_turns", len(agent)), ("telephony.interruptions", self.call.interruptions),
-                    ("telephony.live_reconnects", self.call.reconnects))})
+                    ("telephony.live_reconnects", self.call.reconnects),
+                    ("telephony.answered_by", self.call.answered_by), ("telephony.amd_outcome", self.call.amd_outcome))})
         if self.audio is not None and self.call.call_sid:
             audio, self.audio = self.audio, None
             try:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote
 
-from twilio.base import values
 from twilio.rest import Client
 
 from .errors import TelephonyError
@@ -50,7 +49,9 @@ OUTBOUND_REF_TTL_S = 600.0
 MAX_PURPOSE_CHARS = 400
 #: Status-callback events requested for outbound calls (the /twilio/status route records them).
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
-MACHINE_DETECTION = "Enable"
+#: Asynchronous detection that waits for the end of a machine's greeting (its beep), so a
+#: message can be left; the call connects at once and the verdict comes to /twilio/amd.
+MACHINE_DETECTION = "DetectMessageEnd"
 _REF_LABEL = b"telephony outbound ref v1"
 _REF_PREFIX = "o1."
 
@@ -77,6 +78,7 @@ class OutboundCall:
     purpose: str
     expires: int
     agent: str | None = None
+    detect_machine: bool = False
 
 
 def parse_outbound_request(body: bytes) -> OutboundRequest:
@@ -135,10 +137,10 @@ class OutboundRefs:
         self._clock = clock
         self._state = state if state is not None else InProcessState(clock)
 
-    def seal(self, to: str, purpose: str, agent: str | None = None) -> str:
+    def seal(self, to: str, purpose: str, agent: str | None = None, detect_machine: bool = False) -> str:
         nonce = secrets.token_bytes(12)
         expires = math.ceil(self._clock() + self.ttl_s)
-        plain = json.dumps([to, purpose, expires, agent], separators=(",", ":")).encode("utf-8")
+        plain = json.dumps([to, purpose, expires, agent, int(detect_machine)], separators=(",", ":")).encode("utf-8")
         return _REF_PREFIX + _b64(nonce + self._aead.encrypt(nonce, plain, _REF_LABEL))
 
     async def open(self, ref: str | None, callee: str | None = None) -> OutboundCall:
@@ -161,7 +163,7 @@ class OutboundRefs:
             raise Rejected("outbound_wrong_callee", "the answered call is not the one the ref was made for")
         if not await self._state.take_once("outbound_ref", _b64(raw[:12]), expires + 1 - self._clock()):
             raise Rejected("outbound_replayed_ref", "the outbound call's ref was already used")
-        return OutboundCall(to, purpose, int(expires), agent)
+        return OutboundCall(to, purpose, int(expires), agent, bool(len(rest) > 1 and rest[1]))
 
 
 def answer_url(public_url: str, ref: str) -> str:
@@ -186,12 +188,13 @@ async def place_call(client: Client | None, settings: Settings, request: Outboun
     call = await client.calls.create_async(
         to=to,
         from_=settings.twilio_phone_number,
-        url=answer_url(public, refs.seal(to, request.purpose, request.agent)),
+        url=answer_url(public, refs.seal(to, request.purpose, request.agent, request.machine_detection)),
         method="POST",
         status_callback=f"{public}/twilio/status",
         status_callback_method="POST",
         status_callback_event=STATUS_EVENTS,
-        machine_detection=MACHINE_DETECTION if request.machine_detection else values.unset,
+        **({"machine_detection": MACHINE_DETECTION, "async_amd": "true", "async_amd_status_callback": f"{public}/twilio/amd",
+            "async_amd_status_callback_method": "POST"} if request.machine_detection else {}),
     )
     log.info("outbound call %s to %s created (%s)%s", call.sid, mask_phone(to), call.status,
              " with answering-machine detection" if request.machine_detection else "")

@@ -68,6 +68,8 @@ RETRY_MIN_S = 0.25
 RETRY_MAX_S = 10.0
 
 ROLES = ("caller", "agent")
+#: The calls columns `call_outcome` may set.
+OUTCOME_COLUMNS = ("answered_by", "amd_outcome", "transfer_target", "transfer_outcome")
 
 # ----------------------------------------------------------------------------- the SQLite store
 
@@ -288,6 +290,19 @@ class CallRecorder:
         self._put(("call_ended", call_sid, str(reason or ""), scrubbed_json(summary), float(at),
                    float(duration) if isinstance(duration, (int, float)) else None,
                    _int_or_none(summary.get("interruptions")), _int_or_none(summary.get("live_reconnects")), usage))
+
+    def call_outcome(self, call_sid: str, **fields: str | None) -> None:
+        """What became of the call beyond its end reason (OUTCOME_COLUMNS): an outbound
+        call's answering-machine verdict, a transfer's outcome. Possibly from another
+        instance than the one that held the call, possibly after it ended."""
+        if not self._sid_ok(call_sid, "call_outcome"):
+            return
+        unknown = set(fields) - set(OUTCOME_COLUMNS)
+        if unknown:
+            raise ValueError(f"call_outcome: unknown column(s) {sorted(unknown)}")
+        for column, value in fields.items():
+            if value is not None:
+                self._put(("call_outcome", call_sid, column, str(value)[:200], time.time()))
 
     def turn_timing(self, call_sid: str, *, role: str, seq: int, started_at: float, ended_at: float | None,
                     response_latency_ms: float | None, interrupted: bool) -> None:
@@ -583,6 +598,11 @@ class CallRecorder:
             "interrupted = excluded.interrupted",
             (call_sid, role, seq, started_at, ended_at, latency_ms, interrupted),
         )
+
+    def _apply_call_outcome(self, conn, call_sid, column, value, at) -> None:
+        assert column in OUTCOME_COLUMNS
+        self._stub(conn, call_sid, at)
+        conn.execute(f"UPDATE calls SET {column} = ? WHERE call_sid = ?", (value, call_sid))
 
     def _apply_status_callback(self, conn, call_sid, kind, status, payload, at) -> None:
         conn.execute(

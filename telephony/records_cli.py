@@ -34,7 +34,7 @@ def format_call_list(calls: Iterable[dict[str, Any]]) -> str:
             c["call_sid"], _when(c["started_at"]),
             "-" if c["duration_s"] is None else f"{c['duration_s']:.1f} s",
             c["direction"], c.get("agent") or "-", str(c["turn_count"]), _cost(c["estimated_cost_usd"]),
-            c["end_reason"] if c["ended_at"] is not None else "(in progress, or cut off)",
+            (c["end_reason"] if c["ended_at"] is not None else "(in progress, or cut off)") + _outcomes(c),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
@@ -42,6 +42,16 @@ def format_call_list(calls: Iterable[dict[str, Any]]) -> str:
         + "  " + r[-1]
         for r in rows
     )
+
+
+def _outcomes(call: dict[str, Any]) -> str:
+    """A transfer's and an answering-machine verdict's outcome, when the call had one."""
+    parts = []
+    if call.get("transfer_target"):
+        parts.append(f"transfer to {call['transfer_target']}: {call.get('transfer_outcome') or 'pending'}")
+    if call.get("amd_outcome") or call.get("answered_by"):
+        parts.append(f"answered by {call.get('amd_outcome') or '-'} ({call.get('answered_by') or 'no verdict'})")
+    return f" [{'; '.join(parts)}]" if parts else ""
 
 
 def _short_json(value: Any, limit: int = 160) -> str:
@@ -65,7 +75,7 @@ def format_call(record: dict[str, Any]) -> str:
         by = ", ".join(f"{k} {v}" for k, v in sorted(tokens["by_modality"].items()))
         lines.append(f"  tokens: prompt {tokens['prompt']}, response {tokens['response']}, total {tokens['total']}"
                      f"{f' ({by})' if by else ''}; estimated cost {_cost(record['estimated_cost_usd'])}")
-        lines.append(f"  interruptions {record['interruptions']}, reconnects {record['reconnects']}")
+        lines.append(f"  interruptions {record['interruptions']}, reconnects {record['reconnects']}{_outcomes(record)}")
     else:
         lines.append("  no call row: only Twilio status callbacks were received for this sid")
     lines.append("")

@@ -45,6 +45,11 @@ def _call_dict(row: Mapping[str, Any]) -> dict[str, Any]:
             "by_modality": _loads(row["tokens_by_modality"]) or {},
         },
         "estimated_cost_usd": row["estimated_cost_usd"],
+        # Contact centre: who answered an outbound call, and a transfer's outcome (None: not applicable).
+        "answered_by": row["answered_by"],
+        "amd_outcome": row["amd_outcome"],
+        "transfer_target": row["transfer_target"],
+        "transfer_outcome": row["transfer_outcome"],
     }
 
 

@@ -119,6 +119,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE calls ADD COLUMN agent TEXT",
         "CREATE INDEX calls_by_agent ON calls (agent, started_at)",
     ),
+    # 3 -> 4: what a contact centre asks of a call: who answered an outbound call, and a warm transfer's outcome.
+    (
+        "ALTER TABLE calls ADD COLUMN answered_by TEXT",       # Twilio's AnsweredBy: human, machine_end_beep, fax, ...
+        "ALTER TABLE calls ADD COLUMN amd_outcome TEXT",       # human | machine | message left
+        "ALTER TABLE calls ADD COLUMN transfer_target TEXT",   # the team's name
+        "ALTER TABLE calls ADD COLUMN transfer_outcome TEXT",  # cold | accepted | declined | no-answer | busy | ...
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -76,9 +76,11 @@ async def media_stream(websocket: WebSocket) -> None:
         log.info("call %s: caller %s is NOT verified (development mode, no TWILIO_AUTH_TOKEN)",
                  identity.call_sid, gate.show(identity.caller))
     agent = _agent_for(state.agents, start, identity)
+    opening, handle = await _returning(state, start)
     bridge = CallBridge(
         _Replay(websocket, pending), settings=s, client=state.client, agent=agent,
         rest=state.rest, identity=identity, recorder=state.recorder, watch=state.watch,
+        shared=state.shared, transfers=state.transfers, opening=opening, resumption_handle=handle,
     )
     state.active_calls.add(bridge)
     try:
@@ -94,6 +96,23 @@ async def media_stream(websocket: WebSocket) -> None:
                 log.warning("call %s: /stream-ended will answer the apology: %s", bridge.call.call_sid, exc)
 
 
+async def _returning(state, start: tw.StreamStarted | None) -> tuple[str | None, str | None]:
+    """For a caller back from a warm transfer that did not happen: what the resumed Live
+    session is told first, and its resumption handle. (None, None) for any other stream."""
+    leg = start.custom_parameters.get("leg", "") if start is not None else ""
+    if not leg.startswith("return-") or state.transfers is None:
+        return None, None
+    from .transfer import return_opening
+
+    try:
+        ticket = await state.transfers.ticket(leg.removeprefix("return-"), start.call_sid)
+    except SharedStateUnavailable as exc:
+        log.warning("call %s came back from a transfer, but its ticket cannot be read (%s)", start.call_sid, exc)
+        return None, None
+    if ticket is None:
+        log.warning("call %s came back from a transfer whose ticket is gone; the agent starts afresh", start.call_sid)
+        return None, None
+    return return_opening(ticket), ticket.handle
 def _agent_for(book: AgentBook, start: tw.StreamStarted | None, identity: CallerIdentity | None) -> Agent:
     """The agent the webhook chose (the `agent` parameter), if it is one of ours; else the
     one answering the number dialled; else the first agent (a stream without a start)."""

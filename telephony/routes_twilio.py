@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: Twilio's voice webhooks are a few hundred bytes; anything far bigger is not Twilio.
 MAX_WEBHOOK_BYTES = 64 * 1024
+#: How long an answering-machine verdict waits for the stream's instance to pick it up.
+AMD_NOTE_TTL_S = 600.0
 
 router = APIRouter()
 
@@ -102,6 +104,9 @@ async def outbound_answer(request: Request) -> Response:
         log.error("outbound call %s answered, but %s: the callee hears the apology", call_sid or "(no CallSid)", exc)
         return Response(content=apology_twiml(book.for_refusal(ours)), media_type="text/xml")
     answered_by = form.get("AnsweredBy", "")
+    extra = {"direction": "outbound-api", "purpose": outbound.purpose, "answered_by": answered_by}
+    if outbound.detect_machine and not answered_by:
+        extra["amd"] = "pending"  # the verdict comes later, at /twilio/amd
     if answered_by == "fax":
         log.info("outbound call %s was answered by a fax machine: hanging up", call_sid)
         return Response(content=hangup_twiml(), media_type="text/xml")
@@ -111,9 +116,7 @@ async def outbound_answer(request: Request) -> Response:
         log.warning("outbound call %s answered while %s", call_sid, busy.replace("_", " "))
         return Response(content=busy_twiml(agent), media_type="text/xml")
     host = s.public_host or request.headers.get("host", "")
-    twiml = stream_twiml(gate, host, call_sid, callee, ours,
-                          {"direction": "outbound-api", "purpose": outbound.purpose, "answered_by": answered_by},
-                          agent=agent)
+    twiml = stream_twiml(gate, host, call_sid, callee, ours, extra, agent=agent)
     log.info("outbound call %s answered by %s%s: connecting to wss://%s/media-stream", call_sid,
              gate.show(callee), f" ({answered_by})" if answered_by else "", host)
     return Response(content=twiml, media_type="text/xml")
@@ -155,6 +158,113 @@ async def twilio_status(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@router.post("/twilio/amd")
+async def answering_machine(request: Request) -> Response:
+    """Twilio's asynchronous answering-machine verdict for an outbound call.
+
+    It may reach any instance: the verdict is left in the shared state under the
+    CallSid, where the instance holding the call's stream picks it up (and at
+    once, when that is this instance)."""
+    pairs = await twilio_form(request, once=False)
+    if isinstance(pairs, Response):
+        return pairs
+    form = dict(pairs)
+    call_sid, verdict = form.get("CallSid", ""), form.get("AnsweredBy", "")
+    if not call_sid or not verdict:
+        log.warning("answering-machine callback without CallSid or AnsweredBy: ignored")
+        return Response(status_code=400, content="CallSid and AnsweredBy are required", media_type="text/plain")
+    state = request.app.state
+    log.info("call %s: answered by %s (detection took %s ms)", call_sid, verdict, form.get("MachineDetectionDuration", "?"))
+    try:
+        await state.shared.put_note("amd", call_sid, verdict[:40], AMD_NOTE_TTL_S)
+    except SharedStateUnavailable as exc:
+        log.warning("call %s: the answering-machine verdict is lost (%s); the call goes on as with a person", call_sid, exc)
+    for bridge in list(state.active_calls):
+        if bridge.call.call_sid == call_sid:
+            bridge.answered_by(verdict[:40])
+    return Response(status_code=204)
+
+
+def _transfers(request: Request):
+    transfers = request.app.state.transfers
+    if transfers is None:
+        log.warning("%s requested, but warm transfers are not configured here", request.url.path)
+    return transfers
+
+
+@router.post("/transfer/hold")
+async def transfer_hold(request: Request) -> Response:
+    """The held caller's waitUrl: a word, then music, until the person joins."""
+    pairs = await twilio_form(request, once=False)
+    if isinstance(pairs, Response):
+        return pairs
+    transfers = _transfers(request)
+    twiml = await transfers.hold(request.query_params.get("t")) if transfers else hangup_twiml()
+    return Response(content=twiml, media_type="text/xml")
+
+
+@router.post("/transfer/brief")
+async def transfer_brief(request: Request) -> Response:
+    """The person answered: read them the summary, ask them to accept or decline."""
+    pairs = await twilio_form(request, once=False)
+    if isinstance(pairs, Response):
+        return pairs
+    transfers = _transfers(request)
+    try:
+        twiml = await transfers.brief(request.query_params.get("t")) if transfers else hangup_twiml()
+    except SharedStateUnavailable as exc:
+        log.warning("/transfer/brief: %s", exc)
+        twiml = hangup_twiml()
+    return Response(content=twiml, media_type="text/xml")
+
+
+@router.post("/transfer/decide")
+async def transfer_decide(request: Request) -> Response:
+    """The person's key press or words (or nothing): connect them, or send the caller back."""
+    pairs = await twilio_form(request, once=False)
+    if isinstance(pairs, Response):
+        return pairs
+    form = dict(pairs)
+    transfers = _transfers(request)
+    try:
+        twiml = (await transfers.decide(request.query_params.get("t"), form.get("Digits"), form.get("SpeechResult"))
+                 if transfers else hangup_twiml())
+    except SharedStateUnavailable as exc:
+        log.warning("/transfer/decide: %s", exc)
+        twiml = hangup_twiml()
+    return Response(content=twiml, media_type="text/xml")
+
+
+@router.post("/transfer/human-status")
+async def transfer_human_status(request: Request) -> Response:
+    """The final status of the call to the person: no-answer, busy, failed, canceled or completed."""
+    pairs = await twilio_form(request, once=False)
+    if isinstance(pairs, Response):
+        return pairs
+    transfers = _transfers(request)
+    if transfers is not None:
+        try:
+            await transfers.human_status(request.query_params.get("t"), dict(pairs).get("CallStatus", ""))
+        except SharedStateUnavailable as exc:
+            log.warning("/transfer/human-status: %s", exc)
+    return Response(status_code=204)
+
+
+@router.post("/transfer/conference")
+async def transfer_conference(request: Request) -> Response:
+    """The held caller's conference events (start, end, join, leave)."""
+    pairs = await twilio_form(request, once=False, about="ConferenceSid")
+    if isinstance(pairs, Response):
+        return pairs
+    transfers = _transfers(request)
+    if transfers is not None:
+        try:
+            await transfers.conference(request.query_params.get("t"), dict(pairs))
+        except SharedStateUnavailable as exc:
+            log.warning("/transfer/conference: %s", exc)
+    return Response(status_code=204)
+
+
 def _agent_of(book: AgentBook, name: str | None, form: dict[str, str]) -> Agent:
     """The agent whose words end a call: the one it had, else the one answering its number.
     (On an inbound call Twilio's `To` is our number; on an outbound one, `From`.)"""
@@ -189,7 +299,7 @@ def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called
     )
 
 
-async def twilio_form(request: Request, *, once: bool = True) -> list[tuple[str, str]] | Response:
+async def twilio_form(request: Request, *, once: bool = True, about: str = "CallSid") -> list[tuple[str, str]] | Response:
     """A Twilio webhook's form fields, once its signature checks out; else the refusal to send.
 
     `once=False` for callbacks Twilio sends several times per call (status, stream end).
@@ -204,7 +314,7 @@ async def twilio_form(request: Request, *, once: bool = True) -> list[tuple[str,
         await state.gate.check_webhook(
             urls=webhook_urls(state.settings.public_url, str(request.url)), form=pairs,
             signature=request.headers.get(SIGNATURE_HEADER),
-            signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER), once=once,
+            signature_settings=request.headers.get(SIGNATURE_SETTINGS_HEADER), once=once, about=about,
         )
     except Rejected as exc:
         if exc.reason == "shared_state_unavailable":  # cannot tell a replay: refuse politely

@@ -81,6 +81,8 @@ DEFAULT_GREETING = (
 )
 
 _SENSITIVITY = {"low": "LOW", "high": "HIGH"}
+#: Twilio's own hold music (the default waitUrl of <Conference> plays from the same collection).
+HOLD_MUSIC_URL = "http://com.twilio.sounds.music.s3.amazonaws.com/MARKOVICHAMP-Borghestral.mp3"
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,12 @@ class Settings:
     allowed_destinations: tuple[str, ...] = ()
     # Phone-line features.
     transfer_targets: tuple[tuple[str, str], ...] = ()  # (name, E.164 number or sip: URI)
+    # Contact centre (docs/contact-centre.md): which targets get a warm transfer (held caller,
+    # briefed human), how long their phone rings, what the held caller hears; voicemail.
+    warm_transfer_targets: frozenset[str] = frozenset()
+    transfer_ring_s: int = 25
+    hold_music_url: str = HOLD_MUSIC_URL
+    voicemail_message: str | None = None
     twilio_phone_number: str | None = None
     twilio_api_base_url: str | None = None  # tests and simulations only: a stand-in for api.twilio.com
     calls_db_path: Path = Path("data/calls.db")
@@ -324,6 +332,15 @@ class Settings:
                 raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix:// (value not shown)")
             values["redis_url"] = redis_url
 
+        if values.get("warm_transfer_targets"):
+            missing = [name for name, key in (("TWILIO_PHONE_NUMBER", "twilio_phone_number"), ("PUBLIC_URL", "public_url"),
+                                              ("TWILIO_ACCOUNT_SID", "twilio_account_sid"),
+                                              ("TWILIO_AUTH_TOKEN", "twilio_auth_token")) if not values.get(key)]
+            if missing:
+                raise SettingsError(f"warm transfers ({', '.join(sorted(values['warm_transfer_targets']))}) need "
+                                    f"{' and '.join(missing)}: Twilio calls the human from our number and asks us "
+                                    "what to play them")
+
         level = get("LOG_LEVEL")
         if level is not None:
             if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -463,21 +480,55 @@ def _float(get, name: str, attr: str, lo: float, hi: float) -> dict[str, float]:
     return _number(get, name, attr, lo, hi, float)
 
 
+TRANSFER_MODES = ("cold", "warm")
+
+
+def transfer_target(name: str, value: str, default_mode: str, where: str) -> tuple[str, str, bool]:
+    """One transfer directory entry: `name` and `value` (`+15551230001`, `sip:desk@example.com`,
+    optionally followed by `;warm` or `;cold`), as (name, destination, warm); SettingsError
+    names `where` otherwise. Shared by every place that declares transfer targets."""
+    dest, _, own_mode = value.partition(";")
+    name, dest, own_mode = name.strip().lower(), dest.strip(), own_mode.strip().lower() or default_mode
+    if own_mode not in TRANSFER_MODES:
+        raise SettingsError(f"{where}: the mode after ';' must be cold or warm")
+    if not re.fullmatch(r"[a-z][a-z0-9_ -]{0,39}", name) or not _DESTINATION_RE.fullmatch(dest):
+        raise SettingsError(f"{where} must be name=+15551230001 (or name=sip:desk@example.com), optionally ;warm")
+    return name, dest, own_mode == "warm"
+
+
 def _phone_line(get) -> dict[str, object]:
     """Transfers, outbound calls, keypad and call records."""
     values: dict[str, object] = {}
+    mode = (get("TRANSFER_MODE") or "cold").lower()
+    if mode not in TRANSFER_MODES:
+        raise SettingsError(f"TRANSFER_MODE={mode!r} must be 'cold' or 'warm'")
     raw = get("TRANSFER_TARGETS")
     if raw is not None:
         targets = []
+        warm = set()
         for item in (part.strip() for part in raw.split(",") if part.strip()):
             name, sep, dest = item.partition("=")
-            name, dest = name.strip().lower(), dest.strip()
-            if not sep or not re.fullmatch(r"[a-z][a-z0-9_ -]{0,39}", name) or not _DESTINATION_RE.fullmatch(dest):
+            if not sep:
                 raise SettingsError(
                     f"TRANSFER_TARGETS entry {item!r} must be name=+15551230001 (or name=sip:desk@example.com)"
                 )
+            name, dest, is_warm = transfer_target(name, dest, mode, f"TRANSFER_TARGETS entry {item!r}")
             targets.append((name, dest))
+            if is_warm:
+                warm.add(name)
         values["transfer_targets"] = tuple(targets)
+        values["warm_transfer_targets"] = frozenset(warm)
+    values.update(_int(get, "TRANSFER_RING_SECONDS", "transfer_ring_s", 5, 120))
+    music = get("HOLD_MUSIC_URL")
+    if music is not None:
+        if urlsplit(music).scheme not in ("http", "https") or not urlsplit(music).netloc:
+            raise SettingsError(f"HOLD_MUSIC_URL={music!r} must be an http(s) URL of an audio file Twilio can fetch")
+        values["hold_music_url"] = music
+    voicemail = get("VOICEMAIL_MESSAGE")
+    if voicemail is not None:
+        if len(voicemail) > 1000:
+            raise SettingsError(f"VOICEMAIL_MESSAGE is {len(voicemail)} characters; keep it under 1000")
+        values["voicemail_message"] = voicemail
     number = get("TWILIO_PHONE_NUMBER")
     if number is not None:
         if not re.fullmatch(r"\+[1-9][0-9]{6,14}", number):

@@ -12,7 +12,11 @@ decided in one shared place:
 - what an ended stream gives Twilio's /stream-ended (`put_after_stream`,
   `pop_after_stream`);
 - which instances are alive, and which are draining (`heartbeat`,
-  `instances`), so a draining instance knows whether others take new calls.
+  `instances`), so a draining instance knows whether others take new calls;
+- short notes about a call that a callback reaching any instance leaves for
+  the instance holding its stream, or for a later stream of the same call
+  (`put_note`, `get_note`, `take_note`): an answering-machine verdict, a warm
+  transfer's state, the Live handle a caller returning from a transfer resumes.
 
 `InProcessState` keeps it in this process (one server process, development,
 tests); `RedisState` keeps it in Redis, for any number of processes.
@@ -122,6 +126,18 @@ class SharedState(ABC):
         """The answer put for `call_sid`, given once; None if none (or expired)."""
 
     @abstractmethod
+    async def put_note(self, kind: str, key: str, value: str, ttl_s: float) -> None:
+        """Leave `value` under (`kind`, `key`) for `ttl_s`, replacing any earlier one."""
+
+    @abstractmethod
+    async def get_note(self, kind: str, key: str) -> str | None:
+        """The note left under (`kind`, `key`), or None if none (or expired)."""
+
+    @abstractmethod
+    async def take_note(self, kind: str, key: str) -> str | None:
+        """The note left under (`kind`, `key`), removed: exactly one taker gets it."""
+
+    @abstractmethod
     async def heartbeat(self, instance_id: str, *, draining: bool, active_calls: int, ttl_s: float) -> None:
         """Report this instance alive for `ttl_s`: an instance that stops
         reporting drops out of `instances()` on its own."""
@@ -173,6 +189,7 @@ class InProcessState(SharedState):
         self._admissions = 0
         self._after: OrderedDict[str, tuple[str, float]] = OrderedDict()  # call_sid -> (answer, forgotten at)
         self._instances: dict[str, tuple[InstanceInfo, float]] = {}      # id -> (info, forgotten at)
+        self._notes: OrderedDict[str, tuple[str, float]] = OrderedDict()  # kind:key -> (value, forgotten at)
 
     async def take_once(self, kind: str, key: str, ttl_s: float) -> bool:
         _check_kind(kind)
@@ -252,6 +269,30 @@ class InProcessState(SharedState):
 
     async def pop_after_stream(self, call_sid: str) -> str | None:
         entry = self._after.pop(call_sid, None)
+        if entry is None or entry[1] <= self._clock():
+            return None
+        return entry[0]
+
+    async def put_note(self, kind: str, key: str, value: str, ttl_s: float) -> None:
+        _check_kind(kind)
+        now = self._clock()
+        _forget_expired(self._notes, now, lambda entry: entry[1])
+        name = f"{kind}:{key}"
+        self._notes[name] = (value, now + ttl_s)
+        self._notes.move_to_end(name)
+        while len(self._notes) > self._max:
+            self._notes.popitem(last=False)
+
+    async def get_note(self, kind: str, key: str) -> str | None:
+        _check_kind(kind)
+        entry = self._notes.get(f"{kind}:{key}")
+        if entry is None or entry[1] <= self._clock():
+            return None
+        return entry[0]
+
+    async def take_note(self, kind: str, key: str) -> str | None:
+        _check_kind(kind)
+        entry = self._notes.pop(f"{kind}:{key}", None)
         if entry is None or entry[1] <= self._clock():
             return None
         return entry[0]
@@ -480,6 +521,18 @@ class RedisState(SharedState):
 
     async def pop_after_stream(self, call_sid: str) -> str | None:
         return await self._do("pop_after_stream", self._redis.getdel(self._key("after", call_sid)))
+
+    async def put_note(self, kind: str, key: str, value: str, ttl_s: float) -> None:
+        _check_kind(kind)
+        await self._do(f"put_note({kind})", self._redis.set(self._key("note", kind, key), value, px=_ms(ttl_s)))
+
+    async def get_note(self, kind: str, key: str) -> str | None:
+        _check_kind(kind)
+        return await self._do(f"get_note({kind})", self._redis.get(self._key("note", kind, key)))
+
+    async def take_note(self, kind: str, key: str) -> str | None:
+        _check_kind(kind)
+        return await self._do(f"take_note({kind})", self._redis.getdel(self._key("note", kind, key)))
 
     async def heartbeat(self, instance_id: str, *, draining: bool, active_calls: int, ttl_s: float) -> None:
         await self._do("heartbeat", self._heartbeat(

@@ -409,3 +409,23 @@ def test_telephony_calls_lists_and_filters_by_agent(tmp_path, capsys):
     assert calls_command(SimpleNamespace(db=str(db), limit=20, agent="bright-smile-es", calls_command=None)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "AGENT" in lines[0].split() and len(lines) == 2 and "bright-smile-es" in lines[1].split()
+
+
+def test_an_agent_chooses_warm_transfers_and_its_voicemail_message(tmp_path):
+    line = {"PUBLIC_URL": "https://agent.example.com", "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+            "TWILIO_AUTH_TOKEN": "a" * 32, "TWILIO_PHONE_NUMBER": "+15550001001"}  # the clinic's own number
+    body = GOOD + ('transfer_targets = { reception = "+15551230009;warm", billing = "+15551230008" }\n'
+                   'voicemail_message = "Say your appointment is confirmed."\n')
+    (agent,) = load_agents(settings_for(one_agent(tmp_path, body), **line)).agents
+    assert agent.transfer_targets == (("reception", "+15551230009"), ("billing", "+15551230008"))
+    assert agent.warm_transfer_targets == {"reception"}
+    assert agent.voicemail_message == "Say your appointment is confirmed."
+    body = GOOD + 'transfer_mode = "warm"\ntransfer_targets = { reception = "+15551230009", desk = "sip:d@x.org;cold" }\n'
+    (agent,) = load_agents(settings_for(one_agent(tmp_path, body), **line)).agents
+    assert agent.warm_transfer_targets == {"reception"} and agent.voicemail_message is None
+    with pytest.raises(SettingsError, match="need TWILIO_PHONE_NUMBER") as info:
+        load_agents(settings_for(one_agent(tmp_path, GOOD + 'transfer_mode = "warm"\n'
+                                           'transfer_targets = { reception = "+15551230009" }\n')))
+    assert "\n" not in str(info.value)
+    with pytest.raises(SettingsError, match="transfer_mode must be"):
+        load_agents(settings_for(one_agent(tmp_path, GOOD + 'transfer_mode = "hot"\n')))

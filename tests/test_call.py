@@ -547,10 +547,87 @@ class TestPhoneLine:
         c.call.handle(ev.TransferRequested("sales", "+15551230001"))
         messages = twilio_messages(c.agent_says(0.3) + c.call.handle(ev.TurnComplete()))
         last = [m["mark"]["name"] for m in messages if m["event"] == "mark"][-1]
-        assert c.echo(last) == [act.EndCall("transferred to sales", transfer_to="+15551230001")]
+        assert c.echo(last) == [act.EndCall("transferred to sales", transfer_to="+15551230001", transfer_name="sales")]
 
     def test_an_outbound_call_greets_with_its_purpose(self):
         call = Call(greeting="inbound greeting")
         call.handle(tw.StreamStarted(SID, CALL, "", {"purpose": "confirm Tuesday's delivery", "direction": "outbound-api"}))
         (greet,) = call.handle(ev.LiveReady())
         assert "confirm Tuesday's delivery" in greet.text and "placed this phone call" in greet.text
+
+
+class TestWarmTransferAndVoicemail:
+    def test_a_warm_transfer_waits_for_a_handle_that_covers_the_hand_off(self):
+        c = CallScript().connected()
+        c.call.handle(ev.TransferRequested("sales", "+15551230001", warm=True, summary="Wants a refund."))
+        messages = twilio_messages(c.agent_says(0.3) + c.call.handle(ev.TurnComplete()))
+        last = [m["mark"]["name"] for m in messages if m["event"] == "mark"][-1]
+        assert c.echo(last) == [act.StartTimer("handle_wait", 2.0)]  # heard, but no handle yet
+        end = act.EndCall("warm transfer to sales", transfer_to="+15551230001", transfer_name="sales",
+                         transfer_summary="Wants a refund.")
+        assert c.call.handle(ev.ResumptionUpdate("h-after", True)) == [end]
+        assert c.call.resumption_handle == "h-after"
+
+    def test_without_a_new_handle_the_warm_transfer_goes_ahead_with_the_last_one(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ResumptionUpdate("h-before", True))
+        c.call.handle(ev.TransferRequested("sales", "+15551230001", warm=True))
+        messages = twilio_messages(c.agent_says(0.3) + c.call.handle(ev.TurnComplete()))
+        c.echo([m["mark"]["name"] for m in messages if m["event"] == "mark"][-1])
+        (end,) = c.call.handle(ev.TimerFired("handle_wait"))
+        assert end.transfer_summary == "" and c.call.resumption_handle == "h-before"
+
+    def test_a_caller_back_from_a_transfer_resumes_with_its_handle_and_hears_the_opening(self):
+        call = Call(greeting="Greet the caller.", opening="(The transfer did not happen.)", resumption_handle="h1")
+        call.handle(tw.StreamStarted(SID, CALL, "", {"leg": "return-0123456789abcdef"}))
+        assert call.resumption_handle == "h1"
+        assert call.handle(ev.LiveReady()) == [act.SendTextToLive("(The transfer did not happen.)")]
+
+    def test_a_refused_handle_on_return_opens_a_fresh_session_with_the_same_opening(self):
+        call = Call(greeting=None, opening="(back)", resumption_handle="expired")
+        call.handle(tw.StreamStarted(SID, CALL, "", {}))
+        actions = call.handle(ev.LiveFailed("handle expired", 1007))
+        assert any(isinstance(a, act.ResumeLive) for a in actions) and call.resumption_handle is None
+        assert call.handle(ev.LiveReady()) == [act.SendTextToLive("(back)")]
+
+    def detecting(self, voicemail: str | None = "Your order shipped.") -> Call:
+        call = Call(greeting="inbound greeting", voicemail_message=voicemail)
+        actions = call.handle(tw.StreamStarted(SID, CALL, "", {"purpose": "order shipped", "amd": "pending"}))
+        assert act.StartTimer("amd", 40.0) in actions
+        assert call.handle(ev.LiveReady()) == []  # nobody is greeted before the verdict
+        assert call.handle(tw.CallerAudio(SID, caller_frame())) == []  # a machine's greeting is not heard
+        return call
+
+    def test_the_agent_greets_a_person_once_the_verdict_says_human(self):
+        call = self.detecting()
+        cancel, greet = call.handle(ev.AnsweredBy("human"))
+        assert cancel == act.CancelTimer("amd") and "order shipped" in greet.text
+        assert call.amd_outcome == "human" and call.summary()["answered_by"] == "human"
+        assert call.handle(ev.AnsweredBy("machine_end_beep")) == []  # a late second verdict changes nothing
+
+    def test_a_machine_gets_the_message_and_the_call_hangs_up_once_it_was_heard(self):
+        call = self.detecting()
+        actions = call.handle(ev.AnsweredBy("machine_end_beep"))
+        assert "Your order shipped." in actions[1].text and "answering machine" in actions[1].text
+        out = []
+        pcm = tone_24k(0.3)
+        for i in range(0, len(pcm), 1920):
+            out += call.handle(ev.ModelAudio(pcm[i:i + 1920]))
+        out += call.handle(ev.TurnComplete())
+        last = [m["mark"]["name"] for m in twilio_messages(out) if m["event"] == "mark"][-1]
+        assert call.handle(tw.MarkEchoed(SID, last)) == [act.EndCall("voicemail message left", hangup=True)]
+        assert call.amd_outcome == "message left"
+
+    @pytest.mark.parametrize("verdict, voicemail, reason", [
+        ("fax", "msg", "answered by a fax machine"),
+        ("machine_end_silence", None, "answered by a machine; no voicemail message is configured"),
+    ])
+    def test_a_fax_or_a_machine_without_a_message_is_hung_up_on_at_once(self, verdict, voicemail, reason):
+        call = self.detecting(voicemail)
+        assert call.handle(ev.AnsweredBy(verdict))[-1] == act.EndCall(reason, hangup=True)
+        assert call.amd_outcome == "machine"
+
+    def test_no_verdict_in_time_goes_on_as_with_a_person(self):
+        call = self.detecting()
+        (greet,) = call.handle(ev.TimerFired("amd"))
+        assert "order shipped" in greet.text and call.amd_outcome == "human"

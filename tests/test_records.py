@@ -227,6 +227,22 @@ def test_the_printed_timeline_shows_status_callbacks_and_a_call_cut_off_mid_way(
     assert "   +3.00s    twilio call status: completed (CallDuration=3)" in text
 
 
+def test_a_transfer_and_an_answering_machine_verdict_are_printed_with_the_call(recorder):
+    from telephony.records_cli import format_call, format_call_list
+    from telephony.records_query import list_calls
+
+    recorder.call_started("CA12", stream_sid="MZ12", direction="inbound", caller=None, called=None, at=T0)
+    recorder.call_outcome("CA12", transfer_target="sales", transfer_outcome="declined")
+    recorder.call_started("CA13", stream_sid="MZ13", direction="outbound", caller=None, called=None, at=T0 + 1)
+    recorder.call_outcome("CA13", answered_by="machine_end_beep", amd_outcome="message left")
+    with pytest.raises(ValueError, match="unknown column"):
+        recorder.call_outcome("CA13", end_reason="not this way")
+    recorder.flush()
+    assert "[transfer to sales: declined]" in format_call(get_call(recorder.path, "CA12"))
+    listing = format_call_list(list_calls(recorder.path))
+    assert "[answered by message left (machine_end_beep)]" in listing and "[transfer to sales: declined]" in listing
+
+
 class TestCost:
     @pytest.mark.parametrize("prompt, response, by_modality, usd_per_mtok", [
         # input details by modality; no output details: the response is audio

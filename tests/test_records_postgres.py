@@ -176,6 +176,7 @@ def record_calls(rec: CallRecorder) -> None:
     rec.transcript(sid, "agent", "Hi, thanks ", T0 + 0.1)
     rec.transcript(sid, "agent", "for calling!", T0 + 0.6)
     rec.event(sid, "interruption", {"heard_s": 0.5}, T0 + 0.9)
+    rec.call_outcome(sid, transfer_target="sales", transfer_outcome="declined")
     rec.transcript(sid, "caller", "Where is my order A1001?", T0 + 1.2)
     rec.tool_call(sid, call_id="fc-1", name="lookup_order", args={"order_id": "A1001", "verification": "SW1A 1AA"},
                   response={"result": {"found": True, "note": "call +15551230101"}}, outcome="ok", latency_ms=3.25,
@@ -230,6 +231,7 @@ class TestTheSameRecordsAsSqlite:
             assert [c["call_sid"] for c in list_calls(target, 50, agent="bright-smile-es")] == ["CA" + "a" * 32]
         assert whole["tool_calls"][0]["args"] == {"order_id": "A1001", "verification": "***"}
         assert whole["tokens"]["total"] == 1800 and whole["estimated_cost_usd"] > 0
+        assert (whole["transfer_target"], whole["transfer_outcome"], whole["amd_outcome"]) == ("sales", "declined", None)
         assert [e["type"] for e in whole["timeline"]][:2] == ["status_callback", "turn"]
 
     def test_numbers_and_secrets_never_reach_the_database(self, db_url):

@@ -110,3 +110,27 @@ def test_the_speech_language_is_validated_and_sent_to_live():
     assert config.speech_config.language_code == "es-ES"
     with pytest.raises(SettingsError, match="GEMINI_LANGUAGE='spanish'"):
         settings(GEMINI_LANGUAGE="spanish")
+
+
+def test_warm_transfers_per_target_or_by_default_and_their_requirements_in_one_line():
+    line = {"PUBLIC_URL": "https://agent.example.com", "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+            "TWILIO_AUTH_TOKEN": "a" * 32, "TWILIO_PHONE_NUMBER": "+15559870000"}
+    s = settings(TRANSFER_TARGETS="sales=+15551230001;warm, billing=+15551230002", **line)
+    assert s.transfer_targets == (("sales", "+15551230001"), ("billing", "+15551230002"))
+    assert s.warm_transfer_targets == {"sales"}
+    s = settings(TRANSFER_TARGETS="sales=+15551230001,desk=sip:desk@example.com;cold", TRANSFER_MODE="warm", **line)
+    assert s.warm_transfer_targets == {"sales"}
+    with pytest.raises(SettingsError, match="need TWILIO_PHONE_NUMBER") as info:
+        settings(TRANSFER_TARGETS="sales=+15551230001;warm",
+                 **{k: v for k, v in line.items() if k != "TWILIO_PHONE_NUMBER"})
+    assert "\n" not in str(info.value)
+    with pytest.raises(SettingsError, match="TRANSFER_MODE='lukewarm'"):
+        settings(TRANSFER_TARGETS="sales=+15551230001", TRANSFER_MODE="lukewarm")
+    with pytest.raises(SettingsError, match="cold or warm"):
+        settings(TRANSFER_TARGETS="sales=+15551230001;hot")
+    with pytest.raises(SettingsError, match="HOLD_MUSIC_URL"):
+        settings(HOLD_MUSIC_URL="music.mp3")
+    with pytest.raises(SettingsError, match="TRANSFER_RING_SECONDS"):
+        settings(TRANSFER_RING_SECONDS="2")
+    assert settings(VOICEMAIL_MESSAGE="Your order shipped.").voicemail_message == "Your order shipped."
+    assert settings().voicemail_message is None and settings().warm_transfer_targets == frozenset()

@@ -296,6 +296,21 @@ def test_a_crowd_of_admissions_takes_exactly_the_limit(backend):
 # --------------------------------------------------------------------------- after the stream
 
 
+def test_a_note_left_by_one_process_is_read_by_another_and_taken_once(backend):
+    async def scenario():
+        async with backend.open() as callback, backend.open() as holder:
+            await callback.put_note("amd", "CA1", "machine_end_beep", ttl_s=1)
+            assert await holder.get_note("amd", "CA1") == "machine_end_beep"
+            assert await holder.take_note("amd", "CA1") == "machine_end_beep"
+            assert await callback.take_note("amd", "CA1") is None
+            await callback.put_note("transfer", "CA2", "{}", ttl_s=0.2)
+            assert await holder.get_note("other_kind", "CA2") is None
+            await backend.pass_time(0.3)
+            assert await holder.get_note("transfer", "CA2") is None  # every note expires
+
+    run(scenario())
+
+
 def test_the_after_stream_answer_is_given_once_by_any_process(backend):
     async def scenario():
         async with backend.open() as ender, backend.open() as asker:

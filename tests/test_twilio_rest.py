@@ -253,7 +253,9 @@ class TestTheOutboundCallApi:
 
     def test_passes_answering_machine_detection_through_when_asked(self, outbound, standin):
         call_sid = placed_call(standin, outbound, machine_detection=True)
-        assert standin.calls[call_sid]["_params"]["MachineDetection"] == "Enable"
+        params = standin.calls[call_sid]["_params"]
+        assert params["MachineDetection"] == "DetectMessageEnd" and params["AsyncAmd"] == "true"
+        assert params["AsyncAmdStatusCallback"] == f"{PUBLIC}/twilio/amd"
 
     @pytest.mark.parametrize("to", [OTHER, "+1 555 765 4321", "sip:boss@example.com", "911", "not a number"])
     def test_refuses_a_destination_off_the_allow_list_with_403_and_calls_no_one(self, outbound, standin, to):
@@ -452,7 +454,7 @@ class TestTelephonyCall:
         sid = next(sid for sid, c in list(standin.calls.items()) if c["_params"] == request.params)
         assert sid in out
         assert request.params["From"] == OUR_NUMBER and request.params["To"] == CALLEE
-        assert request.params["MachineDetection"] == "Enable"
+        assert request.params["MachineDetection"] == "DetectMessageEnd" and request.params["AsyncAmd"] == "true"
         assert request.params["Url"].startswith(f"{PUBLIC}/outbound-answer?ref=o1.")
         # the server (same auth token) opens the ref the CLI sealed
         _, parameters = stream_of(standin.answer(sid, via=outbound.http_url).body)

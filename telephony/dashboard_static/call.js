@@ -97,6 +97,10 @@ async function load() {
   fact("Started", record.started_at ? new Date(record.started_at * 1000).toLocaleString() : "-");
   fact("Duration", record.duration_s == null ? "-" : record.duration_s.toFixed(2) + " s");
   fact("Outcome", record.outcome + (record.end_reason ? " (" + record.end_reason + ")" : ""));
+  if (record.transfer_target) fact("Transfer", `${record.transfer_target}: ${record.transfer_outcome || "pending"}`);
+  if (record.answered_by || record.amd_outcome) {
+    fact("Answered by", `${record.amd_outcome || "-"} (Twilio: ${record.answered_by || "no verdict"})`);
+  }
   fact("Interruptions", String(record.interruptions ?? 0));
   if (record.tokens) {
     const by = Object.entries(record.tokens.by_modality).map(([k, v]) => `${k} ${v}`).join(", ");

@@ -57,7 +57,9 @@ async function load() {
     cell(row, call.agent || "-");
     cell(row, call.caller_masked || "-");
     cell(row, call.called_masked || "-");
-    cell(row, call.outcome);
+    const extra = [call.transfer_target && `${call.transfer_target}: ${call.transfer_outcome || "pending"}`,
+                   call.amd_outcome].filter(Boolean).join(", ");
+    cell(row, extra ? `${call.outcome} (${extra})` : call.outcome);
     cell(row, String(call.turn_count), "num");
     cell(row, call.estimated_cost_usd == null ? "-" : "$" + call.estimated_cost_usd.toFixed(4), "num");
     body.appendChild(row);

@@ -90,9 +90,11 @@ class Gatekeeper:
 
     async def check_webhook(
         self, *, urls: Sequence[str], form: Sequence[tuple[str, str]], signature: str | None,
-        signature_settings: str | None = None, once: bool = True,
+        signature_settings: str | None = None, once: bool = True, about: str = "CallSid",
     ) -> None:
-        """Verify a Twilio webhook; raise `Rejected` (-> 403) if it is unsigned, forged or replayed."""
+        """Verify a Twilio webhook; raise `Rejected` (-> 403) if it is unsigned, forged or replayed.
+
+        `about`: the field the request must carry (a conference's start and end name no call)."""
         if not self.verifying:
             return
         assert self._signatures is not None
@@ -105,8 +107,8 @@ class Gatekeeper:
         if account and fields.get("AccountSid") != account:
             raise self._reject("webhook_wrong_account", "the webhook is for another Twilio account")
         call_sid = fields.get("CallSid", "")
-        if not call_sid:
-            raise self._reject("webhook_no_call", "a signed request without a CallSid")
+        if not fields.get(about, ""):
+            raise self._reject("webhook_no_call", f"a signed request without a {about}")
         if not once:
             return  # e.g. /stream-ended: answering it twice gives nothing away
         try:
@@ -171,7 +173,10 @@ class Gatekeeper:
                                          claimed_call_sid=parameters.get("CallSid"))
             except Rejected as exc:
                 raise self._reject(exc.reason, exc.detail) from None
-            if not await self.state.take_once("streamed", call_sid, WEBHOOK_MEMORY_S):
+            # A call has one stream, plus one per return from a warm transfer (its `leg`,
+            # under a token minted by us for that return).
+            leg = parameters.get("leg", "")
+            if not await self.state.take_once("streamed", f"{call_sid}/{leg}" if leg else call_sid, WEBHOOK_MEMORY_S):
                 raise self._reject("stream_duplicate", f"call {call_sid} already has a stream")
             await self.state.caller_streaming(call_sid, self.max_stream_s)
         except SharedStateUnavailable as exc:

@@ -37,8 +37,8 @@ What the emulator does, like the real service:
 - rejects unknown top-level client keys, bad JSON and bad base64 with close 1007.
 
 Simplifications: transcriptions are always sent (whatever the setup asks);
-texts after the greeting are recorded but get no answer; the per-session reply
-index carries over to a resumed session.
+texts after the greeting are recorded but get no answer unless `Script.text_answer`
+says what to answer; the per-session reply index carries over to a resumed session.
 """
 
 from __future__ import annotations
@@ -224,6 +224,9 @@ class Script:
     turnComplete) arrives: the bridge asks for its greeting with a text prompt."""
     replies: list[Reply] = field(default_factory=_default_replies)
     """One per detected caller utterance, in order; the last one repeats once exhausted."""
+    text_answer: list[Step] = field(default_factory=list)
+    """Played as a turn for each text after the greeting (a prompt the model answers, e.g.
+    why a caller came back to it); empty, the default: such texts get no answer."""
     setup: str = "ok"
     """"ok", "never" (no setupComplete), "close" (close with the code and reason below)
     or "http403" (refuse the WebSocket upgrade)."""
@@ -290,6 +293,7 @@ class Script:
                 f"Script.late_chunks_after_interrupt must be >= 0, got {self.late_chunks_after_interrupt!r}"
             )
         _check_steps(self.greeting, "Script.greeting")
+        _check_steps(self.text_answer, "Script.text_answer")
         for reply in self.replies:
             if not isinstance(reply, Reply):
                 raise TypeError(f"Script.replies holds Reply objects, got {reply!r}")
@@ -781,6 +785,9 @@ class EmulatedSession:
     async def _on_text(self, text: str) -> None:
         self.texts.append(text)
         self._record("text", text)
+        if self._greeted and self.script.text_answer:
+            await self._start_turn(self.script.text_answer, "text_answer")
+            return
         await self._maybe_greet()
 
     async def _maybe_greet(self) -> None:

@@ -26,6 +26,20 @@ Twilio's 404 with code 20404 comes back, as for a caller who already hung up.
 `answer(call_sid, via=...)` plays Twilio's side of an outbound call being answered: it
 POSTs the call's `Url` a signed voice webhook (X-Twilio-Signature for the URL Twilio was
 given, delivered to `via`, as a tunnel would) and returns the TwiML.
+
+The callbacks of a contact centre, each as Twilio documents and signs it:
+
+- `amd_verdict(call_sid, answered_by)`: the asynchronous answering-machine verdict, to the
+  call's AsyncAmdStatusCallback (AnsweredBy: human, machine_start, machine_end_beep,
+  machine_end_silence, machine_end_other, fax, unknown; MachineDetectionDuration in ms);
+- `call_status(call_sid, status)`: a call's final status callback (completed, busy,
+  no-answer, failed, canceled), to its StatusCallback; the call is over afterwards;
+- `gather(action_url, call_sid, digits=|speech=)`: the action request of a `<Gather>`
+  (Digits, or SpeechResult with Confidence; neither: the Redirect after a silent Gather);
+- `conference(call_sid)`: the `<Conference>` the call's TwiML (its last update) dialled into,
+  with its attributes; `conference_event(call_sid, event, participant)`: its status callback
+  (conference-start, conference-end, participant-join, participant-leave), and
+  `hold_music(call_sid)`: the request for its waitUrl.
 """
 
 from __future__ import annotations
@@ -113,6 +127,8 @@ class TwilioStandIn:
         self.numbers: dict[str, dict[str, Any]] = {}
         self._ended: set[str] = set()
         self._failures: dict[str, list[tuple[int, int, str]]] = {}
+        self._sequence: dict[str, int] = {}
+        self._conference_sids: dict[str, str] = {}
         self._serial = itertools.count(1)
         standin = self
 
@@ -242,6 +258,104 @@ class TwilioStandIn:
             self.calls[call_sid]["status"] = "in-progress"
             self.calls[call_sid]["answered_by"] = answered_by
         return self.post_webhook(url, form, via=via, method=call["_method"], timeout=timeout)
+
+    def amd_verdict(self, call_sid: str, answered_by: str, via: str, duration_ms: int = 3500) -> WebhookAnswer:
+        """Twilio's AsyncAmdStatusCallback for an outbound call created with AsyncAmd=true."""
+        with self._lock:
+            call = dict(self.calls[call_sid])
+            self.calls[call_sid]["answered_by"] = answered_by
+        params = call["_params"]
+        if params.get("AsyncAmd") != "true" or not params.get("AsyncAmdStatusCallback"):
+            raise ValueError(f"call {call_sid} was not created with asynchronous answering-machine detection")
+        form = {"AccountSid": self.account_sid, "CallSid": call_sid, "AnsweredBy": answered_by,
+                "MachineDetectionDuration": str(duration_ms)}
+        return self.post_webhook(params["AsyncAmdStatusCallback"], form, via=via,
+                                 method=params.get("AsyncAmdStatusCallbackMethod", "POST").upper())
+
+    def call_status(self, call_sid: str, status: str, via: str, duration_s: int = 0) -> WebhookAnswer | None:
+        """A call's final status callback (to its StatusCallback, if it has one); the call ends."""
+        if status not in ("completed", "busy", "no-answer", "failed", "canceled"):
+            raise ValueError(f"{status!r} is not a final call status")
+        self.end_call(call_sid)
+        with self._lock:
+            call = dict(self.calls[call_sid])
+            self._sequence[call_sid] = self._sequence.get(call_sid, -1) + 1
+            sequence = self._sequence[call_sid]
+        url = call["_params"].get("StatusCallback")
+        if not url:
+            return None
+        form = {"AccountSid": self.account_sid, "ApiVersion": API_VERSION, "CallSid": call_sid, "CallStatus": status,
+                "Called": call["to"], "Caller": call["from"], "Direction": call["direction"], "From": call["from"],
+                "To": call["to"], "CallDuration": str(duration_s), "Duration": str((duration_s + 59) // 60),
+                "SequenceNumber": str(sequence), "Timestamp": _now_rfc2822(), "CallbackSource": "call-progress-events"}
+        return self.post_webhook(url, form, via=via, method=call["_params"].get("StatusCallbackMethod", "POST").upper())
+
+    def gather(self, action_url: str, call_sid: str, via: str, digits: str | None = None,
+               speech: str | None = None) -> WebhookAnswer:
+        """The action request of a `<Gather>`: what the person pressed or said (or nothing)."""
+        with self._lock:
+            call = dict(self.calls.get(call_sid) or self._unknown_call(call_sid))
+        form = {"AccountSid": self.account_sid, "ApiVersion": API_VERSION, "CallSid": call_sid,
+                "CallStatus": "in-progress", "Called": call["to"], "Caller": call["from"],
+                "Direction": call["direction"], "From": call["from"], "To": call["to"]}
+        if digits is not None:
+            form["Digits"] = digits
+            form["FinishedOnKey"] = ""
+        if speech is not None:
+            form.update(SpeechResult=speech, Confidence="0.92")
+        return self.post_webhook(action_url, form, via=via)
+
+    def conference(self, call_sid: str) -> dict[str, str]:
+        """The `<Conference>` the call was last put in by TwiML: its name and attributes."""
+        with self._lock:
+            twiml = (self.calls.get(call_sid) or {}).get("_twiml")
+        if not twiml:
+            raise ValueError(f"call {call_sid} has no TwiML")
+        node = ET.fromstring(twiml).find("./Dial/Conference")
+        if node is None:
+            raise ValueError(f"call {call_sid}'s TwiML has no <Dial><Conference>: {twiml}")
+        return {"name": node.text or "", **node.attrib}
+
+    def conference_event(self, call_sid: str, event: str, via: str, participant: str | None = None,
+                         reason: str | None = None) -> WebhookAnswer:
+        """The conference status callback of the conference `call_sid` is in (its statusCallback);
+        `participant` is the CallSid joining or leaving (default: `call_sid`)."""
+        if event not in ("conference-start", "conference-end", "participant-join", "participant-leave",
+                         "participant-mute", "participant-unmute", "participant-hold", "participant-unhold"):
+            raise ValueError(f"{event!r} is not a conference status callback event")
+        conference = self.conference(call_sid)
+        url = conference.get("statusCallback")
+        if not url:
+            raise ValueError(f"call {call_sid}'s conference has no statusCallback")
+        wanted = conference.get("statusCallbackEvent", "").split()
+        short = event.removeprefix("participant-").removeprefix("conference-")
+        if short not in wanted:
+            raise ValueError(f"the conference did not ask for {event} (statusCallbackEvent={wanted})")
+        with self._lock:
+            name = conference["name"]
+            self._sequence[name] = self._sequence.get(name, 0) + 1
+            sequence = self._sequence[name]
+            conference_sid = self._conference_sids.setdefault(name, self._sid("CF"))
+        form = {"AccountSid": self.account_sid, "ConferenceSid": conference_sid, "FriendlyName": name,
+                "StatusCallbackEvent": event, "SequenceNumber": str(sequence), "Timestamp": _now_rfc2822()}
+        if event.startswith("participant-"):
+            form.update(CallSid=participant or call_sid, Muted="false", Hold="false", Coaching="false",
+                        EndConferenceOnExit=conference.get("endConferenceOnExit", "false"),
+                        StartConferenceOnEnter=conference.get("startConferenceOnEnter", "true"))
+        if event == "conference-end":
+            form["ReasonConferenceEnded"] = reason or "participant-with-end-conference-on-exit-left"
+            form["CallSidEndingConference"] = participant or call_sid
+        return self.post_webhook(url, form, via=via, method=conference.get("statusCallbackMethod", "POST").upper())
+
+    def hold_music(self, call_sid: str, via: str) -> WebhookAnswer:
+        """The request for the waitUrl of the conference `call_sid` waits in."""
+        conference = self.conference(call_sid)
+        with self._lock:
+            conference_sid = self._conference_sids.setdefault(conference["name"], self._sid("CF"))
+        form = {"AccountSid": self.account_sid, "CallSid": call_sid, "ConferenceSid": conference_sid,
+                "FriendlyName": conference["name"], "ApiVersion": API_VERSION}
+        return self.post_webhook(conference["waitUrl"], form, via=via,
+                                 method=conference.get("waitMethod", "POST").upper())
 
     def post_webhook(self, url: str, form: dict[str, str], via: str | None = None, method: str = "POST",
                      timeout: float = 10.0) -> WebhookAnswer:
@@ -390,6 +504,12 @@ class TwilioStandIn:
             raise _Refusal(400, 21626, f"Invalid StatusCallbackEvent: {bad[0]}")
         if "MachineDetection" in form and form["MachineDetection"] not in ("Enable", "DetectMessageEnd"):
             raise _Refusal(400, 21207, f"Invalid MachineDetection: {form['MachineDetection']}")
+        if "AsyncAmd" in form and form["AsyncAmd"] not in ("true", "false"):
+            raise _Refusal(400, 21207, f"Invalid AsyncAmd: {form['AsyncAmd']} (true or false)")
+        if "AsyncAmdStatusCallback" in form:
+            _check_url(form["AsyncAmdStatusCallback"], 21207, "AsyncAmdStatusCallback")
+        if "Timeout" in form and not (form["Timeout"].isdigit() and 5 <= int(form["Timeout"]) <= 600):
+            raise _Refusal(400, 21207, f"Invalid Timeout: {form['Timeout']} (5 to 600 seconds)")
         with self._lock:
             if from_ not in {n["phone_number"] for n in self.numbers.values()} and self.numbers:
                 raise _Refusal(400, 21210, f"The source phone number provided, {from_}, is not yet verified for your account")
