@@ -83,6 +83,7 @@ class EndCall:
     close_code: int = 1000
     hangup: bool = False  # end the phone call itself, not only our stream
     transfer_to: str | None = None  # hand the call to this number instead
+    move: bool = False  # not an end: another instance carries the call on from its checkpoint
     transfer_name: str | None = None  # the team's name, for the warm transfer's briefing and the record
     transfer_summary: str | None = None  # set (possibly empty) for a warm transfer: the human's briefing
 

@@ -25,13 +25,14 @@ from . import events as ev
 from . import live as live_mod
 from . import metrics
 from . import twilio_protocol as tw
+from .agents import Agent, agent_from_settings
 from .audio import InboundAudio, OutboundAudio, inbound_resampler, outbound_resampler
-from .call import Call, Detection
+from .call import Call, Detection, LiveLink
 from .errors import LiveError, LiveSendError, MalformedMessage
+from .moves import RENEW_S, CallKeeper
 from .observe import Watch
 from .security import CallerIdentity
 from .settings import Settings
-from .agents import Agent, agent_from_settings
 from .shared_state import SharedStateUnavailable
 from .tool_registry import CallContext, ToolRegistry
 from .twilio_rest import is_already_ended
@@ -105,6 +106,8 @@ class CallBridge:
         transfers: Any | None = None,
         opening: str | None = None,
         resumption_handle: str | None = None,
+        keeper: CallKeeper | None = None,
+        moved_in: dict | None = None,
     ):
         self.ws = websocket
         # Who is calling, as the app's Gatekeeper vouched for it (security.gatekeeper): tools
@@ -145,9 +148,24 @@ class CallBridge:
         self._loop = asyncio.get_running_loop()
         self._recorded_start = False
         self._new_turn = False
+        # The call's checkpoint and lease (moves.py): kept current as the call goes,
+        # so a drain can move the call to another instance without a long flush.
+        self.keeper = keeper
+        self._dirty = asyncio.Event()
+        self._started_at = time.time()
+        self.after_stream_put = False
+        if moved_in is not None:
+            self.call.restore(moved_in)
+            self._started_at = float(moved_in.get("started_at") or self._started_at)
+            self._new_turn = True
+            if self.call.max_call_s:
+                self.call.max_call_s = max(1.0, self.call.max_call_s - (time.time() - self._started_at))
+        self.moved_in = moved_in is not None
         # metrics, timings, traces (observe.py)
         self.observer = (watch or Watch()).observe(self.call, recorder, agent=self.agent.name)
         self.call.tap = self.observer.audio  # both sides' audio, when RECORD_AUDIO is on
+        if moved_in is not None:
+            self.observer.continue_from(int(moved_in.get("caller_turns") or 0))
 
     async def run(self) -> dict[str, object]:
         """Run the call to its end; return its summary. Never raises for call-level problems."""
@@ -156,6 +174,8 @@ class CallBridge:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._read_twilio(), name="twilio-reader")
+                if self.keeper is not None:
+                    tg.create_task(self._keep_checkpoint(), name="checkpoint")
         except* _CallEnded as group:
             _forget_frames(group)
         except* Exception as group:  # a bug of ours: end this call, never the server
@@ -189,6 +209,31 @@ class CallBridge:
             if actions:
                 await self._perform(actions)
 
+    def snapshot(self) -> dict[str, object]:
+        """The call's checkpoint: the core's snapshot and who is calling."""
+        snapshot = self.call.snapshot()
+        snapshot["started_at"] = self._started_at
+        snapshot["caller_turns"] = self.observer.caller_turns
+        snapshot["caller"] = self.identity.caller if self.identity else self.call.parameters.get("From")
+        snapshot["called"] = self.identity.called if self.identity else self.call.parameters.get("To")
+        # Which agent the call talks to, so the next instance uses the same one.
+        snapshot["agent"] = self.agent.name
+        return snapshot
+
+    async def _keep_checkpoint(self) -> None:
+        """Save the checkpoint whenever the call changed (finished turns, new handles,
+        digits, tool results), and renew the lease at least every `RENEW_S`."""
+        assert self.keeper is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), RENEW_S)
+            except TimeoutError:
+                pass
+            changed = self._dirty.is_set()
+            self._dirty.clear()
+            if self.call.call_sid is not None and not self.call.over:
+                await self.keeper.save(self.snapshot() if changed else None)
+
     def _twilio_frame(self, frame: str | bytes) -> list[act.Action]:
         try:
             event = tw.parse(frame)
@@ -202,6 +247,8 @@ class CallBridge:
             self.observer.caller_stopped_speaking()
         if self.recorder is not None and isinstance(event, (tw.StreamStarted, tw.DtmfPressed)):
             self._record_twilio(event)
+        if isinstance(event, (tw.StreamStarted, tw.DtmfPressed)):
+            self._dirty.set()
         return actions
 
     async def _run_live(self) -> None:
@@ -221,11 +268,13 @@ class CallBridge:
             self.settings, self.registry.declarations(), agent=self.agent, resumption_handle=handle,
             carry_over=self.call.carry_over,
         )
+        connecting = time.monotonic()
         try:
             async with live_mod.open_session(self.client, self.settings, config) as session:
                 self.live = session
                 how = "resumed" if handle else ("replaced" if self.call.carry_over else "open")
-                log.info("Live session %s for call %s (model %s)", how, self.call.call_sid, self.settings.gemini_model)
+                log.info("Live session %s for call %s (model %s, in %.0f ms)", how, self.call.call_sid,
+                         self.settings.gemini_model, (time.monotonic() - connecting) * 1000)
                 self.observer.live_opened(resumed=bool(handle))
                 await self._perform(self.call.handle(ev.LiveReady()))
                 pump = asyncio.create_task(self._pump_live(session), name="live-reader")
@@ -256,6 +305,8 @@ class CallBridge:
             actions = self.call.handle(event)
             if actions:
                 await self._perform(actions)
+            if kind is ev.TurnComplete or kind is ev.ResumptionUpdate:
+                self._dirty.set()
             self.observer.live_event(event, received)
             if kind is ev.ModelInterrupted and self.recorder is not None:
                 self._record_live(event)  # after the clear has gone out: a barge-in waits for nothing
@@ -326,6 +377,7 @@ class CallBridge:
             )
         scheduling = self.registry.scheduling_for(action.name, response)
         await self._perform(self.call.handle(ev.ToolFinished(action.call_id, action.name, response, elapsed, scheduling)))
+        self._dirty.set()
 
     # ----------------------------------------------------------- actions
 
@@ -347,12 +399,19 @@ class CallBridge:
 
         The core hears of it before anything else is awaited, so it stops sending to
         the broken session at once; the rest of the batch follows, the core's answer
-        last (a replacement cancels the Live reader, which may be this very task)."""
+        last (a replacement cancels the Live reader, which may be this very task).
+
+        A send that fails after the reader saw the session close is no news: the core
+        is already replacing it, so the close's own line is the one that counts."""
         unsent = (action, *(a for a in rest if isinstance(a, _LIVE_SENDS)))
         if failure.session is not self._failed_session:
             self._failed_session = failure.session
-            log.error("call %s: sending to Live failed (%s); %d send(s) kept for the next session",
-                      self.call.call_sid, failure, len(unsent))
+            if self.call.link is LiveLink.READY and not self.call.over:
+                log.error("call %s: sending to Live failed (%s); %d send(s) kept for the next session",
+                          self.call.call_sid, failure, len(unsent))
+            else:
+                log.info("call %s: a send to the closing Live session failed too; %d send(s) kept for the next session",
+                         self.call.call_sid, len(unsent))
         if self.live is failure.session:
             self.live = None
         answer = self.call.handle(ev.LiveSendFailed(str(failure), unsent, failure.error.code))
@@ -456,6 +515,11 @@ class CallBridge:
         if self._tg is not None and self._end is None:
             self._tg.create_task(self._perform(self.call.handle(ev.ServerStopping())), name="stop")
 
+    def move(self, wait_s: float) -> None:
+        """Move this call to another instance at its next quiet moment (server draining)."""
+        if self._tg is not None and self._end is None:
+            self._tg.create_task(self._perform(self.call.handle(ev.MoveRequested(wait_s))), name="move")
+
     @property
     def after_stream(self) -> AfterStream:
         """What Twilio should do when it asks what follows the stream."""
@@ -475,6 +539,16 @@ class CallBridge:
             task.cancel()
         if self.call.end_reason is None:
             self.call.end_reason = end.reason
+        if end.move:
+            # The Live socket is closed by now (the task group is done): the next
+            # instance may resume the session only once it is. Then the checkpoint,
+            # then Twilio's stream, whose close makes Twilio ask /stream-ended.
+            if self.keeper is None or not await self.keeper.hand_over(self.snapshot()):
+                log.warning("call %s could not be handed over; ending it politely", self.call.call_sid)
+                end = self._end = act.EndCall("could not move to another instance", apologize=True)
+                self.call.end_reason = end.reason
+        elif self.keeper is not None:
+            await self.keeper.ended()
         if end.apologize:
             await self._apologize()
         elif end.transfer_to and end.transfer_summary is not None and self.transfers is not None:
@@ -484,6 +558,7 @@ class CallBridge:
             self._record_transfer(end, "dialled")
         elif end.hangup:
             await self._hang_up()
+        await self._put_after_stream()
         if not self._ws_closed and self.ws.client_state is WebSocketState.CONNECTED:
             try:
                 await self.ws.close(code=end.close_code)
@@ -491,6 +566,17 @@ class CallBridge:
                 pass
         self._ws_closed = True
         self.call.ended()
+
+    async def _put_after_stream(self) -> None:
+        """Tell /stream-ended what follows, before the close that makes Twilio ask."""
+        if self.keeper is None or not self.call.call_sid:
+            return
+        try:
+            await self.keeper.after_stream(self.after_stream.encode())
+            self.after_stream_put = True
+        except SharedStateUnavailable as exc:
+            log.warning("call %s: /stream-ended will answer the apology: %s", self.call.call_sid, exc)
+            self.after_stream_put = True  # no second try after the close
 
     async def _apologize(self) -> None:
         """The caller must not sit in silence: say sorry and hang up.
@@ -604,13 +690,23 @@ class CallBridge:
 
     def _summary(self) -> dict[str, object]:
         summary = self.call.summary()
-        summary["duration_s"] = round(time.monotonic() - self._started, 2)
+        summary["duration_s"] = round(time.time() - self._started_at, 2) if self.moved_in else round(
+            time.monotonic() - self._started, 2)
+        summary["moves"] = self.call.moves
         log.info("call summary %s", json.dumps(summary))
         for role, text in self.call.transcript:
             log.info("transcript %s %s: %s", self.call.call_sid, role, text.strip())
         summary["transcript"] = [list(t) for t in self.call.transcript]
+        moved = self._end is not None and self._end.move
+        summary["moved_out"] = moved
         if self.recorder is not None and self.call.call_sid:
             if self.call.amd_outcome is not None:
                 self.recorder.call_outcome(self.call.call_sid, amd_outcome=self.call.amd_outcome)
-            self.recorder.call_ended(self.call.call_sid, reason=self.call.end_reason or "", summary=summary, at=time.time())
+            if moved:  # the call goes on elsewhere: its record stays open
+                self.recorder.event(self.call.call_sid, "moved", {"moves": self.call.moves + 1,
+                                                                   "heard_s": round(self.call.heard_seconds, 2)},
+                                    time.time())
+            else:
+                self.recorder.call_ended(self.call.call_sid, reason=self.call.end_reason or "", summary=summary,
+                                         at=time.time())
         return summary

@@ -19,6 +19,8 @@ Its state, each part in one place:
 - `Turn`, the agent turn now playing (open, drained, its late audio being discarded);
 - `Watchdog` (IDLE, ARMED, NUDGED), and the `Timer`s the adapter runs for the core;
 - `Ending`, the end decided but waiting for the goodbye (or hand-off) to be heard;
+- `moving`: the server drains and the call waits for a quiet moment to move to
+  another instance (`snapshot` is what it carries there, `restore` takes it in).
 - `Detection`, an outbound call's answering-machine verdict: while it is awaited the
   model is told nothing and hears nothing; a machine gets the voicemail message.
 
@@ -30,6 +32,7 @@ a clear are counted as cleared, not heard.
 
 from __future__ import annotations
 
+import base64
 import enum
 import logging
 from collections import deque
@@ -52,11 +55,12 @@ BUFFERED_FRAMES = 250
 FATAL_LIVE_CODES = frozenset({1007, 1008})
 #: Delays before each reconnection attempt; past the last one the call ends with an apology.
 RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-#: Sessions in a row whose sends fail before the call ends with the apology: a send that
-#: raises on every fresh session (an SDK that no longer speaks our calls) must not loop.
-MAX_SEND_FAILURES = 3
-#: A session that relayed this many caller frames (5 s) before a send failed was healthy:
-#: its failure starts a new count.
+#: Sessions in a row that end before they are healthy (closed, a send failed, goAway)
+#: before the call ends with the apology: a model that closes every session at once, or
+#: a send that raises on every fresh one, must not keep the call and its Live minutes spinning.
+MAX_UNHEALTHY_SESSIONS = 3
+#: A session is healthy once it relayed this many caller frames (5 s) or completed a turn:
+#: its end starts a new count.
 HEALTHY_SESSION_FRAMES = 250
 #: Switch sessions this long before a goAway deadline at the latest.
 GOAWAY_MARGIN_S = 2.0
@@ -92,6 +96,15 @@ CARRY_OVER_TEXT = (
 CARRY_OVER_CHARS = 6000
 #: Bad frames tolerated before a stream is treated as abusive and closed with 1008.
 MAX_BAD_FRAMES = 50
+#: Caller audio carried to the next instance when a call moves (what arrived after
+#: the Live socket closed): 2 s of 20 ms frames.
+CARRIED_FRAMES = 100
+#: Told to the model on the next instance when the move cut a turn or a tool call short.
+MOVED_TEXT = "(The phone line was switched to another server just now; the caller is still on the line. {what})"
+CUT_TURN_TEXT = ('You were interrupted while saying: "{said}". The caller heard it up to: "{heard}". '
+                 "Continue from there.")
+CUT_TOOLS_TEXT = ("These function calls were cut short and their results are lost: {calls}. "
+                  "Call them again if still needed.")
 #: How long an outbound call waits for Twilio's answering-machine verdict before going on
 #: as if a person answered: Twilio's MachineDetectionTimeout (30 s) plus its callback's way here.
 AMD_TIMEOUT_S = 40.0
@@ -140,6 +153,7 @@ class Timer(enum.StrEnum):
     DTMF = "dtmf"
     GOAWAY = "goaway"
     GOODBYE_GRACE = "goodbye_grace"
+    MOVE = "move"
     AMD = "amd"
     HANDLE_WAIT = "handle_wait"
 
@@ -245,6 +259,7 @@ class Call:
 
         # Pending work.
         self.pending_tools: dict[str, ToolRecord] = {}
+        self._tool_args: dict[str, dict] = {}
         self.tool_calls: list[ToolRecord] = []
         self._buffered: deque[bytes] = deque(maxlen=BUFFERED_FRAMES)
         self._queued_responses: list[act.SendToolResponse | act.SendTextToLive] = []
@@ -254,7 +269,8 @@ class Call:
         self._ever_ready = False
         self._reconnect_attempts = 0
         self._attempt_handle: str | None = None  # the handle the pending reconnection uses
-        self._send_failures = 0  # sessions in a row whose sends failed
+        self._unhealthy_sessions = 0  # sessions in a row that ended before they were healthy
+        self._turn_completed = False  # the current session completed a turn: it is healthy
         self._frames_to_live = 0  # caller frames sent on the current session
         self._kept_frames = 0  # frames at the front of `_buffered` whose send failed
         self._kept_sends = 0  # the same at the front of `_queued_responses`
@@ -263,6 +279,12 @@ class Call:
         self.watchdog = Watchdog.IDLE
         self.ending: Ending | None = None
         self._keypad: list[str] = []
+        self._answer_owed = False  # a tool response went to the model: its answer is a turn still to come
+        self.moving = False  # a move was asked for: at the next quiet moment the call moves
+        self.moves = 0  # how many times this call moved between instances
+        self._resume_note: str | None = None  # told to the model once the session on this instance is ready
+        self.cut_turn: dict | None = None  # the agent turn a move cut short, and what of it was heard
+        self.cut_tools: list[dict] = []  # tool calls a move cut short
 
         # Facts for the summary.
         self.frames_in = 0
@@ -384,6 +406,117 @@ class Call:
             "tokens": dict(self.usage, by_modality=dict(self.usage_by_modality)),
         }
 
+    # ----------------------------------------------------- moving between instances
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything another instance needs to carry the call on: the conversation,
+        the newest resumption handle, the counters of the call record, keypad digits
+        not yet given to the model, what the caller heard, and what a move cut short.
+        Plain JSON; caller audio waiting for the model travels as base64."""
+        return {
+            "v": 1,
+            "call_sid": self.call_sid,
+            "parameters": dict(self.parameters),
+            "resumption_handle": self.resumption_handle,
+            "ever_ready": self._ever_ready,
+            "opening_sent": self._opening_sent,
+            "detection": self.detection.value,
+            "answered_by": self.answered_by,
+            "transcript": [list(t) for t in self.transcript],
+            "turns": self.turn,
+            "keypad": list(self._keypad),
+            "digits": list(self.digits),
+            "moves": self.moves,
+            "counters": {name: getattr(self, name) for name in _COUNTERS},
+            "usage": dict(self.usage),
+            "usage_by_modality": dict(self.usage_by_modality),
+            "tool_calls": [[t.call_id, t.name, t.outcome, t.latency_ms] for t in self.tool_calls],
+            "cut_turn": self.cut_turn,
+            "cut_tools": list(self.cut_tools),
+            "caller_audio": [base64.b64encode(pcm).decode("ascii") for pcm in list(self._buffered)[-CARRIED_FRAMES:]],
+        }
+
+    def restore(self, snapshot: dict) -> None:
+        """Take in the `snapshot` of a call that moved here (before its stream's start).
+
+        The session this instance opens resumes with the snapshot's handle (a refused
+        one opens a fresh session carrying the conversation, `carry_over`); it is a
+        reconnection, so no greeting is said again."""
+        self.parameters = dict(snapshot.get("parameters") or {})
+        self.resumption_handle = snapshot.get("resumption_handle") or None
+        self._attempt_handle = self.resumption_handle
+        # A call moved before its first session was ready is greeted on the next instance.
+        self._ever_ready = bool(snapshot.get("ever_ready", True))
+        self._opening_sent = bool(snapshot.get("opening_sent", self._ever_ready))
+        try:
+            self.detection = Detection(snapshot.get("detection") or self.detection.value)
+        except ValueError:
+            pass
+        self.answered_by = snapshot.get("answered_by") or self.answered_by
+        self.transcript = [list(t) for t in snapshot.get("transcript") or []]
+        self._transcript_break = True
+        self.current.number = int(snapshot.get("turns") or 0)
+        self._keypad = list(snapshot.get("keypad") or [])
+        self.digits = list(snapshot.get("digits") or [])
+        self.moves = int(snapshot.get("moves") or 0) + 1
+        for name, value in (snapshot.get("counters") or {}).items():
+            if name in _COUNTERS:
+                setattr(self, name, value)
+        self.usage.update(snapshot.get("usage") or {})
+        self.usage_by_modality = dict(snapshot.get("usage_by_modality") or {})
+        self.tool_calls = [ToolRecord(c[0], c[1], c[2], c[3]) for c in snapshot.get("tool_calls") or []]
+        for pcm in snapshot.get("caller_audio") or []:
+            self._buffered.append(base64.b64decode(pcm))
+        notes = []
+        cut = snapshot.get("cut_turn")
+        if cut:
+            notes.append(CUT_TURN_TEXT.format(said=cut.get("said", ""), heard=cut.get("heard", "")))
+        tools = snapshot.get("cut_tools") or []
+        if tools:
+            calls = ", ".join(f"{t['name']}({_short(t.get('args') or {})})" for t in tools)
+            notes.append(CUT_TOOLS_TEXT.format(calls=calls))
+        self._resume_note = MOVED_TEXT.format(what=" ".join(notes)) if notes else None
+
+    def _on_move_requested(self, event: ev.MoveRequested) -> list[act.Action]:
+        if self.over or self.ending is not None or self.moving:
+            return []  # an end already decided (a goodbye, a transfer) is kept
+        self.moving = True
+        if self._quiet():
+            return self._move_now()
+        log.info("call %s moves at the next quiet moment (in %.1f s at the latest)", self.call_sid, event.wait_s)
+        return [act.StartTimer(Timer.MOVE, event.wait_s)]
+
+    def _quiet(self) -> bool:
+        """Nothing would be cut by moving now: no agent audio playing or owed, no tool running."""
+        return (not self.current.open and not self.marks_in_flight and not self.pending_tools
+                and not self._answer_owed and self.phase is not Phase.AWAITING_START)
+
+    def _move_if_quiet(self) -> list[act.Action]:
+        if self.moving and not self.over and self.ending is None and self._quiet():
+            return self._move_now()
+        return []
+
+    def _move_now(self) -> list[act.Action]:
+        """Hand the call over: note what is cut short (the model on the next instance is
+        told), and end this stream as a move."""
+        if self.current.open or self.marks_in_flight:
+            said = self.transcript[-1][1].strip() if self.transcript and self.transcript[-1][0] == "agent" else ""
+            sent = self._turn_sent.get(self.turn, 0)
+            heard = self._turn_heard.get(self.turn, 0)
+            part = said[: round(len(said) * heard / sent)] if sent else ""
+            self.cut_turn = {"said": said[-500:], "heard": part[-500:],
+                             "heard_s": round(heard / ULAW_BYTES_PER_SECOND, 2)}
+        self.cut_tools = [{"id": t.call_id, "name": t.name, "args": self._tool_args.get(t.call_id, {})}
+                          for t in self.pending_tools.values()]
+        log.info("call %s moves to another instance now%s", self.call_sid,
+                 " (cutting a turn short)" if self.cut_turn else "")
+        return [act.CancelTimer(Timer.MOVE), *self._end("moved to another instance", move=True)]
+
+    def _move_deadline(self) -> list[act.Action]:
+        if self.moving and self.ending is None:
+            return self._move_now()
+        return []
+
     # ----------------------------------------------------- Twilio events
 
     def _on_connected(self, event: tw.Connected) -> list[act.Action]:
@@ -461,7 +594,7 @@ class Call:
                 break
         if not self.marks_in_flight and not self.current.open and self.phase is Phase.AGENT_SPEAKING:
             self.phase = Phase.LISTENING
-        return self._end_if_goodbye_heard()
+        return self._end_if_goodbye_heard() or self._move_if_quiet()
 
     def _on_dtmf(self, event: tw.DtmfPressed) -> list[act.Action]:
         if not self._same_stream(event.stream_sid):
@@ -507,7 +640,7 @@ class Call:
         self.link = LiveLink.READY
         self._reconnect_attempts = 0
         self._frames_to_live = self._kept_frames = self._kept_sends = 0
-        self._go_away_seen = False
+        self._turn_completed = self._go_away_seen = False
         if self.phase is Phase.CONNECTING:
             self.phase = Phase.LISTENING
         actions: list[act.Action] = []
@@ -526,6 +659,12 @@ class Call:
         self._buffered.clear()
         actions.extend(self._queued_responses)
         self._queued_responses.clear()
+        if self._resume_note is not None:
+            actions.append(act.SendTextToLive(self._resume_note))
+            self._resume_note = None
+            self._answer_owed = True
+        if self._keypad:
+            actions.append(act.StartTimer(Timer.DTMF, self.dtmf_timeout_s))
         return actions
 
     def _first_words(self) -> list[act.Action]:
@@ -604,13 +743,6 @@ class Call:
             return []  # already being replaced: the next session gets what was kept
         if event.code in FATAL_LIVE_CODES and not self._go_away_seen:  # as `_on_live_closed`
             return self._end(f"Live session closed (code={event.code}): {event.error}", apologize=True)
-        if self._frames_to_live >= HEALTHY_SESSION_FRAMES:
-            self._send_failures = 0
-        self._send_failures += 1
-        if self._send_failures > MAX_SEND_FAILURES:
-            return self._end(
-                f"sending to Live failed on {MAX_SEND_FAILURES + 1} sessions in a row ({event.error})", apologize=True
-            )
         return self._reconnect(f"sending to Live failed: {event.error}")
 
     def _keep_for_next_session(self, unsent: tuple) -> None:
@@ -734,13 +866,16 @@ class Call:
         # left to fire into nothing; the next interruption restarts it.
         self.current.discarding = False
         self._transcript_break = True
+        self._turn_completed = True
         if not self.marks_in_flight and self.phase is Phase.AGENT_SPEAKING:
             self.phase = Phase.LISTENING
         if self.ending is not None and self.turn >= self.ending.after_turn:
             self.ending.turn_complete = True
             actions.extend(self._end_if_goodbye_heard())
+        self._answer_owed = False
         if self._resume_at_boundary and not self.pending_tools and not self.over:
             actions.extend(self._reconnect("goAway: switching sessions at a turn boundary"))
+        actions.extend(self._move_if_quiet())
         return actions
 
     def _on_interrupted(self, event: ev.ModelInterrupted) -> list[act.Action]:
@@ -791,6 +926,7 @@ class Call:
         for fc in event.calls:
             record = ToolRecord(fc.call_id, fc.name)
             self.pending_tools[fc.call_id] = record
+            self._tool_args[fc.call_id] = dict(fc.args)
             self.tool_calls.append(record)
             log.info("model called %s(%s) id=%s", fc.name, _short(fc.args), fc.call_id)
             actions.append(act.RunTool(fc.call_id, fc.name, dict(fc.args)))
@@ -814,7 +950,10 @@ class Call:
         record.latency_ms = round(event.elapsed_s * 1000, 1)
         if self.over:
             return []
+        self._tool_args.pop(event.call_id, None)
         response = act.SendToolResponse(event.call_id, event.name, event.response, event.scheduling)
+        if event.scheduling != "SILENT":
+            self._answer_owed = True
         if self.link is not LiveLink.READY:
             self._queued_responses.append(response)  # delivered on the resumed session
             return []
@@ -893,6 +1032,13 @@ class Call:
     def _reconnect(self, reason: str) -> list[act.Action]:
         """Replace the Live session, keeping the conversation through the resumption handle."""
         actions = self._drain_turn()  # what the old session said still plays
+        if self.link is LiveLink.READY:  # a session ends (a failure to open one is an attempt, below)
+            healthy = self._turn_completed or self._frames_to_live >= HEALTHY_SESSION_FRAMES
+            self._unhealthy_sessions = 0 if healthy else self._unhealthy_sessions + 1
+            if self._unhealthy_sessions > MAX_UNHEALTHY_SESSIONS:
+                why = f"{self._unhealthy_sessions} Live sessions in a row ended before they were healthy (the last: {reason})"
+                log.error("call %s: %s; ending it with the apology", self.call_sid, why)
+                return actions + self._end(why, apologize=True)
         self.current.open = False
         self._resume_at_boundary = False
         self.link = LiveLink.SWITCHING
@@ -902,7 +1048,9 @@ class Call:
             return actions + self._end(
                 f"could not restore the Live session after {len(RECONNECT_BACKOFF_S)} attempts ({reason})", apologize=True
             )
-        delay = RECONNECT_BACKOFF_S[self._reconnect_attempts - 1]
+        # Sessions that fail at once back off as failed attempts do: a passing fault gets time to clear.
+        step = self._reconnect_attempts - 1 + max(self._unhealthy_sessions - 1, 0)
+        delay = RECONNECT_BACKOFF_S[min(step, len(RECONNECT_BACKOFF_S) - 1)]
         actions.append(act.CancelTimer(Timer.GOAWAY))
         actions.append(act.ResumeLive(reason, delay))
         return actions
@@ -942,7 +1090,7 @@ class Call:
 
     def _end(
         self, reason: str, *, apologize: bool = False, close_code: int = 1000, hangup: bool = False,
-        transfer: act.EndCall | None = None,
+        transfer: act.EndCall | None = None, move: bool = False,
     ) -> list[act.Action]:
         if self.over:
             return []
@@ -956,7 +1104,7 @@ class Call:
             actions.append(act.EndCall(reason, close_code=close_code, transfer_to=transfer.transfer_to,
                                       transfer_name=transfer.transfer_name, transfer_summary=transfer.transfer_summary))
         else:
-            actions.append(act.EndCall(reason, apologize=apologize, close_code=close_code, hangup=hangup))
+            actions.append(act.EndCall(reason, apologize=apologize, close_code=close_code, hangup=hangup, move=move))
         return actions
 
     def _same_stream(self, sid: str | None) -> bool:
@@ -977,6 +1125,7 @@ class Call:
         Timer.DTMF: _keypad_to_model,
         Timer.MAX_CALL: _max_call_reached,
         Timer.GOODBYE_GRACE: _goodbye_overdue,
+        Timer.MOVE: _move_deadline,
         Timer.AMD: _amd_overdue,
         Timer.HANDLE_WAIT: _handle_overdue,
     }
@@ -1007,10 +1156,19 @@ class Call:
         ev.GoAway: _on_go_away,
         ev.TimerFired: _on_timer,
         ev.ServerStopping: _on_server_stopping,
+        ev.MoveRequested: _on_move_requested,
         ev.HangupRequested: _on_hangup_requested,
         ev.TransferRequested: _on_transfer_requested,
         ev.AnsweredBy: _on_answered_by,
     }
+
+
+#: The counters of the call record that travel with a moved call.
+_COUNTERS = (
+    "frames_in", "frames_out", "frames_dropped", "bad_frames", "interruptions", "stale_audio_dropped",
+    "discards_timed_out", "reconnects", "sessions_resumed", "sessions_fresh", "watchdog_nudges",
+    "sent_bytes", "heard_bytes", "cleared_bytes",
+)
 
 
 def _short(args: dict) -> str:

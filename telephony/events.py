@@ -157,6 +157,14 @@ class ServerStopping:
 
 
 @dataclass(frozen=True)
+class MoveRequested:
+    """The server is draining and another instance can take the call: hand it over
+    at the next quiet moment, or after `wait_s` at the latest."""
+
+    wait_s: float
+
+
+@dataclass(frozen=True)
 class TimerFired:
     name: str
 

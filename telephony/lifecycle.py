@@ -2,8 +2,9 @@
 
 Start-up reads and checks the settings, opens the stores, the Live client and the
 shared state, and announces this instance; shutdown drains the calls first (on
-SIGTERM: stop taking calls, let them finish, then end the rest politely), so no
-caller is cut off by a restart.
+SIGTERM: stop taking calls; with Redis and another instance taking calls, move
+each call there (moves.py); else let them finish, then end the rest politely),
+so no caller is cut off by a restart.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from . import __version__, metrics
 from .audio_recording import AudioRecordings
 from .errors import SettingsError
 from .live import make_client
+from .moves import close_orphans
 from .observe import Watch
 from .outbound import OutboundRefs
 from .records import CallRecorder, open_records
@@ -236,6 +238,7 @@ async def heartbeat_loop(app: FastAPI) -> None:
         try:
             await state.shared.heartbeat(state.instance_id, draining=state.draining,
                                          active_calls=len(state.active_calls), ttl_s=HEARTBEAT_TTL_S)
+            await close_orphans(state.shared, state.recorder)
             warned = False
         except SharedStateUnavailable as exc:
             if not warned:  # once per outage, not every few seconds
@@ -253,8 +256,15 @@ async def drain(app: FastAPI, timeout_s: float) -> None:
         await state.shared.heartbeat(state.instance_id, draining=True, active_calls=len(state.active_calls),
                                      ttl_s=HEARTBEAT_TTL_S)
     calls = state.active_calls
-    log.info("draining: %d active call(s); waiting up to %.0f s for them to finish", len(calls), timeout_s)
     deadline = time.monotonic() + timeout_s
+    takers = await instances_taking_calls(state) if calls and state.settings.redis_url else []
+    if takers:
+        log.info("draining: moving %d active call(s) to the other instance(s) (%s); waiting up to %.0f s",
+                 len(calls), ", ".join(takers), timeout_s)
+        for bridge in list(calls):
+            bridge.move(min(state.settings.move_wait_s, timeout_s / 2))
+    else:
+        log.info("draining: %d active call(s); waiting up to %.0f s for them to finish", len(calls), timeout_s)
     while calls and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     if calls:
@@ -265,6 +275,16 @@ async def drain(app: FastAPI, timeout_s: float) -> None:
         while calls and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     log.info("drained: %d call(s) left", len(calls))
+
+
+async def instances_taking_calls(state: Any) -> list[str]:
+    """The other instances alive and not draining (nothing moves when none, or when unknown)."""
+    try:
+        return [i.instance_id for i in await state.shared.instances()
+                if i.instance_id != state.instance_id and not i.draining]
+    except SharedStateUnavailable as exc:
+        log.warning("draining: %s; calls cannot move and finish here", exc)
+        return []
 
 
 def drain_on_sigterm(app: FastAPI) -> None:
@@ -318,6 +338,6 @@ def make_transfers(state) -> "WarmTransfers | None":
         except NoAgent:
             agent = None
         return stream_twiml(state.gate, s.public_host or "", ticket.caller_sid, ticket.caller or "", ticket.called or "",
-                            {"leg": f"return-{ticket.id}", "direction": ticket.direction}, agent=agent)
+                            {"direction": ticket.direction}, agent=agent, leg=f"return-{ticket.id}")
 
     return WarmTransfers(s, state.shared, state.rest, state.recorder, return_twiml)

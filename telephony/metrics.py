@@ -74,7 +74,8 @@ _OUTCOMES = (
     ("max_length", re.compile(r"^maximum call length")),
     ("twilio_disconnected", re.compile(r"^Twilio socket closed")),
     ("live_failed", re.compile(r"Live session|restore the Live")),
-    ("server_shutdown", re.compile(r"^server shutting down")),
+    ("server_shutdown", re.compile(r"^server shutting down|^could not move")),
+    ("moved", re.compile(r"^moved to another instance")),  # the call goes on at another instance
     ("bad_stream", re.compile(r"bad frames|unsupported media format")),
     ("internal_error", re.compile(r"^internal error")),
     ("stream_ended", re.compile(r"^stream ended")),

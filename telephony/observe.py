@@ -135,6 +135,15 @@ class CallObserver:
         self.timings.append(timing)
         self._record(timing)
 
+    @property
+    def caller_turns(self) -> int:
+        """How many caller turns were timed (a moved call's next instance numbers on from here)."""
+        return self._caller_seq
+
+    def continue_from(self, caller_turns: int) -> None:
+        """A call that moved here: its caller turns number on from the last instance's."""
+        self._caller_seq = caller_turns
+
     def bad_frame(self, error: Exception) -> None:
         m.BAD_FRAMES.labels(type(error).__name__).inc()
 

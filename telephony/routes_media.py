@@ -13,6 +13,7 @@ from collections import deque
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
+from fastapi.responses import Response
 from starlette.websockets import WebSocketState
 from twilio.request_validator import SIGNATURE_HEADER
 
@@ -21,9 +22,11 @@ from .agents import Agent, AgentBook, NoAgent
 from .bridge import CallBridge
 from .errors import MalformedMessage
 from .lifecycle import why_busy
+from .moves import AFTER_STREAM_TTL_S, CallKeeper, CallOwnedElsewhere
 from .security import CallerIdentity, Gatekeeper, Rejected, stream_urls
 from .settings import Settings
 from .shared_state import SharedStateUnavailable
+from .twiml import Next
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,6 @@ log = logging.getLogger(__name__)
 #: started after this many messages or seconds is not a Twilio stream.
 MAX_MESSAGES_BEFORE_START = 50
 START_TIMEOUT_S = 10.0
-#: How long an ended stream's answer waits for Twilio's /stream-ended (asked right after the close).
-AFTER_STREAM_TTL_S = 600.0
 
 router = APIRouter()
 
@@ -53,8 +54,16 @@ async def media_stream(websocket: WebSocket) -> None:
         log.warning("refused a media stream upgrade (HTTP 403): %s", exc)
         await websocket.close(code=1008)
         return
-    await websocket.accept()
     busy = why_busy(state)
+    if busy == "draining":
+        # Refused at the upgrade, with 503: a proxy retries it on another instance
+        # (deploy/haproxy.cfg `retry-on 503`), so a stream racing the health check
+        # that takes this instance out still reaches one that takes calls.
+        gate.rejected[busy] += 1
+        log.warning("refused a media stream: draining (HTTP 503 at the upgrade)")
+        await websocket.send_denial_response(Response(status_code=503, content="draining", media_type="text/plain"))
+        return
+    await websocket.accept()
     if busy is not None:
         gate.rejected[busy] += 1
         log.warning("refused a media stream: %s (closed with 1013)", busy.replace("_", " "))
@@ -75,20 +84,37 @@ async def media_stream(websocket: WebSocket) -> None:
     if identity is not None and not identity.verified:
         log.info("call %s: caller %s is NOT verified (development mode, no TWILIO_AUTH_TOKEN)",
                  identity.call_sid, gate.show(identity.caller))
+    keeper, moved_in = None, None
+    if identity is not None and identity.call_sid:
+        # One owner per call: a new call's stream takes its lease; a moved call's
+        # stream takes it over, with the checkpoint the last owner left.
+        keeper = CallKeeper(state.shared, state.instance_id, identity.call_sid, state.recorder)
+        try:
+            moved_in = await keeper.claim()
+        except (CallOwnedElsewhere, SharedStateUnavailable) as exc:
+            log.warning("refused the stream of call %s (closed with 1013): %s", identity.call_sid, exc)
+            await _close(websocket, 1013)
+            return
+        if moved_in is not None:
+            log.info("call %s moved here (move %d): carrying it on from its checkpoint (claimed in %.0f ms)",
+                     identity.call_sid, int(moved_in.get("moves") or 0) + 1, keeper.claimed_in_s * 1000)
     agent = _agent_for(state.agents, start, identity)
     opening, handle = await _returning(state, start)
     bridge = CallBridge(
         _Replay(websocket, pending), settings=s, client=state.client, agent=agent,
         rest=state.rest, identity=identity, recorder=state.recorder, watch=state.watch,
         shared=state.shared, transfers=state.transfers, opening=opening, resumption_handle=handle,
+        keeper=keeper, moved_in=moved_in,
     )
     state.active_calls.add(bridge)
     try:
         state.recent_calls.append(await bridge.run())
     finally:
         state.active_calls.discard(bridge)
-        await gate.stream_ended(identity.call_sid if identity else None)
-        if bridge.call.call_sid:
+        moved = bridge.after_stream.next is Next.MOVE
+        if not moved:  # a moved call keeps its caller's slot: it goes on elsewhere
+            await gate.stream_ended(identity.call_sid if identity else None)
+        if bridge.call.call_sid and not bridge.after_stream_put:
             try:
                 await state.shared.put_after_stream(bridge.call.call_sid, bridge.after_stream.encode(),
                                                   AFTER_STREAM_TTL_S)

@@ -6,6 +6,7 @@ stream token, then the caller's limits (a spoken refusal otherwise)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from urllib.parse import parse_qsl
@@ -16,10 +17,12 @@ from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
 from .agents import Agent, AgentBook, NoAgent
 from .lifecycle import busy_for_webhook, why_busy
-from .security import MAX_IDENTITY_CHARS, TOKEN_PARAMETER, Gatekeeper, Rejected, webhook_urls
+from .security import LEG_PARAMETER, MAX_IDENTITY_CHARS, TOKEN_PARAMETER, Gatekeeper, Rejected, webhook_urls
 from .settings import Settings
 from .shared_state import SharedStateUnavailable
-from .twiml import AfterStream, Next, apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml
+from .twiml import (
+    ONE_MOMENT, AfterStream, Next, apology_twiml, busy_twiml, connect_stream_twiml, hangup_twiml, over_limit_twiml,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +133,74 @@ async def stream_ended(request: Request) -> Response:
         return pairs
     form = dict(pairs)
     call_sid = form.get("CallSid", "")
+    state = request.app.state
+    checkpoint = None
     try:
-        after = AfterStream.decode(await request.app.state.shared.pop_after_stream(call_sid))
+        answer = await state.shared.pop_after_stream(call_sid)
+        after = AfterStream.decode(answer)
+        if answer is None or after.next is Next.MOVE:
+            checkpoint = await _checkpoint(state, call_sid)
+        if answer is None and checkpoint is not None:
+            # Nobody said what follows, yet the call has a checkpoint: its instance died
+            # mid-call, or the stream it moved to never started (no instance took it).
+            # Carry it on from there, a few times at most, a moment apart so that the
+            # load balancer can see an instance that was just starting.
+            moves = int(checkpoint.get("moves") or 0)
+            for attempt in range(1, REOFFERS + 1):
+                if await state.shared.take_once("reoffered", f"{call_sid}:{moves}:{attempt}", AFTER_MOVE_TTL_S):
+                    log.warning("call %s: its stream ended with no word from its instance; carrying it on "
+                                "from its last checkpoint (attempt %d)", call_sid, attempt)
+                    if attempt > 1:
+                        await asyncio.sleep(REOFFER_PAUSE_S)
+                    after = AfterStream(Next.MOVE)
+                    break
     except SharedStateUnavailable as exc:
         log.warning("call %s: /stream-ended answers the apology: %s", call_sid, exc)
         after = AfterStream(Next.APOLOGY)
-    twiml = after.twiml(_agent_of(request.app.state.agents, after.agent, form))
+    if after.next is Next.MOVE:
+        agent = _agent_of(state.agents, (checkpoint or {}).get("agent") or after.agent, form)
+        if checkpoint is None:
+            log.warning("call %s: it was moving, but its checkpoint is gone: the caller hears the apology", call_sid)
+            return Response(content=AfterStream(Next.APOLOGY).twiml(agent), media_type="text/xml")
+        # Carried on after a crash (no word from the instance), the new instance may wait up to
+        # LEASE_S for the dead one's lease: the caller hears a word rather than silence.
+        twiml = move_twiml(state, request, call_sid, checkpoint, agent,
+                           say_first=ONE_MOMENT if answer is None else None)
+        log.info("call %s moves: a new stream for whichever instance takes it", call_sid)
+        return Response(content=twiml, media_type="text/xml")
+    twiml = after.twiml(_agent_of(state.agents, after.agent, form))
     return Response(content=twiml, media_type="text/xml")
+
+
+#: How long a crashed call's offers to carry it on are remembered, how many there are per
+#: checkpoint, and the pause before each after the first (the caller hears silence).
+AFTER_MOVE_TTL_S = 600.0
+REOFFERS = 3
+REOFFER_PAUSE_S = 1.0
+
+
+async def _checkpoint(state, call_sid: str) -> dict | None:
+    import json
+
+    raw = await state.shared.load_checkpoint(call_sid) if call_sid else None
+    try:
+        checkpoint = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return checkpoint if isinstance(checkpoint, dict) else None
+
+
+def move_twiml(state, request: Request, call_sid: str, checkpoint: dict, agent: Agent | None = None,
+               say_first: str | None = None) -> str:
+    """The call's next stream: the same identity, parameters and action, a fresh
+    single-use token for the next leg."""
+    s: Settings = state.settings
+    host = s.public_host or request.headers.get("host", "")
+    extra = {k: v for k, v in (checkpoint.get("parameters") or {}).items()
+             if k not in ("CallSid", "From", "To", "agent", TOKEN_PARAMETER, LEG_PARAMETER) and isinstance(v, str)}
+    leg = str(int(checkpoint.get("moves") or 0) + 2)
+    return stream_twiml(state.gate, host, call_sid, checkpoint.get("caller") or "", checkpoint.get("called") or "",
+                        extra, agent=agent, leg=leg, say_first=say_first)
 
 
 @router.post("/twilio/status")
@@ -278,7 +342,8 @@ def _agent_of(book: AgentBook, name: str | None, form: dict[str, str]) -> Agent:
 
 
 def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called: str,
-                  extra: dict[str, str] | None = None, agent: Agent | None = None) -> str:
+                  extra: dict[str, str] | None = None, agent: Agent | None = None, leg: str = "",
+                  say_first: str | None = None) -> str:
     """The <Connect><Stream> TwiML of every call, inbound or outbound.
 
     The stream token is minted for this CallSid and these numbers; `caller` is the
@@ -288,14 +353,16 @@ def stream_twiml(gate: Gatekeeper, host: str, call_sid: str, caller: str, called
     <Connect> for when the stream cannot start.
     """
     parameters = {"CallSid": call_sid, "From": caller, "To": called,
-                  TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called)}
+                  TOKEN_PARAMETER: gate.mint_token(call_sid, caller, called, leg)}
+    if leg:
+        parameters[LEG_PARAMETER] = leg
     if agent is not None:
         parameters["agent"] = agent.name
     for name, value in (extra or {}).items():
         parameters.setdefault(name, value)
     return connect_stream_twiml(
         f"wss://{host}/media-stream", parameters, f"https://{host}/stream-ended", f"https://{host}/twilio/status",
-        agent=agent,
+        agent=agent, say_first=say_first,
     )
 
 

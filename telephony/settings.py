@@ -147,6 +147,7 @@ class Settings:
     max_call_s: float = 3600.0
     max_concurrent_calls: int = 200
     drain_timeout_s: float = 30.0
+    move_wait_s: float = 5.0
     log_level: str = "INFO"
     resampler: str = "fir"
     # Running more than one process (shared_state.py): unset = this process's memory.
@@ -310,6 +311,7 @@ class Settings:
         values.update(_float(get, "MAX_CALL_SECONDS", "max_call_s", 0, 86400))
         values.update(_int(get, "MAX_CONCURRENT_CALLS", "max_concurrent_calls", 1, 100000))
         values.update(_float(get, "DRAIN_TIMEOUT_SECONDS", "drain_timeout_s", 0, 3600))
+        values.update(_float(get, "MOVE_WAIT_SECONDS", "move_wait_s", 0, 60))
 
         db = get("ORDERS_DB_PATH")
         if db is not None:

@@ -13,6 +13,9 @@ decided in one shared place:
   `pop_after_stream`);
 - which instances are alive, and which are draining (`heartbeat`,
   `instances`), so a draining instance knows whether others take new calls;
+- each call in progress: its checkpoint and the lease of the one instance that
+  owns it (`claim_call`, `save_checkpoint`, `release_call`, `orphaned_calls`),
+  so a call can move to another instance, on a deploy or after a crash.
 - short notes about a call that a callback reaching any instance leaves for
   the instance holding its stream, or for a later stream of the same call
   (`put_note`, `get_note`, `take_note`): an answering-machine verdict, a warm
@@ -42,7 +45,7 @@ from .errors import SettingsError, TelephonyError
 
 __all__ = [
     "SharedState", "InProcessState", "RedisState", "InstanceInfo", "SharedStateUnavailable", "open_shared_state",
-    "UNKNOWN_CALLER", "HOUR_S", "MAX_REMEMBERED",
+    "UNKNOWN_CALLER", "HOUR_S", "MAX_REMEMBERED", "Claim",
 ]
 
 Clock = Callable[[], float]
@@ -68,6 +71,17 @@ class InstanceInfo:
     draining: bool
     active_calls: int
     seen_at: float
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to `claim_call`: whether this instance now owns the call, the
+    checkpoint it left behind (None for a call never checkpointed), and who holds
+    the lease when the claim failed."""
+
+    owned: bool
+    checkpoint: str | None = None
+    holder: str | None = None
 
 
 def _too_many_active(count: int, limit: int) -> str:
@@ -151,6 +165,34 @@ class SharedState(ABC):
         """Drop an instance at once (it is shutting down), rather than at its heartbeat's expiry."""
 
     @abstractmethod
+    async def claim_call(self, call_sid: str, owner: str, *, lease_s: float, orphan_s: float) -> Claim:
+        """Take the lease of `call_sid` for `owner` unless another owner holds it
+        (an unexpired lease); return its checkpoint with it. The call is listed
+        until `lease_s + orphan_s` from now (`orphaned_calls`)."""
+
+    @abstractmethod
+    async def save_checkpoint(self, call_sid: str, owner: str, checkpoint: str | None, *, lease_s: float,
+                              orphan_s: float, ttl_s: float) -> bool:
+        """Renew `owner`'s lease (and store `checkpoint` for `ttl_s`, unless None);
+        False, with nothing written, if `owner` does not hold the lease."""
+
+    @abstractmethod
+    async def load_checkpoint(self, call_sid: str) -> str | None:
+        """The call's last checkpoint, whoever owns it (None: none, or expired)."""
+
+    @abstractmethod
+    async def release_call(self, call_sid: str, owner: str, *, keep_for_s: float | None) -> bool:
+        """`owner` lets go of the call. `keep_for_s` None: the call is over, its
+        checkpoint is dropped. Otherwise the checkpoint waits that long for another
+        instance to claim it (a move). False if `owner` did not hold the lease."""
+
+    @abstractmethod
+    async def orphaned_calls(self, limit: int = 20) -> list[tuple[str, str | None]]:
+        """Calls whose owner stopped renewing its lease and that nobody claimed
+        within their orphan time, each given to exactly one asker, with its last
+        checkpoint: (call_sid, checkpoint)."""
+
+    @abstractmethod
     async def ping(self) -> None:
         """Raise `SharedStateUnavailable` unless the store answers (a readiness check)."""
 
@@ -189,6 +231,9 @@ class InProcessState(SharedState):
         self._admissions = 0
         self._after: OrderedDict[str, tuple[str, float]] = OrderedDict()  # call_sid -> (answer, forgotten at)
         self._instances: dict[str, tuple[InstanceInfo, float]] = {}      # id -> (info, forgotten at)
+        self._leases: dict[str, tuple[str, float]] = {}                   # call_sid -> (owner, lapses at)
+        self._checkpoints: dict[str, tuple[str, float]] = {}              # call_sid -> (checkpoint, forgotten at)
+        self._calls: dict[str, float] = {}                                # call_sid -> orphaned at
         self._notes: OrderedDict[str, tuple[str, float]] = OrderedDict()  # kind:key -> (value, forgotten at)
 
     async def take_once(self, kind: str, key: str, ttl_s: float) -> bool:
@@ -314,6 +359,74 @@ class InProcessState(SharedState):
     async def forget_instance(self, instance_id: str) -> None:
         self._instances.pop(instance_id, None)
 
+    def _holder(self, call_sid: str, now: float) -> str | None:
+        lease = self._leases.get(call_sid)
+        if lease is None or lease[1] <= now:
+            self._leases.pop(call_sid, None)
+            return None
+        return lease[0]
+
+    def _checkpoint(self, call_sid: str, now: float) -> str | None:
+        entry = self._checkpoints.get(call_sid)
+        if entry is None or entry[1] <= now:
+            self._checkpoints.pop(call_sid, None)
+            return None
+        return entry[0]
+
+    async def claim_call(self, call_sid: str, owner: str, *, lease_s: float, orphan_s: float) -> Claim:
+        now = self._clock()
+        holder = self._holder(call_sid, now)
+        if holder is not None and holder != owner:
+            return Claim(False, holder=holder)
+        if len(self._calls) >= self._max and call_sid not in self._calls:
+            for sid in [sid for sid, at in self._calls.items() if at <= now]:
+                self._calls.pop(sid)
+        self._leases[call_sid] = (owner, now + lease_s)
+        self._calls[call_sid] = now + lease_s + orphan_s
+        return Claim(True, self._checkpoint(call_sid, now), owner)
+
+    async def save_checkpoint(self, call_sid: str, owner: str, checkpoint: str | None, *, lease_s: float,
+                              orphan_s: float, ttl_s: float) -> bool:
+        now = self._clock()
+        if self._holder(call_sid, now) != owner:
+            return False
+        self._leases[call_sid] = (owner, now + lease_s)
+        self._calls[call_sid] = now + lease_s + orphan_s
+        if checkpoint is not None:
+            self._checkpoints[call_sid] = (checkpoint, now + ttl_s)
+        return True
+
+    async def load_checkpoint(self, call_sid: str) -> str | None:
+        return self._checkpoint(call_sid, self._clock())
+
+    async def release_call(self, call_sid: str, owner: str, *, keep_for_s: float | None) -> bool:
+        now = self._clock()
+        if self._holder(call_sid, now) != owner:
+            return False
+        del self._leases[call_sid]
+        if keep_for_s is None:
+            self._checkpoints.pop(call_sid, None)
+            self._calls.pop(call_sid, None)
+        else:
+            entry = self._checkpoints.get(call_sid)
+            if entry is not None:
+                self._checkpoints[call_sid] = (entry[0], max(entry[1], now + keep_for_s))
+            self._calls[call_sid] = now + keep_for_s
+        return True
+
+    async def orphaned_calls(self, limit: int = 20) -> list[tuple[str, str | None]]:
+        now = self._clock()
+        found = []
+        for sid, at in sorted(self._calls.items(), key=lambda item: item[1]):
+            if len(found) >= limit or at > now:
+                break
+            del self._calls[sid]
+            if self._holder(sid, now) is not None:
+                continue
+            found.append((sid, self._checkpoint(sid, now)))
+            self._checkpoints.pop(sid, None)
+        return found
+
     async def ping(self) -> None:
         return None
 
@@ -411,6 +524,59 @@ end
 return out
 """
 
+# KEYS: lease (string owner), checkpoint (string), calls (zset call_sid -> orphaned at)
+# ARGV: call_sid, owner, lease_ms, orphan_ms
+_CLAIM = _NOW + """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[2] then return {0, false, holder} end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 86400000)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+expire_with_last(KEYS[3])
+return {1, redis.call('GET', KEYS[2]), ARGV[2]}
+"""
+
+# KEYS: lease, checkpoint, calls; ARGV: call_sid, owner, lease_ms, orphan_ms, ttl_ms, checkpoint (or '')
+_SAVE = _NOW + """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+expire_with_last(KEYS[3])
+if ARGV[6] ~= '' then redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[5]) end
+return 1
+"""
+
+# KEYS: lease, checkpoint, calls; ARGV: call_sid, owner, keep_ms (or '' when the call is over)
+_RELEASE = _NOW + """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+else
+  local keep = tonumber(ARGV[3])
+  if redis.call('PTTL', KEYS[2]) < keep then redis.call('PEXPIRE', KEYS[2], keep) end
+  redis.call('ZADD', KEYS[3], now + keep, ARGV[1])
+  expire_with_last(KEYS[3])
+end
+return 1
+"""
+
+# KEYS: calls; ARGV: prefix, limit. Returns {call_sid, checkpoint or false, ...}
+_ORPHANS = _NOW + """
+local out = {}
+for _, sid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
+  redis.call('ZREM', KEYS[1], sid)
+  if redis.call('EXISTS', ARGV[1] .. 'lease:' .. sid) == 0 then
+    local checkpoint = redis.call('GET', ARGV[1] .. 'checkpoint:' .. sid)
+    redis.call('DEL', ARGV[1] .. 'checkpoint:' .. sid)
+    out[#out + 1] = sid
+    out[#out + 1] = checkpoint
+  end
+end
+return out
+"""
+
 #: Callers longer than this are keyed by their hash (a From is whatever the webhook sent).
 _MAX_KEY_PART = 128
 
@@ -460,6 +626,10 @@ class RedisState(SharedState):
         self._active = self._redis.register_script(_ACTIVE)
         self._heartbeat = self._redis.register_script(_HEARTBEAT)
         self._instances = self._redis.register_script(_INSTANCES)
+        self._claim = self._redis.register_script(_CLAIM)
+        self._save = self._redis.register_script(_SAVE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._orphans = self._redis.register_script(_ORPHANS)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -556,6 +726,33 @@ class RedisState(SharedState):
                 await pipe.execute()
 
         await self._do("forget_instance", forget())
+
+    def _call_keys(self, call_sid: str) -> list[str]:
+        return [self._key("lease", call_sid), self._key("checkpoint", call_sid), self._key("calls")]
+
+    async def claim_call(self, call_sid: str, owner: str, *, lease_s: float, orphan_s: float) -> Claim:
+        owned, checkpoint, holder = await self._do("claim_call", self._claim(
+            keys=self._call_keys(call_sid), args=[call_sid, owner, _ms(lease_s), _ms(orphan_s)]))
+        return Claim(bool(owned), checkpoint or None, holder or None)
+
+    async def save_checkpoint(self, call_sid: str, owner: str, checkpoint: str | None, *, lease_s: float,
+                              orphan_s: float, ttl_s: float) -> bool:
+        saved = await self._do("save_checkpoint", self._save(
+            keys=self._call_keys(call_sid),
+            args=[call_sid, owner, _ms(lease_s), _ms(orphan_s), _ms(ttl_s), checkpoint or ""]))
+        return bool(saved)
+
+    async def load_checkpoint(self, call_sid: str) -> str | None:
+        return await self._do("load_checkpoint", self._redis.get(self._key("checkpoint", call_sid)))
+
+    async def release_call(self, call_sid: str, owner: str, *, keep_for_s: float | None) -> bool:
+        released = await self._do("release_call", self._release(
+            keys=self._call_keys(call_sid), args=[call_sid, owner, "" if keep_for_s is None else _ms(keep_for_s)]))
+        return bool(released)
+
+    async def orphaned_calls(self, limit: int = 20) -> list[tuple[str, str | None]]:
+        flat = await self._do("orphaned_calls", self._orphans(keys=[self._key("calls")], args=[self.prefix, limit]))
+        return [(flat[i], flat[i + 1] or None) for i in range(0, len(flat), 2)]
 
     async def ping(self) -> None:
         await self._do("ping", self._redis.ping())

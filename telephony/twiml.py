@@ -13,6 +13,8 @@ from typing import Any
 
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+#: Said before the next stream of a call whose instance stopped mid-call (docs/deploying.md).
+ONE_MOMENT = "One moment, please."
 APOLOGY = "Sorry, our phone assistant is not available right now. Please call again later. Goodbye."
 OVER_LIMIT = "Sorry, we are receiving too many calls from your number right now. Please try again later. Goodbye."
 
@@ -32,7 +34,7 @@ def _say(response: VoiceResponse, which: str, default: str, agent: Any | None) -
 
 def connect_stream_twiml(
     stream_url: str, parameters: dict[str, str], action_url: str | None = None, status_url: str | None = None,
-    agent: Any | None = None,
+    agent: Any | None = None, say_first: str | None = None,
 ) -> str:
     """Connect the call to our media stream.
 
@@ -41,8 +43,13 @@ def connect_stream_twiml(
     without the call being over, Twilio asks `action_url` what to do next: the
     server answers <Hangup/> after a goodbye, or an apology when we failed the
     caller. Without an action URL the apology after <Connect> plays instead.
+    `say_first` is said before the stream opens (a call carried on after a crash:
+    the caller hears it while the new instance waits to own the call); it is English,
+    so an agent speaking another language gets the silence instead.
     """
     response = VoiceResponse()
+    if say_first and (agent is None or not agent.say_language or agent.say_language.lower().startswith("en")):
+        _say(response, "", say_first, None)
     connect = Connect(action=action_url, method="POST") if action_url else Connect()
     stream = connect.stream(url=stream_url, name="agent", **(
         {"status_callback": status_url, "status_callback_method": "POST"} if status_url else {}
@@ -102,6 +109,7 @@ class Next(enum.Enum):
     HANGUP = "hangup"
     APOLOGY = "apology"
     TRANSFER = "transfer"
+    MOVE = "move"  # a new stream, to whichever instance the load balancer picks
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class AfterStream:
         """For a call that ended with this `actions.EndCall` (None: it never decided)."""
         if end is None or end.apologize:
             return cls(Next.APOLOGY, agent=agent)
+        if getattr(end, "move", False):
+            return cls(Next.MOVE, agent=agent)
         if end.transfer_to:
             return cls(Next.TRANSFER, end.transfer_to, agent=agent)
         return cls(Next.HANGUP, agent=agent) if end.hangup else cls(Next.APOLOGY, agent=agent)
@@ -141,7 +151,8 @@ class AfterStream:
         return after
 
     def twiml(self, agent: Any | None = None) -> str:
-        """`agent`: the `agents.Agent` named by `self.agent`, whose words an apology uses."""
+        """`agent`: the `agents.Agent` named by `self.agent`, whose words an apology uses.
+        Every answer but a move (whose new stream needs a token: routes_twilio)."""
         if self.next is Next.TRANSFER:
             assert self.destination is not None
             return dial_twiml(self.destination)

@@ -13,7 +13,7 @@ from telephony import events as ev
 from telephony import twilio_protocol as tw
 from telephony.audio import ulaw_encode
 from telephony.call import (
-    GOODBYE_TEXT, HEALTHY_SESSION_FRAMES, MAX_BAD_FRAMES, MAX_SEND_FAILURES, NUDGE_TEXT, Call, Phase,
+    GOODBYE_TEXT, HEALTHY_SESSION_FRAMES, MAX_BAD_FRAMES, MAX_UNHEALTHY_SESSIONS, NUDGE_TEXT, Call, Phase,
 )
 from telephony.errors import InvalidCallState, MalformedMessage
 
@@ -390,22 +390,77 @@ class TestLongCallsAndLiveFailures:
 
     def test_sends_failing_on_every_fresh_session_end_with_the_apology(self):
         c = CallScript().connected()
-        for _ in range(MAX_SEND_FAILURES):
+        for _ in range(MAX_UNHEALTHY_SESSIONS):
             actions = c.call.handle(ev.LiveSendFailed("AttributeError: gone", ()))
             assert any(isinstance(a, act.ResumeLive) for a in actions)
             c.live_ready()
         actions = c.call.handle(ev.LiveSendFailed("AttributeError: gone", ()))
         assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
-        assert actions[-1].reason.startswith(f"sending to Live failed on {MAX_SEND_FAILURES + 1} sessions in a row")
+        assert actions[-1].reason == (f"{MAX_UNHEALTHY_SESSIONS + 1} Live sessions in a row ended before they were "
+                                      "healthy (the last: sending to Live failed: AttributeError: gone)")
 
     def test_a_session_that_relayed_audio_before_its_send_failed_starts_a_new_count(self):
         c = CallScript().connected()
-        for _ in range(MAX_SEND_FAILURES + 2):
+        for _ in range(MAX_UNHEALTHY_SESSIONS + 2):
             c.caller_speaks(HEALTHY_SESSION_FRAMES)
             actions = c.call.handle(ev.LiveSendFailed("ConnectionResetError", ()))
             assert any(isinstance(a, act.ResumeLive) for a in actions)
             c.live_ready()
         assert not c.call.over
+
+    def test_sessions_closed_right_after_setup_end_the_call_with_the_apology_and_one_error_line(self, caplog):
+        c = CallScript().connected()
+        with caplog.at_level("INFO", logger="telephony"):
+            for _ in range(MAX_UNHEALTHY_SESSIONS):
+                actions = c.call.handle(ev.LiveClosed(1011, "internal error"))
+                assert any(isinstance(a, act.ResumeLive) for a in actions)
+                c.live_ready()
+            actions = c.call.handle(ev.LiveClosed(1011, "internal error"))
+        assert isinstance(actions[-1], act.EndCall) and actions[-1].apologize
+        assert not any(isinstance(a, act.ResumeLive) for a in actions)
+        assert actions[-1].reason == (f"{MAX_UNHEALTHY_SESSIONS + 1} Live sessions in a row ended before they were "
+                                      "healthy (the last: Live session closed (code=1011, internal error))")
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and CALL in errors[0] and actions[-1].reason in errors[0]
+
+    def test_sessions_that_fail_at_once_back_off_and_a_healthy_one_resumes_at_once(self):
+        c = CallScript().connected()
+        delays = []
+        for _ in range(MAX_UNHEALTHY_SESSIONS):
+            actions = c.call.handle(ev.LiveClosed(1011, "internal error"))
+            delays += [a.delay_s for a in actions if isinstance(a, act.ResumeLive)]
+            c.live_ready()
+        assert delays == [0.0, 0.25, 0.5]
+        c.caller_speaks(HEALTHY_SESSION_FRAMES)
+        assert act.ResumeLive("Live session closed (code=1006, abnormal)", 0.0) in c.call.handle(ev.LiveClosed(1006, "abnormal"))
+
+    def test_closes_and_failed_sends_count_toward_the_same_bound(self):
+        c = CallScript().connected()
+        failures = [ev.LiveClosed(1011, "internal error"), ev.LiveSendFailed("ConnectionClosedError", ())]
+        for i in range(MAX_UNHEALTHY_SESSIONS):
+            assert any(isinstance(a, act.ResumeLive) for a in c.call.handle(failures[i % 2]))
+            c.live_ready()
+        assert isinstance(c.call.handle(failures[MAX_UNHEALTHY_SESSIONS % 2])[-1], act.EndCall)
+
+    def test_a_session_that_completed_a_turn_before_it_dropped_starts_a_new_count(self):
+        c = CallScript().connected()
+        for _ in range(MAX_UNHEALTHY_SESSIONS):
+            c.call.handle(ev.LiveClosed(1011, "internal error"))
+            c.live_ready()
+        c.agent_says(0.2)
+        c.call.handle(ev.TurnComplete())  # this session worked for a while
+        for _ in range(MAX_UNHEALTHY_SESSIONS + 1):
+            assert any(isinstance(a, act.ResumeLive) for a in c.call.handle(ev.LiveClosed(1011, "internal error")))
+            c.live_ready()
+        assert not c.call.over
+        assert isinstance(c.call.handle(ev.LiveClosed(1011, "internal error"))[-1], act.EndCall)
+
+    def test_sessions_ended_by_go_away_before_they_were_healthy_are_bounded_too(self):
+        c = CallScript().connected()
+        for _ in range(MAX_UNHEALTHY_SESSIONS):
+            assert any(isinstance(a, act.ResumeLive) for a in c.call.handle(ev.GoAway(50.0)))
+            c.live_ready()
+        assert isinstance(c.call.handle(ev.GoAway(50.0))[-1], act.EndCall)
 
     def test_a_send_that_found_the_socket_closed_fatally_ends_like_the_close(self):
         c = CallScript().connected()
@@ -631,3 +686,105 @@ class TestWarmTransferAndVoicemail:
         call = self.detecting()
         (greet,) = call.handle(ev.TimerFired("amd"))
         assert "order shipped" in greet.text and call.amd_outcome == "human"
+
+
+def _ends(actions) -> list:
+    return [a for a in actions if isinstance(a, act.EndCall)]
+
+
+def _marks(actions) -> list[str]:
+    return [m["mark"]["name"] for m in twilio_messages(actions) if m["event"] == "mark"]
+
+
+class TestMovingToAnotherInstance:
+    """A draining server moves the call at its next quiet moment (docs/deploying.md)."""
+
+    def test_a_quiet_call_moves_at_once(self):
+        c = CallScript().connected()
+        sent = c.agent_says(0.3) + c.call.handle(ev.TurnComplete())
+        c.echo(_marks(sent)[-1])
+        [end] = _ends(c.call.handle(ev.MoveRequested(5.0)))
+        assert end.move and not end.apologize and c.call.cut_turn is None
+
+    def test_a_sentence_being_spoken_finishes_and_is_heard_before_the_move(self):
+        c = CallScript().connected()
+        sent = c.agent_says(0.3)
+        actions = c.call.handle(ev.MoveRequested(5.0))
+        assert actions == [act.StartTimer("move", 5.0)] and not _ends(actions)
+        sent += c.call.handle(ev.TurnComplete())
+        assert not _ends(sent), "its audio has not been heard yet"
+        [end] = _ends(c.echo(_marks(sent)[-1]))
+        assert end.move and c.call.cut_turn is None
+
+    def test_past_the_wait_the_sentence_is_cut_and_the_next_instance_is_told_what_was_heard(self):
+        c = CallScript().connected()
+        c.call.handle(ev.Transcript("agent", "Your order ships tomorrow morning."))
+        sent = c.agent_says(1.0)
+        c.echo(_marks(sent)[len(_marks(sent)) // 2])
+        c.call.handle(ev.MoveRequested(5.0))
+        [end] = _ends(c.call.handle(ev.TimerFired("move")))
+        assert end.move
+        cut = c.call.cut_turn
+        assert cut["said"] == "Your order ships tomorrow morning." and 0 < len(cut["heard"]) < len(cut["said"])
+        other = Call(greeting="Greet the caller.")
+        other.restore(json.loads(json.dumps(c.call.snapshot())))
+        other.handle(tw.StreamStarted("MZ" + "d" * 32, CALL, "AC" + "c" * 32, {}))
+        texts = [a.text for a in other.handle(ev.LiveReady()) if isinstance(a, act.SendTextToLive)]
+        assert len(texts) == 1 and cut["heard"] in texts[0] and "Greet" not in texts[0]
+
+    def test_a_tool_call_running_finishes_and_its_answer_is_spoken_before_the_move(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {"order_id": "A1"}),)))
+        assert not _ends(c.call.handle(ev.MoveRequested(5.0)))
+        finished = c.call.handle(ev.ToolFinished("fc-1", "lookup_order", {"status": "shipped"}, 0.1, "INTERRUPT"))
+        assert not _ends(finished) and any(isinstance(a, act.SendToolResponse) for a in finished)
+        sent = c.agent_says(0.3) + c.call.handle(ev.TurnComplete())
+        [end] = _ends(c.echo(_marks(sent)[-1]))
+        assert end.move and c.call.cut_tools == []
+
+    def test_a_tool_call_still_running_at_the_deadline_is_cancelled_and_the_next_model_told(self):
+        c = CallScript().connected()
+        c.call.handle(ev.ToolCallRequested((ev.FunctionCall("fc-1", "lookup_order", {"order_id": "A1"}),)))
+        c.call.handle(ev.MoveRequested(5.0))
+        actions = c.call.handle(ev.TimerFired("move"))
+        assert act.CancelTool("fc-1") in actions and _ends(actions)[0].move
+        assert c.call.tool_calls[0].outcome == "cancelled"
+        other = Call(greeting=None)
+        other.restore(c.call.snapshot())
+        other.handle(tw.StreamStarted("MZ" + "d" * 32, CALL, "AC" + "c" * 32, {}))
+        texts = [a.text for a in other.handle(ev.LiveReady()) if isinstance(a, act.SendTextToLive)]
+        assert "lookup_order(order_id='A1')" in texts[0]
+
+    def test_a_goodbye_already_decided_is_kept(self):
+        c = CallScript().connected()
+        c.call.handle(ev.HangupRequested("caller is done"))
+        assert c.call.handle(ev.MoveRequested(5.0)) == [] and not c.call.moving
+
+    def test_the_moved_call_resumes_with_its_handle_counters_and_digits_and_does_not_greet_again(self):
+        c = CallScript().connected()
+        c.call.handle(ev.Transcript("caller", "Where is my order?"))
+        c.call.handle(ev.ResumptionUpdate("handle-7", True))
+        c.call.handle(tw.DtmfPressed(SID, "4"))
+        c.call.interruptions = 2
+        c.call.handle(ev.UsageReported(100, 50, 150))
+        c.call.handle(ev.MoveRequested(5.0))
+        snapshot = json.loads(json.dumps(c.call.snapshot()))
+        other = Call(greeting="Greet the caller.")
+        other.restore(snapshot)
+        assert other.resumption_handle == "handle-7" and other.moves == 1
+        assert other.interruptions == 2 and other.usage["total"] == 150 and other.digits == ["4"]
+        assert other.transcript == [["caller", "Where is my order?"]]
+        assert other.handle(tw.StreamStarted("MZ" + "d" * 32, CALL, "AC" + "c" * 32, {})) == [act.ConnectLive()]
+        ready = other.handle(ev.LiveReady())
+        assert not [a for a in ready if isinstance(a, act.SendTextToLive)], "no greeting, no note: nothing was cut"
+        assert act.StartTimer("dtmf", other.dtmf_timeout_s) in ready, "the pending digit goes to the model"
+        assert other.sessions_resumed == 1 and other.reconnects == 1
+
+    def test_a_call_moved_before_its_first_session_was_ready_is_greeted_on_the_next_instance(self):
+        c = CallScript()
+        c.start()
+        [end] = _ends(c.call.handle(ev.MoveRequested(5.0)))
+        other = Call(greeting="Greet the caller.")
+        other.restore(c.call.snapshot())
+        other.handle(tw.StreamStarted("MZ" + "d" * 32, CALL, "AC" + "c" * 32, {}))
+        assert act.SendTextToLive("Greet the caller.") in other.handle(ev.LiveReady())

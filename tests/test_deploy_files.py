@@ -6,7 +6,8 @@ check on /healthz, the one way to run the server, two instances sharing Redis
 and PostgreSQL, and a stop grace longer than the drain; every extra a documented
 variable needs, a volume for /app/data, a build context without secrets, a compose
 file Compose v1 accepts, and an example.env that says what must be filled. The
-nginx config itself is exercised for real in test_many_instances.py.
+haproxy config itself is exercised for real in test_many_instances.py, test_moves.py and
+test_deploy_proxy.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from telephony.settings import Settings, SettingsError
-from telephony.testing.proxy import CONFIG, loopback_config
+from telephony.testing.proxy import HAPROXY_CONFIG, haproxy_loopback_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,15 +54,19 @@ def test_compose_runs_two_instances_sharing_redis_and_postgresql_behind_the_prox
     assert grace > 30, "the grace period must outlast the default drain (DRAIN_TIMEOUT_SECONDS=30)"
 
 
-def test_the_proxy_has_no_session_affinity_and_keeps_websockets_open_for_an_hour():
-    text = CONFIG.read_text()
-    upstream = re.search(r"upstream agents \{(.*?)\}", text, re.S).group(1)
-    assert not re.search(r"\b(ip_hash|hash|sticky|least_conn)\b", upstream)
-    assert upstream.count("server agent-") == 2
-    assert "proxy_set_header Upgrade $http_upgrade;" in text
-    assert int(re.search(r"proxy_read_timeout (\d+)s;", text).group(1)) >= 3600
-    loopback = loopback_config(text, ["127.0.0.1:1", "127.0.0.1:2"], 9)
-    assert "server 127.0.0.1:1 max_fails" in loopback and "listen 127.0.0.1:9;" in loopback
+def test_the_proxy_has_no_session_affinity_checks_health_and_keeps_websockets_open_for_an_hour():
+    text = HAPROXY_CONFIG.read_text()
+    assert not re.search(r"\b(stick|cookie|balance source|hash-type)\b", text)
+    for backend in ("streams", "agents"):
+        block = re.search(rf"^backend {backend}\n(.*?)(?:\n\n|\Z)", text, re.S | re.M).group(1)
+        assert block.count("server agent-") == 2 and "balance roundrobin" in block
+        assert "option httpchk GET /healthz" in block and "init-addr none" in block and "resolvers dns" in block
+    assert "use_backend streams if { path /media-stream }" in text
+    assert int(re.search(r"timeout tunnel (\d+)s", text).group(1)) >= 3600
+    assert re.search(r"timeout connect 1s", text) and "option redispatch" in text and "retry-on" in text
+    loopback = haproxy_loopback_config(text, {"agent-a": 1, "agent-b": 2}, 9, 53)
+    assert "server agent-a agent-a:1" in loopback and "bind 127.0.0.1:9" in loopback
+    assert "nameserver standin 127.0.0.1:53" in loopback
 
 
 def _image_extras() -> set[str]:

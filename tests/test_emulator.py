@@ -440,6 +440,28 @@ class TestSessionControls:
         assert "resumed" in emulator.sessions[1].kinds()
         assert "protocol_error" in emulator.sessions[2].kinds()
 
+    def test_a_resume_while_the_old_socket_is_open_is_refused_with_1011(self, emulator, client):
+        emulator.script = Script(pace=0, greeting=[Say("Hi.", seconds=0.1)])
+
+        async def scenario():
+            async with live(client, session_resumption=types.SessionResumptionConfig()) as session:
+                await session.send_realtime_input(text="Greet the caller.")
+                await receive_turn(session)
+                await next_message(session)  # usage
+                handle = (await next_message(session)).session_resumption_update.new_handle
+                again = types.SessionResumptionConfig(handle=handle)
+                with pytest.raises(errors.APIError) as raised:
+                    async with live(client, session_resumption=again):
+                        pass
+                assert raised.value.code == 1011 and "still has an open connection" in str(raised.value)
+            async with live(client, session_resumption=again) as session:  # closed first: resumed
+                assert session.setup_complete is not None
+
+        run(scenario())
+        emulator.wait_for(lambda: len(emulator.sessions) == 3 and emulator.sessions[2].closed)
+        assert "resume_refused_open" in emulator.sessions[1].kinds()
+        assert "resumed" in emulator.sessions[2].kinds()
+
     def test_fail_step_sends_a_raw_frame_then_closes(self, emulator, client):
         emulator.script = Script(pace=0, greeting=[
             Say("One moment.", seconds=0.1),

@@ -142,8 +142,39 @@ def test_sends_that_fail_on_every_session_end_the_call_with_the_apology(faulty, 
     with caplog.at_level("INFO", logger="telephony"):
         call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == len(sessions) == 4  # one line per broken session, then the call ends
+    assert len(sessions) == 4 and len(errors) == 5  # one line per broken session, one for the end
     assert all("sending to Live failed" in e and summary["call_sid"] in e for e in errors)
-    assert summary["end_reason"].startswith("sending to Live failed on 4 sessions in a row")
+    assert summary["end_reason"].startswith("4 Live sessions in a row ended before they were healthy")
+    assert summary["end_reason"] in errors[-1] and "apology" in errors[-1]
     assert faulty.app.state.recent_calls[-1]["end_reason"] == summary["end_reason"]
     assert no_call_tasks(faulty)
+
+
+def test_a_model_that_closes_every_session_after_setup_ends_the_call_with_the_apology(faulty, emulator, caplog):
+    script = Script(greeting=[Say(seconds=0.3)], close_after_setup=100, close_after_first_message=True,
+                    setup_close_code=1011, setup_close_reason="internal error")
+    with caplog.at_level("INFO", logger="telephony"):
+        call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(sessions) == script.closed_after_setup == 4
+    assert summary["end_reason"].startswith("4 Live sessions in a row ended before they were healthy")
+    (end,) = [e for e in errors if "before they were healthy" in e]
+    assert summary["call_sid"] in end and summary["end_reason"] in end and "apology" in end
+    # Mostly the reader sees each close; a send that finds the socket closed first is its own line.
+    assert all("sending to Live failed" in e for e in errors if e != end)
+    assert faulty.app.state.recent_calls[-1]["end_reason"] == summary["end_reason"]
+    assert no_call_tasks(faulty)
+
+
+def test_a_session_that_worked_before_it_dropped_does_not_count_toward_the_bound(faulty, emulator, caplog):
+    # The first session greets and answers, then drops; the next three close right after
+    # setup; the fifth works. Four sessions ended in a row, but the first was healthy.
+    script = Script(greeting=[Say(seconds=0.3)], replies=[Reply(steps=[Fail(drop=True)]), Reply(steps=[Say(seconds=0.5, freq=600)])],
+                    close_after_setup=3, close_after_setup_spares=1, close_after_first_message=True,
+                    setup_close_code=1011, setup_close_reason="internal error")
+    with caplog.at_level("INFO", logger="telephony"):
+        call, sessions, summary = play(faulty, emulator, "order_call.jsonl", script)
+    assert len(sessions) == 5 and script.closed_after_setup == 3 and summary["live_reconnects"] == 4
+    assert summary["end_reason"] == "caller hung up" and call.close_code == 1000
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert all("sending to Live failed" in e for e in errors)  # no end, only a send that saw a close first

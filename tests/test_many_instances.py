@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from telephony.testing.emulator import CallTool, Reply, Say, Script
-from telephony.testing.proxy import NginxProxy
+from telephony.testing.proxy import HaproxyProxy
 from telephony.testing.recordings import read_recording
 from telephony.testing.redis_server import RedisServer
 from telephony.testing.server import ServerProcess
@@ -78,8 +78,8 @@ def instances(emulator, redis, postgres, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def proxy(instances):
-    """deploy/nginx.conf in front of both instances: round robin, no session affinity."""
-    with NginxProxy([f"127.0.0.1:{s.port}" for s in instances.values()]) as server:
+    """deploy/haproxy.cfg in front of both instances: round robin, no session affinity."""
+    with HaproxyProxy({f"agent-{name}": (s.host, s.port) for name, s in instances.items()}) as server:
         yield server
 
 

@@ -468,6 +468,15 @@ class TestStreamTokens:
         with pytest.raises(Rejected, match="stream_missing_token|stream_bad_token"):
             run(self.tokens.verify(token, *self.call))
 
+    def test_a_moved_calls_token_is_for_its_leg_only(self):
+        """The stream after a move carries `leg`: covered by the MAC, so a token for
+        leg 2 opens neither the first stream nor leg 3."""
+        token = self.tokens.mint(*self.call, "2")
+        for leg in ("", "3"):
+            with pytest.raises(Rejected, match="stream_bad_token"):
+                run(self.tokens.verify(token, *self.call, leg=leg))
+        run(self.tokens.verify(token, *self.call, leg="2"))
+
     def test_another_servers_secret_makes_a_token_worthless(self):
         other = StreamTokens(b"x" * 32, clock=self.clock).mint(*self.call)
         with pytest.raises(Rejected, match="stream_bad_token"):

@@ -375,6 +375,49 @@ def test_a_heartbeat_replaces_the_last_report_and_forget_drops_it(backend):
     run(scenario())
 
 
+# --------------------------------------------------------------------------- calls: checkpoint and lease
+
+
+def test_one_owner_at_a_time_and_a_released_call_is_claimed_with_its_checkpoint(backend):
+    async def scenario():
+        async with backend.open() as a, backend.open() as b:
+            first = await a.claim_call("CA1", "a", lease_s=30, orphan_s=60)
+            assert first.owned and first.checkpoint is None
+            assert await a.save_checkpoint("CA1", "a", '{"n": 1}', lease_s=30, orphan_s=60, ttl_s=600)
+            refused = await b.claim_call("CA1", "b", lease_s=30, orphan_s=60)
+            assert not refused.owned and refused.holder == "a"
+            assert not await b.save_checkpoint("CA1", "b", '{"n": 2}', lease_s=30, orphan_s=60, ttl_s=600)
+            assert await b.load_checkpoint("CA1") == '{"n": 1}', "a non-owner writes nothing"
+            assert not await b.release_call("CA1", "b", keep_for_s=60)
+            assert await a.release_call("CA1", "a", keep_for_s=60)
+            moved = await b.claim_call("CA1", "b", lease_s=30, orphan_s=60)
+            assert moved.owned and moved.checkpoint == '{"n": 1}'
+            assert not await a.save_checkpoint("CA1", "a", None, lease_s=30, orphan_s=60, ttl_s=600)
+            assert await b.release_call("CA1", "b", keep_for_s=None)
+            assert await a.load_checkpoint("CA1") is None, "an ended call leaves nothing behind"
+            assert await a.orphaned_calls() == []
+
+    run(scenario())
+
+
+def test_a_lapsed_lease_can_be_claimed_and_an_unclaimed_call_is_orphaned_once(backend):
+    async def scenario():
+        async with backend.open() as a, backend.open() as b:
+            await a.claim_call("CA1", "a", lease_s=0.2, orphan_s=0.2)
+            await a.save_checkpoint("CA1", "a", "one", lease_s=0.2, orphan_s=0.2, ttl_s=600)
+            await a.claim_call("CA2", "a", lease_s=0.2, orphan_s=30)
+            await backend.pass_time(0.3)
+            claim = await b.claim_call("CA2", "b", lease_s=30, orphan_s=30)
+            assert claim.owned, "the dead owner's lease lapsed"
+            assert await a.orphaned_calls() == []
+            await backend.pass_time(0.3)
+            found = await asyncio.gather(a.orphaned_calls(), b.orphaned_calls())
+            assert sorted(found[0] + found[1]) == [("CA1", "one")], "given to exactly one asker"
+            assert await a.load_checkpoint("CA1") is None
+
+    run(scenario())
+
+
 # --------------------------------------------------------------------------- Redis itself
 
 
@@ -397,6 +440,13 @@ def test_every_redis_key_expires(redis_server):
             await state.heartbeat("b", draining=True, active_calls=0, ttl_s=10)
             await state.instances()
             await state.forget_instance("b")
+            await state.claim_call("CA5", "a", lease_s=10, orphan_s=60)
+            await state.save_checkpoint("CA5", "a", "{}", lease_s=10, orphan_s=60, ttl_s=600)
+            await state.claim_call("CA6", "a", lease_s=10, orphan_s=60)
+            await state.save_checkpoint("CA6", "a", "{}", lease_s=10, orphan_s=60, ttl_s=600)
+            await state.release_call("CA6", "a", keep_for_s=60)
+            await state.orphaned_calls()
+            await state.put_note("amd", "CA7", "human", ttl_s=60)
 
         client = aioredis.from_url(redis_server.url, decode_responses=True)
         try:
@@ -405,7 +455,8 @@ def test_every_redis_key_expires(redis_server):
         finally:
             await client.aclose()
         kinds = {key.removeprefix(backend.prefix).split(":")[0] for key in keys}
-        assert kinds == {"once", "active", "admitted", "slot", "after", "instances", "instance_info"}
+        assert kinds == {"once", "active", "admitted", "slot", "after", "instances", "instance_info",
+                         "lease", "checkpoint", "calls", "note"}
         assert all(ttl > 0 for ttl in ttls.values()), {k: t for k, t in ttls.items() if t <= 0}
 
     run(scenario())
@@ -430,6 +481,11 @@ def test_redis_down_fails_closed_quickly_and_recovers_when_it_returns():
             "heartbeat": state.heartbeat("a", draining=False, active_calls=0, ttl_s=10),
             "instances": state.instances(),
             "forget_instance": state.forget_instance("a"),
+            "claim_call": state.claim_call("CA1", "a", lease_s=10, orphan_s=10),
+            "save_checkpoint": state.save_checkpoint("CA1", "a", "{}", lease_s=10, orphan_s=10, ttl_s=10),
+            "load_checkpoint": state.load_checkpoint("CA1"),
+            "release_call": state.release_call("CA1", "a", keep_for_s=None),
+            "orphaned_calls": state.orphaned_calls(),
         }
         for what, call in calls.items():
             started = time.monotonic()

@@ -30,10 +30,10 @@ from .destinations import DestinationNotAllowed, check_destination, destination_
 from .gatekeeper import WEBHOOK_MEMORY_S, CallerIdentity, Gatekeeper, check_deployment
 from .log_redaction import REDACTOR, LogRedactor, install_log_redaction, mask_phone
 from .signatures import TwilioSignatures, stream_urls, webhook_urls
-from .stream_tokens import MAX_IDENTITY_CHARS, TOKEN_PARAMETER, StreamTokens, stream_token_secret
+from .stream_tokens import LEG_PARAMETER, MAX_IDENTITY_CHARS, TOKEN_PARAMETER, StreamTokens, stream_token_secret
 
 __all__ = [
-    "CallerIdentity", "Rejected", "DestinationNotAllowed", "Gatekeeper", "StreamTokens", "TOKEN_PARAMETER",
+    "CallerIdentity", "Rejected", "DestinationNotAllowed", "Gatekeeper", "StreamTokens", "TOKEN_PARAMETER", "LEG_PARAMETER",
     "MAX_IDENTITY_CHARS", "WEBHOOK_MEMORY_S", "TwilioSignatures", "mask_phone", "webhook_urls", "stream_urls",
     "stream_token_secret", "check_deployment", "destination_allowed", "check_destination",
     "install_log_redaction", "LogRedactor", "REDACTOR",

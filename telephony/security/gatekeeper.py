@@ -25,7 +25,7 @@ from ..settings import Settings
 from ..shared_state import InProcessState, SharedState, SharedStateUnavailable
 from .log_redaction import mask_phone
 from .signatures import TwilioSignatures
-from .stream_tokens import TOKEN_PARAMETER, StreamTokens, stream_token_secret
+from .stream_tokens import LEG_PARAMETER, TOKEN_PARAMETER, StreamTokens, stream_token_secret
 
 __all__ = ["CallerIdentity", "Gatekeeper", "WEBHOOK_MEMORY_S", "check_deployment"]
 
@@ -132,8 +132,8 @@ class Gatekeeper:
             self.rejected["caller_over_limit"] += 1
         return why
 
-    def mint_token(self, call_sid: str, caller: str | None, called: str | None) -> str:
-        return self.tokens.mint(call_sid, caller, called)
+    def mint_token(self, call_sid: str, caller: str | None, called: str | None, leg: str = "") -> str:
+        return self.tokens.mint(call_sid, caller, called, leg)
 
     # ------------------------------------------------------------ media streams
 
@@ -159,6 +159,7 @@ class Gatekeeper:
         """
         caller = parameters.get("From") or None
         called = parameters.get("To") or None
+        leg = parameters.get(LEG_PARAMETER) or ""
         try:
             if not self.verifying:
                 await self.state.caller_streaming(call_sid, self.max_stream_s)
@@ -170,12 +171,11 @@ class Gatekeeper:
                 raise self._reject("stream_wrong_account", "the stream is for another Twilio account")
             try:
                 await self.tokens.verify(parameters.get(TOKEN_PARAMETER), call_sid, caller, called,
-                                         claimed_call_sid=parameters.get("CallSid"))
+                                         claimed_call_sid=parameters.get("CallSid"), leg=leg)
             except Rejected as exc:
                 raise self._reject(exc.reason, exc.detail) from None
-            # A call has one stream, plus one per return from a warm transfer (its `leg`,
-            # under a token minted by us for that return).
-            leg = parameters.get("leg", "")
+            # A call has one stream, plus one per later leg: a move to another instance,
+            # or a return from a warm transfer (the `leg` parameter, under the token's MAC).
             if not await self.state.take_once("streamed", f"{call_sid}/{leg}" if leg else call_sid, WEBHOOK_MEMORY_S):
                 raise self._reject("stream_duplicate", f"call {call_sid} already has a stream")
             await self.state.caller_streaming(call_sid, self.max_stream_s)

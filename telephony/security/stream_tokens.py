@@ -22,12 +22,15 @@ from ..errors import Rejected
 from ..settings import Settings
 from ..shared_state import InProcessState, SharedState
 
-__all__ = ["TOKEN_PARAMETER", "MAX_IDENTITY_CHARS", "StreamTokens", "stream_token_secret"]
+__all__ = ["TOKEN_PARAMETER", "LEG_PARAMETER", "MAX_IDENTITY_CHARS", "StreamTokens", "stream_token_secret"]
 
 Clock = Callable[[], float]
 
 #: The `<Parameter>` that carries the stream token.
 TOKEN_PARAMETER = "token"
+#: The <Parameter> numbering a call's streams after the first (a call that moved
+#: between instances): covered by the token's MAC, so each leg streams once.
+LEG_PARAMETER = "leg"
 #: Caller and called identifiers longer than this are cut before they are
 #: signed and sent (E.164 numbers have at most 16 characters; client: and sip:
 #: identities are longer, but not this long).
@@ -69,14 +72,14 @@ class StreamTokens:
         self._clock = clock
         self._state = state if state is not None else InProcessState(clock)
 
-    def mint(self, call_sid: str, caller: str | None, called: str | None) -> str:
+    def mint(self, call_sid: str, caller: str | None, called: str | None, leg: str = "") -> str:
         expires = math.ceil(self._clock() + self.ttl_s)
         nonce = _b64(secrets.token_bytes(12))
-        return f"v1.{expires}.{nonce}.{self._mac(call_sid, caller, called, expires, nonce)}"
+        return f"v1.{expires}.{nonce}.{self._mac(call_sid, caller, called, expires, nonce, leg)}"
 
     async def verify(
         self, token: str | None, call_sid: str, caller: str | None, called: str | None,
-        *, claimed_call_sid: str | None = None,
+        *, claimed_call_sid: str | None = None, leg: str = "",
     ) -> None:
         """Raise `Rejected` unless `token` was minted for exactly this call and is
         fresh and unused; then mark it used (in the shared state, so a token is
@@ -88,7 +91,7 @@ class StreamTokens:
         if match is None:
             raise Rejected("stream_bad_token", "the stream token is malformed")
         expires, nonce, mac = int(match.group(1)), match.group(2), match.group(3)
-        if not hmac.compare_digest(mac, self._mac(call_sid, caller, called, expires, nonce)):
+        if not hmac.compare_digest(mac, self._mac(call_sid, caller, called, expires, nonce, leg)):
             if claimed_call_sid and claimed_call_sid != call_sid and hmac.compare_digest(
                 mac, self._mac(claimed_call_sid, caller, called, expires, nonce)
             ):
@@ -99,6 +102,10 @@ class StreamTokens:
         if not await self._state.take_once("stream_token", nonce, expires + 1 - self._clock()):
             raise Rejected("stream_replayed_token", "the stream token was already used")
 
-    def _mac(self, call_sid: str, caller: str | None, called: str | None, expires: int, nonce: str) -> str:
-        message = json.dumps(["v1", call_sid, caller or "", called or "", expires, nonce], separators=(",", ":"))
+    def _mac(self, call_sid: str, caller: str | None, called: str | None, expires: int, nonce: str,
+             leg: str = "") -> str:
+        fields: list = ["v1", call_sid, caller or "", called or "", expires, nonce]
+        if leg:
+            fields.append(leg)
+        message = json.dumps(fields, separators=(",", ":"))
         return _b64(hmac.new(self._secret, message.encode("utf-8"), hashlib.sha256).digest())

@@ -28,6 +28,9 @@ What the emulator does, like the real service:
 
 - answers `setupComplete` to the setup (or never answers, closes, refuses: see
   `Script.setup`), and rejects resumption handles it never issued (close 1007);
+- refuses a resume (close 1011) while an earlier socket of the same session is
+  still open, as the service has been seen doing (docs/gemini-live.md §5): a client
+  must close the old socket first;
 - detects the caller's speech with an energy VAD on the 16 kHz input, honouring
   `silence_duration_ms`, and ``activityStart``/``activityEnd`` when automatic
   detection is disabled;
@@ -236,6 +239,16 @@ class Script:
     """The first this many sessions opened under this script answer setupComplete and,
     in the same write, a close with `setup_close_code`: the client learns of both at
     once, so its first send (the greeting) finds the socket closed, before any read does."""
+    close_after_first_message: bool = False
+    """With `close_after_setup`: setupComplete goes alone, and the close follows once the
+    client's first message has arrived. That send succeeded, so the client learns of the
+    end by reading the close (or by a later send finding the socket closing): a model that
+    fails just after it started, rather than a socket dead before anything was sent."""
+    close_after_setup_spares: int = 0
+    """The first this many sessions are served as usual before `close_after_setup` starts:
+    a call that worked for a while, then sessions that fail at once."""
+    sessions_set_up: int = field(default=0, init=False, repr=False, compare=False)
+    """How many sessions have sent their setup under this script (what `close_after_setup_spares` counts)."""
     closed_after_setup: int = field(default=0, init=False, repr=False, compare=False)
     """How many sessions `close_after_setup` has closed so far."""
     refuse_resumption: int | None = None
@@ -517,7 +530,7 @@ class EmulatedSession:
 
     Recorded attributes are appended from the emulator thread and may be read from
     any thread. `events` holds ``(loop time, kind, detail)`` tuples, in order;
-    kinds: setup, resumed / resume_refused (the handle), caller_speech_start/end
+    kinds: setup, resumed / resume_refused / resume_refused_open (the handle), caller_speech_start/end
     (detail: stream seconds), activity_start/end, audio_stream_end, text,
     context_update, turn_start (reply index or "greeting"), audio_out (bytes sent),
     late_audio_out (bytes of an interrupted turn sent after `interrupted`), tool_call, tool_response,
@@ -572,6 +585,15 @@ class EmulatedSession:
         self._input_audio_s = 0.0
         self._response_tokens = 0
         self._frame_received_at = 0.0
+        self.lineage = index
+        """The first session of the chain this one resumes (its own index when fresh)."""
+
+    @property
+    def socket_open(self) -> bool:
+        """The socket is open: no close frame sent or received yet."""
+        from websockets.protocol import State
+
+        return self._ws.state is State.OPEN
 
     def __repr__(self) -> str:
         return f"<EmulatedSession #{self.index} closed={self.closed} events={len(self.events)}>"
@@ -648,6 +670,17 @@ class EmulatedSession:
             self.closed = True
             self._record("closed", self.close_code)
 
+    async def _close_while_reading(self, code: int, reason: str) -> None:
+        """Close, reading on meanwhile: what the client sent before it saw the close would
+        fill the receive queue, which stops reading, and its close reply would go unread."""
+        closing = asyncio.create_task(self._ws.close(code, reason))
+        try:
+            async for _ in self._ws:
+                pass
+        except ConnectionClosed:
+            pass
+        await closing
+
     async def _handshake(self) -> None:
         frame = self._parse(await self._ws.recv())
         if list(frame) != ["setup"] or not isinstance(frame["setup"], dict):
@@ -672,17 +705,30 @@ class EmulatedSession:
                 origin = self._emulator._resume(handle)
                 if origin is None:
                     raise _ClientProtocolError(f"unknown session resumption handle {handle!r}")
+                self.lineage = origin.lineage
+                still_open = self._emulator._open_sockets_of(self.lineage, but=self)
+                if still_open:
+                    self._record("resume_refused_open", handle)
+                    await self._ws.close(1011, f"session {self.lineage} still has an open connection")
+                    return
                 self._greeted, self._reply_index = origin._greeted, origin._reply_index
                 self._record("resumed", handle)
 
         mode = self.script.setup
+        self.script.sessions_set_up += 1
         if mode == "never":
             await self._ws.wait_closed()
         elif mode == "close":
             await self._ws.close(self.script.setup_close_code, self.script.setup_close_reason)
-        elif self.script.closed_after_setup < self.script.close_after_setup:
+        elif (self.script.sessions_set_up > self.script.close_after_setup_spares
+              and self.script.closed_after_setup < self.script.close_after_setup):
             self.script.closed_after_setup += 1
             self._record("closed_after_setup", self.script.setup_close_code)
+            if self.script.close_after_first_message:
+                await self._send({"setupComplete": {}})
+                await self._ws.recv()
+                await self._close_while_reading(self.script.setup_close_code, self.script.setup_close_reason)
+                return
             # One write for both frames, so no read of the client can fall between them.
             protocol = self._ws.protocol
             protocol.send_text(json.dumps({"setupComplete": {}}).encode())
@@ -1333,3 +1379,7 @@ class LiveEmulator:
     def _resume(self, handle: str) -> EmulatedSession | None:
         with self._lock:
             return self._handles.get(handle)
+
+    def _open_sockets_of(self, lineage: int, but: EmulatedSession) -> list[EmulatedSession]:
+        with self._lock:
+            return [s for s in self.sessions if s is not but and s.lineage == lineage and s.socket_open]

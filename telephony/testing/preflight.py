@@ -22,7 +22,6 @@ INSTALL_COMMAND = "scripts/test"
 # (what the tests run, Debian package that provides it)
 PROGRAMS = (
     ("redis-server", "redis-server"),
-    ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),

@@ -1,9 +1,11 @@
-"""The deployment's own reverse proxy (deploy/nginx.conf), run on loopback for tests.
+"""The deployment's own reverse proxy (deploy/haproxy.cfg), run on loopback for tests.
 
-The compose file puts nginx in front of two agent instances with no session
-affinity; the tests run that very configuration, with the upstream addresses
-and the listening port swapped for loopback ones, so what is tested is what
-is deployed.
+The compose file puts haproxy in front of two agent instances with no session
+affinity; the tests run that very configuration, with the listening port, the
+instances' ports and the DNS server swapped for loopback ones, so what is tested
+is what is deployed. The instances keep their names (agent-a, agent-b): a small
+DNS stand-in (`NameServer`) answers for them, so a test can move an instance to
+another loopback address, or make its name vanish, as a container restart does.
 """
 
 from __future__ import annotations
@@ -18,40 +20,103 @@ from pathlib import Path
 
 from .ports import LoopbackAddress, free_port
 
-CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
+HAPROXY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
 
 
-class NginxMissing(RuntimeError):
-    """nginx is not installed (Debian: apt-get install nginx-light)."""
+# --------------------------------------------------------------------------- haproxy and its DNS
 
 
-def loopback_config(text: str, upstreams: list[str], port: int) -> str:
-    """deploy/nginx.conf with its `server agent-…:8000` lines and `listen` port replaced."""
-    servers = [m for m in re.finditer(r"^(\s*)server agent-[\w-]+:\d+(.*?);$", text, re.M)]
-    if len(servers) != len(upstreams):
-        raise ValueError(f"the config names {len(servers)} upstream servers, not {len(upstreams)}")
-    for m, address in reversed(list(zip(servers, upstreams))):
-        text = text[: m.start()] + f"{m.group(1)}server {address}{m.group(2)};" + text[m.end():]
-    text, n = re.subn(r"listen \d+;", f"listen 127.0.0.1:{port};", text)
+class HaproxyMissing(RuntimeError):
+    """haproxy is not installed (Debian: apt-get install haproxy)."""
+
+
+class NameServer:
+    """A DNS server on loopback UDP answering A queries from `names` (name -> IPv4),
+    which a test may change at any time; other names get NXDOMAIN."""
+
+    def __init__(self, names: dict[str, str]):
+        import threading
+
+        self.names = dict(names)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._running = True
+        self._thread = threading.Thread(target=self._serve, name="dns-standin", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import struct
+
+        while self._running:
+            try:
+                query, peer = self._sock.recvfrom(512)
+            except OSError:
+                return
+            if len(query) < 12:
+                continue
+            ident, _flags, qdcount = struct.unpack("!HHH", query[:6])
+            labels, i = [], 12
+            while i < len(query) and query[i]:
+                labels.append(query[i + 1:i + 1 + query[i]].decode("ascii", "replace"))
+                i += 1 + query[i]
+            question = query[12:i + 5]
+            qtype = struct.unpack("!H", query[i + 1:i + 3])[0] if i + 3 <= len(query) else 0
+            name = ".".join(labels).lower().rstrip(".")
+            address = self.names.get(name) or self.names.get(name.split(".")[0])
+            if address is None:
+                header = struct.pack("!HHHHHH", ident, 0x8183, 1, 0, 0, 0)  # NXDOMAIN
+                self._sock.sendto(header + question, peer)
+                continue
+            answers = b""
+            if qtype == 1:
+                answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 1, 4) + socket.inet_aton(address)
+            header = struct.pack("!HHHHHH", ident, 0x8180, 1, 1 if answers else 0, 0, 0)
+            self._sock.sendto(header + question + answers, peer)
+
+    def stop(self) -> None:
+        self._running = False
+        self._sock.close()
+
+
+def haproxy_loopback_config(text: str, upstreams: dict[str, int], port: int, dns_port: int,
+                            stats_socket: str | None = None) -> str:
+    """deploy/haproxy.cfg with its `bind`, the instances' ports and the resolver moved to loopback
+    (and a stats socket, for tests to read what the health checks decided)."""
+    for name, upstream_port in upstreams.items():
+        text, n = re.subn(rf"^(\s*server {name} {name}):\d+", rf"\g<1>:{upstream_port}", text, flags=re.M)
+        if n < 1:
+            raise ValueError(f"the config must name server {name}")
+    text, n = re.subn(r"^(\s*)bind :\d+", rf"\g<1>bind 127.0.0.1:{port}", text, flags=re.M)
     if n != 1:
-        raise ValueError("the config must have exactly one `listen` line")
+        raise ValueError("the config must have exactly one `bind` line")
+    text, n = re.subn(r"^(\s*)parse-resolv-conf$", rf"\g<1>nameserver standin 127.0.0.1:{dns_port}", text, flags=re.M)
+    if n != 1:
+        raise ValueError("the config must use parse-resolv-conf once")
+    text = text.replace("log stdout format raw local0 warning", "log stderr format raw local0 info")
+    if stats_socket:
+        text = text.replace("global\n", f"global\n    stats socket {stats_socket} mode 600 level user\n", 1)
     return text
 
 
-class NginxProxy(LoopbackAddress):
-    def __init__(self, upstreams: list[str], config: Path = CONFIG):
-        binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+class HaproxyProxy(LoopbackAddress):
+    """deploy/haproxy.cfg in front of `upstreams` ({"agent-a": (host, port), ...}), on loopback."""
+
+    def __init__(self, upstreams: dict[str, tuple[str, int]], config: Path = HAPROXY_CONFIG):
+        binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
         if binary is None:
-            raise NginxMissing("nginx is not installed (Debian: apt-get install nginx-light)")
+            raise HaproxyMissing("haproxy is not installed (Debian: apt-get install haproxy)")
+        self.dns = NameServer({name: host for name, (host, _) in upstreams.items()})
         self.host, self.port = "127.0.0.1", free_port()
-        self._dir = Path(tempfile.mkdtemp(prefix="nginx-"))
-        self._dir.chmod(0o755)
-        (self._dir / "nginx.conf").write_text(loopback_config(config.read_text(), upstreams, self.port))
-        self._proc = subprocess.Popen(
-            [binary, "-p", str(self._dir), "-c", str(self._dir / "nginx.conf"),
-             "-g", f"daemon off; pid {self._dir}/nginx.pid; error_log {self._dir}/error.log;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
+        self._dir = Path(tempfile.mkdtemp(prefix="haproxy-"))
+        self.stats_socket = str(self._dir / "stats.sock")
+        text = haproxy_loopback_config(config.read_text(), {n: p for n, (_, p) in upstreams.items()}, self.port,
+                                       self.dns.port, self.stats_socket)
+        (self._dir / "haproxy.cfg").write_text(text)
+        self.log_path = self._dir / "haproxy.log"
+        self._log = open(self.log_path, "w")
+        self._proc = subprocess.Popen([binary, "-db", "-f", str(self._dir / "haproxy.cfg")],
+                                      stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -59,10 +124,37 @@ class NginxProxy(LoopbackAddress):
                 return
             except OSError:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
-                    log = (self._dir / "error.log").read_text() if (self._dir / "error.log").exists() else ""
                     self.stop()
-                    raise RuntimeError(f"nginx did not start: {log[-1000:]}")
+                    raise RuntimeError(f"haproxy did not start: {self.output()[-1000:]}")
                 time.sleep(0.05)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def server_states(self) -> dict[tuple[str, str], str]:
+        """{(backend, server): "UP" / "DOWN" / "MAINT" ...} as the health checks left them."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(self.stats_socket)
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        lines = data.decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        states = {}
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(",")))
+            if row.get("svname") not in (None, "FRONTEND", "BACKEND"):
+                states[(row["pxname"], row["svname"])] = row["status"].split(" ")[0]
+        return states
+
+    def move(self, name: str, host: str) -> None:
+        """The instance `name` is now at `host` (a container restarted with a new address)."""
+        self.dns.names[name] = host
 
     def stop(self) -> None:
         if self._proc.poll() is None:
@@ -72,9 +164,11 @@ class NginxProxy(LoopbackAddress):
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        self._log.close()
+        self.dns.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> "NginxProxy":
+    def __enter__(self) -> "HaproxyProxy":
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -124,16 +124,17 @@ class ServerProcess(LoopbackAddress):
     signals. `env` is the whole environment of the process.
     """
 
-    def __init__(self, env: dict[str, str], log_path: str, *, workers: int = 1, host: str = "127.0.0.1"):
+    def __init__(self, env: dict[str, str], log_path: str, *, workers: int = 1, host: str = "127.0.0.1",
+                 port: int | None = None):
         import subprocess
         import sys
         from pathlib import Path
 
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self.host = host
         self.workers = workers
         self.log_path = log_path
-        self._log = open(log_path, "w")
+        self._log = open(log_path, "a")
         command = [sys.executable, "-m", "telephony.cli", "serve", "--host", host, "--port", str(self.port)]
         if workers != 1:
             command += ["--workers", str(workers)]

@@ -40,6 +40,14 @@ The callbacks of a contact centre, each as Twilio documents and signs it:
   with its attributes; `conference_event(call_sid, event, participant)`: its status callback
   (conference-start, conference-end, participant-join, participant-leave), and
   `hold_music(call_sid)`: the request for its waitUrl.
+
+`inbound_call(...)` plays a whole inbound call as Twilio runs it: the voice webhook,
+then the TwiML it answers. A `<Connect><Stream>` opens a signed media stream (a
+`CallSimulator` playing the caller's audio on the call's own clock, so what the caller
+says while no stream is open is lost, as on a real line); when the *server* closes that
+stream, Twilio requests the `<Connect action>` URL and runs the TwiML it returns, which
+may be a new `<Connect><Stream>` (docs/twilio-media-streams.md §5, §9). A `stop` from the
+caller (hanging up) ends the call without asking the action.
 """
 
 from __future__ import annotations
@@ -63,7 +71,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from twilio.request_validator import RequestValidator
 
-__all__ = ["TwilioStandIn", "RestRequest", "WebhookAnswer", "STANDIN_ACCOUNT_SID", "STANDIN_AUTH_TOKEN"]
+__all__ = ["TwilioStandIn", "RestRequest", "WebhookAnswer", "FollowedCall", "CallLeg", "STANDIN_ACCOUNT_SID",
+           "STANDIN_AUTH_TOKEN"]
 
 STANDIN_ACCOUNT_SID = "AC" + "5a" * 16
 STANDIN_AUTH_TOKEN = "5a" * 16
@@ -377,6 +386,23 @@ class TwilioStandIn:
         except urllib.error.HTTPError as exc:
             return WebhookAnswer(exc.code, exc.read().decode("utf-8", errors="replace"), dict(exc.headers))
 
+    async def inbound_call(self, *, via: str, public_url: str, call_sid: str, caller: str, called: str,
+                           segments: list, hang_up: bool = True, linger: float = 2.0,
+                           first_via: str | None = None) -> FollowedCall:
+        """Run an inbound call as Twilio would, following `<Connect action>` (module docstring).
+
+        `segments` (recordings.Silence, Tone, Speech, Dtmf) are what the caller says on the
+        call's clock; with `hang_up` the caller hangs up when they are over. The webhook
+        and the first stream go to `first_via` if given (a call placed on one instance),
+        everything after to `via`."""
+        from telephony.testing.recordings import build_messages
+
+        rendered = build_messages(segments, call_sid=call_sid, account_sid=self.account_sid)
+        frames = [m for m in rendered if m["event"] in ("media", "dtmf")]
+        end_s = (len([m for m in frames if m["event"] == "media"]) * 0.02) if hang_up else None
+        return await _Inbound(self, via, public_url, call_sid, caller, called, frames, end_s, linger,
+                              first_via).run()
+
     # ------------------------------------------------------------ the server side
 
     def _sid(self, prefix: str) -> str:
@@ -558,6 +584,151 @@ class TwilioStandIn:
         elif {"Url", "Twiml"} & form.keys():
             call["_url"], call["_twiml"] = form.get("Url"), form.get("Twiml")
         call["date_updated"] = _now_rfc2822()
+
+
+# --------------------------------------------------------------------------- a whole inbound call
+
+
+@dataclass
+class CallLeg:
+    """One media stream of a call: the TwiML that opened it and what happened on it."""
+
+    twiml: str
+    stream: Any  # a simulator.SimulatedCall
+    from_s: float  # the call time (seconds since the first stream opened) at which it opened
+    first_frame_s: float | None = None  # the call time at which its first caller frame begins
+
+    @property
+    def first_agent_audio(self) -> float | None:
+        """time.monotonic() of the first agent audio the caller heard on this leg."""
+        return self.stream.started_at + self.stream.spans[0][0] if self.stream.spans else None
+
+    @property
+    def last_agent_audio(self) -> float | None:
+        """time.monotonic() at which the last agent audio heard on this leg ended."""
+        return self.stream.started_at + self.stream.spans[-1][1] if self.stream.spans else None
+
+    def sent_media(self) -> tuple[float, float] | None:
+        """The call time covered by the caller frames sent on this leg: (start, end)."""
+        count = sum(r.detail["count"] for r in self.stream.of_kind("sent_media"))
+        if not count or self.first_frame_s is None:
+            return None
+        return self.first_frame_s, self.first_frame_s + count * 0.02
+
+
+@dataclass
+class FollowedCall:
+    """An inbound call as Twilio ran it: every leg, and the TwiML that ended it."""
+
+    call_sid: str
+    first_twiml: str = ""
+    legs: list[CallLeg] = field(default_factory=list)
+    final_twiml: str | None = None  # the last TwiML run that opened no stream (None: the caller hung up)
+    action_requests: int = 0
+
+    @property
+    def heard(self) -> bytes:
+        return b"".join(leg.stream.played_audio for leg in self.legs)
+
+    def gaps(self) -> list[float]:
+        """Seconds of silence the caller heard at each change of stream: from the last agent
+        audio of one leg to the first of the next (legs with no agent audio are skipped)."""
+        out = []
+        for one, two in zip(self.legs, self.legs[1:]):
+            end, start = one.last_agent_audio, two.first_agent_audio
+            if end is not None and start is not None:
+                out.append(start - end)
+        return out
+
+    def caller_audio_lost(self) -> list[float]:
+        """Seconds of the caller's audio sent to no stream at each change of stream."""
+        out = []
+        for one, two in zip(self.legs, self.legs[1:]):
+            a, b = one.sent_media(), two.sent_media()
+            if a is not None and b is not None:
+                out.append(max(0.0, b[0] - a[1]))
+        return out
+
+
+def _stream_of(twiml: str) -> tuple[str, str | None, dict[str, str]] | None:
+    """(stream url, action url, parameters) of a <Connect><Stream>, or None."""
+    root = ET.fromstring(twiml)
+    connect = root.find("./Connect")
+    stream = connect.find("Stream") if connect is not None else None
+    if stream is None:
+        return None
+    return stream.get("url"), connect.get("action"), {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+
+
+class _Inbound:
+    def __init__(self, standin: "TwilioStandIn", via: str, public_url: str, call_sid: str, caller: str, called: str,
+                 frames: list[dict[str, Any]], end_s: float | None, linger: float, first_via: str | None = None):
+        self.standin, self.via, self.public_url = standin, via, public_url.rstrip("/")
+        self.first_via = first_via or via
+        self.call_sid, self.caller, self.called = call_sid, caller, called
+        self.frames, self.end_s, self.linger = frames, end_s, linger
+        self.t0: float | None = None
+
+    def form(self, status: str) -> dict[str, str]:
+        return {"AccountSid": self.standin.account_sid, "ApiVersion": API_VERSION, "CallSid": self.call_sid,
+                "CallStatus": status, "Direction": "inbound", "From": self.caller, "To": self.called,
+                "Called": self.called, "Caller": self.caller}
+
+    async def run(self) -> FollowedCall:
+        import asyncio
+
+        result = FollowedCall(self.call_sid)
+        answer = await asyncio.to_thread(self.standin.post_webhook, f"{self.public_url}/incoming-call",
+                                         self.form("ringing"), self.first_via)
+        twiml = result.first_twiml = answer.body
+        while True:
+            found = _stream_of(twiml) if answer.status == 200 else None
+            if found is None:
+                result.final_twiml = twiml
+                return result
+            url, action, parameters = found
+            leg = await self.stream(twiml, url, parameters)
+            result.legs.append(leg)
+            if leg.stream.of_kind("sent_stop") or not action:
+                return result  # the caller hung up: Twilio asks nothing more
+            result.action_requests += 1
+            answer = await asyncio.to_thread(self.standin.post_webhook, action, self.form("in-progress"), self.via)
+            twiml = answer.body
+
+    async def stream(self, twiml: str, url: str, parameters: dict[str, str]) -> CallLeg:
+        import time as clock
+
+        from telephony.testing.simulator import CallSimulator
+
+        now = clock.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        from_s = now - self.t0
+        stream_sid = self.standin._sid("MZ")
+        messages: list[dict[str, Any]] = [
+            {"event": "connected", "protocol": "Call", "version": "1.0.0"},
+            {"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": {
+                "accountSid": self.standin.account_sid, "streamSid": stream_sid, "callSid": self.call_sid,
+                "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                "customParameters": dict(parameters)}},
+        ]
+        for frame in self.frames:  # the caller's audio from now on; what fell between streams is lost
+            if frame["event"] == "media" and int(frame["media"]["timestamp"]) <= from_s * 1000:
+                continue
+            if frame["event"] == "dtmf" and messages[-1]["event"] == "start":
+                continue
+            messages.append({**frame, "streamSid": stream_sid})
+        if self.end_s is not None:
+            messages.append({"event": "stop", "sequenceNumber": "0", "streamSid": stream_sid,
+                             "stop": {"accountSid": self.standin.account_sid, "callSid": self.call_sid}})
+        signature = RequestValidator(self.standin.auth_token).compute_signature(url, {})
+        parts, base = urlsplit(url), urlsplit(self.first_via if self.t0 == now else self.via)
+        target = urlunsplit(("wss" if base.scheme == "https" else "ws", base.netloc, parts.path, "", ""))
+        stream = await CallSimulator(target, messages, headers={"X-Twilio-Signature": signature}, speed=1.0,
+                                     linger=self.linger).run()
+        first = next((m for m in messages if m["event"] == "media"), None)
+        first_frame_s = int(first["media"]["timestamp"]) / 1000 - 0.02 if first else None
+        return CallLeg(twiml, stream, from_s, first_frame_s)
 
 
 # --------------------------------------------------------------------------- helpers
