@@ -38,17 +38,28 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 SCOPE_SECONDS = "telephony/scope-seconds"
 
+#: Modules whose tests each start a deployment of their own (function-scoped fixtures, no
+#: order between them): under pytest-xdist each test is a unit of its own, so their long
+#: multi-process tests run side by side instead of one after another on one worker.
+EACH_TEST_APART = {"tests/test_moves.py", "tests/test_deploy_proxy.py"}
 
-def _scope(nodeid: str) -> str:
-    """The unit pytest-xdist's `--dist loadscope` keeps on one worker: a class, or a module's functions."""
-    return nodeid.rsplit("::", 1)[0]
+
+def _unit(nodeid: str) -> str:
+    """What one xdist worker runs together: a class, or a module's functions (so their
+    module- and class-scoped fixtures start once), or one test of `EACH_TEST_APART`."""
+    base = nodeid.rsplit("@", 1)[0] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
+    if base.split("::", 1)[0] in EACH_TEST_APART:
+        return base
+    return base.rsplit("::", 1)[0]
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist, hand out the longest units first (as the last run timed them).
+    """Under pytest-xdist (`--dist loadgroup`), group the tests into units and hand out the
+    longest units first (as the last run timed them).
 
-    Most of the suite waits on audio played in real time, so its workers
-    outnumber the cores; what decides the wall time is a long unit started
+    Most of the suite waits on audio played in real time or on server processes, so
+    its workers outnumber the cores; what decides the wall time is a long unit started
     last. Serial runs keep the written order.
     """
     if not hasattr(config, "workerinput"):
@@ -56,8 +67,12 @@ def pytest_collection_modifyitems(config, items):
     seconds = config.cache.get(SCOPE_SECONDS, {}) if getattr(config, "cache", None) else {}
     first_seen: dict[str, int] = {}
     for i, item in enumerate(items):
-        first_seen.setdefault(_scope(item.nodeid), i)
-    items.sort(key=lambda item: (-seconds.get(_scope(item.nodeid), 0.0), first_seen[_scope(item.nodeid)]))
+        unit = _unit(item.nodeid)
+        first_seen.setdefault(unit, i)
+        if unit != item.nodeid:
+            item.add_marker(pytest.mark.xdist_group(unit))
+    unknown = float("inf")  # a unit not timed yet may be long: it starts with the longest
+    items.sort(key=lambda item: (-seconds.get(_unit(item.nodeid), unknown), first_seen[_unit(item.nodeid)]))
 
 
 class UnitTimes:
@@ -69,13 +84,13 @@ class UnitTimes:
         self.seconds: dict[str, float] = {}
 
     def pytest_runtest_logreport(self, report):
-        scope = _scope(report.nodeid)
-        self.seconds[scope] = self.seconds.get(scope, 0.0) + report.duration
+        unit = _unit(report.nodeid)
+        self.seconds[unit] = self.seconds.get(unit, 0.0) + report.duration
 
     def pytest_sessionfinish(self, session):
         if self.seconds and not hasattr(self.config, "workerinput"):
             kept = self.config.cache.get(SCOPE_SECONDS, {})
-            kept.update({scope: round(t, 2) for scope, t in self.seconds.items()})
+            kept.update({unit: round(t, 2) for unit, t in self.seconds.items()})
             self.config.cache.set(SCOPE_SECONDS, kept)
 
 
