@@ -533,7 +533,7 @@ class EmulatedSession:
     """One WebSocket connection to the emulator: what it received, and live controls.
 
     Recorded attributes are appended from the emulator thread and may be read from
-    any thread. `events` holds ``(time.monotonic(), kind, detail)`` tuples, in order;
+    any thread. `events` holds ``(loop time, kind, detail)`` tuples, in order;
     kinds: setup, resumed / resume_refused / resume_refused_open (the handle), caller_speech_start/end
     (detail: stream seconds), activity_start/end, audio_stream_end, text,
     context_update, turn_start (reply index or "greeting"), audio_out (bytes sent),
@@ -558,7 +558,8 @@ class EmulatedSession:
         self.audio_in = bytearray()
         self.audio_chunks = 0
         self.audio_in_times: list[tuple[float, int, int]] = []
-        """One ``(arrived, offset, nbytes)`` per audio blob: the ``time.monotonic()`` at which
+        """One ``(arrived, offset, nbytes)`` per audio blob: the loop time
+        (``time.monotonic()`` but in a virtual-clock loop) at which
         the frame carrying it was read off the socket, and where its bytes lie in `audio_in`
         (latency benchmarks line caller audio up with the moment it reached "Live")."""
         self.texts: list[str] = []
@@ -612,7 +613,8 @@ class EmulatedSession:
     def send(self, frame: dict | str) -> concurrent.futures.Future:
         """Send any raw server frame (a dict is JSON-encoded). Returns a future; never blocks.
 
-        The future's result is the ``time.monotonic()`` at which the frame was handed to
+        The future's result is the loop time
+        (``time.monotonic()`` but in a virtual-clock loop) at which the frame was handed to
         the socket, so a benchmark can time the frame from the moment it left "Live".
         """
         return self._schedule(self._send(frame))
@@ -634,13 +636,13 @@ class EmulatedSession:
     # -- internals (emulator loop only)
 
     def _record(self, kind: str, detail: object = None) -> None:
-        self.events.append((time.monotonic(), kind, detail))
+        self.events.append((self._loop.time(), kind, detail))
 
     async def _send(self, frame: dict | str) -> float:
         """Send one frame; return the monotonic time it was handed to the socket."""
         if isinstance(frame, dict):
             frame = json.dumps(frame, separators=(",", ":"))
-        sent_at = time.monotonic()
+        sent_at = self._loop.time()
         await self._ws.send(frame)
         return sent_at
 
@@ -770,7 +772,7 @@ class EmulatedSession:
     async def _read_frames(self) -> None:
         while True:
             message = await self._ws.recv()
-            self._frame_received_at = time.monotonic()
+            self._frame_received_at = self._loop.time()
             frame = self._parse(message)
             for key, body in frame.items():
                 kind = _CLIENT_KEYS.get(key)
@@ -879,14 +881,14 @@ class EmulatedSession:
 
     def _speaking(self) -> bool:
         """The model is audible until the client has played all audio sent so far."""
-        return self._turn is not None and not self._turn.done() and time.monotonic() < self._playback_end
+        return self._turn is not None and not self._turn.done() and self._loop.time() < self._playback_end
 
     async def _on_speech_start(self, at: float) -> None:
         self._record("caller_speech_start", at)
         if self._interrupts and self._speaking():
             label = self._turn_label
             await self._cancel_turn()
-            self._playback_end = time.monotonic()  # the client drops its queued audio
+            self._playback_end = self._loop.time()  # the client drops its queued audio
             self._record("interrupted", label)
             await self._send({"serverContent": {"interrupted": True}})
             if self.script.late_chunks_after_interrupt:
@@ -951,7 +953,7 @@ class EmulatedSession:
                     return
             await self._send({"serverContent": {"generationComplete": True}})
             if self.script.pace > 0:
-                await asyncio.sleep(max(0.0, self._playback_end - time.monotonic()))
+                await asyncio.sleep(max(0.0, self._playback_end - self._loop.time()))
             await self._complete_turn(label)
         except ConnectionClosed:
             pass
@@ -996,7 +998,7 @@ class EmulatedSession:
         due: dict[int, list[str]] = {}
         for k, piece in enumerate(pieces):
             due.setdefault(k * len(chunks) // len(pieces) if chunks else 0, []).append(piece)
-        pace, start, emitted, sent_bytes = self.script.pace, time.monotonic(), 0.0, 0
+        pace, start, emitted, sent_bytes = self.script.pace, self._loop.time(), 0.0, 0
         try:
             for i, chunk in enumerate(chunks or [b""]):
                 for piece in due.get(i, []):
@@ -1004,10 +1006,10 @@ class EmulatedSession:
                 if not chunk:
                     break
                 if pace > 0:
-                    await asyncio.sleep(max(0.0, start + emitted / pace - time.monotonic()))
+                    await asyncio.sleep(max(0.0, start + emitted / pace - self._loop.time()))
                 await self._send_audio(chunk)
                 seconds = len(chunk) / (2 * OUTPUT_RATE)
-                self._playback_end = max(self._playback_end, time.monotonic()) + seconds
+                self._playback_end = max(self._playback_end, self._loop.time()) + seconds
                 emitted += seconds
                 self._turn_audio_s += seconds
                 sent_bytes += len(chunk)
@@ -1052,7 +1054,7 @@ class EmulatedSession:
             self._record("tool_result_unspoken", {"id": call_id, "scheduling": scheduling})
             return False
         if scheduling == "WHEN_IDLE" and self.script.pace > 0:
-            await asyncio.sleep(max(0.0, self._playback_end - time.monotonic()))
+            await asyncio.sleep(max(0.0, self._playback_end - self._loop.time()))
         return True
 
     async def _fail(self, step: Fail) -> bool:
@@ -1142,7 +1144,11 @@ class LiveEmulator:
         vertex: bool = False,
         project: str = "emulator-project",
         location: str = "us-central1",
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
     ) -> None:
+        self.loop_factory = loop_factory
+        """Makes the emulator thread's event loop (e.g. a `virtual_clock.VirtualClockLoop`,
+        which other components may then share through `loop`)."""
         self.vertex = vertex
         """Speak Vertex AI's Live dialect (its path, Bearer auth, model form, usage names)
         and refuse what only the Gemini API accepts, instead of the Gemini API's."""
@@ -1308,8 +1314,13 @@ class LiveEmulator:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The emulator's event loop while it runs (sessions' times are its `time()`)."""
+        return self._loop
+
     def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = self.loop_factory()
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
