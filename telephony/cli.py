@@ -1,5 +1,5 @@
-"""The `telephony` command: `serve` the agent, `simulate` a call offline, `call` out, set up `twilio`,
-check the `agents`, `init` a project of your own."""
+"""The `telephony` command: `serve` the agent, `simulate` a call offline, `test` scenarios, `call` out,
+set up `twilio`, check the `agents`, `init` a project of your own."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("recording", help="a .jsonl recording of Twilio messages, e.g. tests/fixtures/order_call.jsonl")
     simulate.add_argument("--out", help="write the audio the caller heard to this WAV file")
     simulate.add_argument("--speed", type=float, default=1.0, help="play faster than real time (e.g. 2)")
+
+    # Scenario tests (scenario_cli.py): offline by default, no key needed.
+    test = sub.add_parser("test", help="run scenario files against the agent (offline by default; --live with a key)")
+    from .scenario_cli import add_arguments
+
+    add_arguments(test)
 
     # Call records (records_cli.py): reads DATABASE_URL or CALLS_DB_PATH only, so no GEMINI_API_KEY is needed.
     calls = sub.add_parser("calls", help="list recent call records; `calls show CALLSID` prints one call")
@@ -71,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         return twilio_command(args)
     if args.command == "serve":
         return _serve(args.host, args.port, args.workers)
+    if args.command == "test":
+        from .scenario_cli import test_command
+
+        return test_command(args)
     if args.command == "agents":
         from .agents_cli import agents_command
 

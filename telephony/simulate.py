@@ -4,6 +4,11 @@ Starts the Live API emulator (real wire protocol over TLS, reached by the
 real google-genai SDK), starts the real server on a loopback port, plays a
 recorded Twilio stream at it the way Twilio would, writes what the caller
 heard to a WAV file and prints the call's timeline.
+
+The emulator plays the model with the built-in order-status demo conversation,
+whatever instructions and tools are configured, and speaks in tones: the
+printout says so. A conversation of one's own is a scenario (`telephony test`).
+Every run gets a fresh CallSid, so runs never merge in the call records.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -20,7 +26,7 @@ from pathlib import Path
 
 from .testing.emulator import CallTool, LiveEmulator, Reply, Say, Script
 from .testing.server import ServerThread
-from .testing.recordings import read_recording
+from .testing.recordings import DEFAULT_TO, read_recording
 from .testing.simulator import CallSimulator, SimulatedCall
 
 
@@ -97,8 +103,31 @@ class SimulationResult:
         return [f"{t:7.2f}s  {text}" for t, text in rows]
 
 
+def fresh_sids(messages: list[dict]) -> list[dict]:
+    """The recording with a new CallSid and StreamSid, so each run is a call of its own."""
+    call_sid, stream_sid = "CA" + secrets.token_hex(16), "MZ" + secrets.token_hex(16)
+    out = []
+    for msg in messages:
+        msg = json.loads(json.dumps(msg))
+        if "streamSid" in msg:
+            msg["streamSid"] = stream_sid
+        for key in ("start", "stop"):
+            body = msg.get(key)
+            if isinstance(body, dict):
+                if "callSid" in body:
+                    body["callSid"] = call_sid
+                if "streamSid" in body:
+                    body["streamSid"] = stream_sid
+                params = body.get("customParameters")
+                if isinstance(params, dict) and "CallSid" in params:
+                    params["CallSid"] = call_sid
+        out.append(msg)
+    return out
+
+
 def run_simulation(recording: Path, *, out: Path | None = None, speed: float = 1.0, script: Script | None = None) -> SimulationResult:
-    """Run one simulated call end to end and return what happened."""
+    """Run one simulated call end to end (with a fresh CallSid) and return what happened."""
+    messages = fresh_sids(read_recording(recording))
     with tempfile.TemporaryDirectory(prefix="telephony-sim-") as tmp:
         with LiveEmulator(script or demo_script()) as emulator:
             saved = {k: os.environ.get(k) for k in _SIM_ENV}
@@ -115,7 +144,7 @@ def run_simulation(recording: Path, *, out: Path | None = None, speed: float = 1
 
                 app = create_app(Settings.from_env())
                 with ServerThread(app) as server:
-                    sim = CallSimulator(server.ws_url, recording, speed=speed)
+                    sim = CallSimulator(server.ws_url, messages, speed=speed)
                     call = asyncio.run(sim.run())
                     summary = _wait_for_summary(app)
             finally:
@@ -155,6 +184,7 @@ _SIM_ENV = ("GOOGLE_GEMINI_BASE_URL", "SSL_CERT_FILE", "NO_PROXY", "GEMINI_API_K
 
 def print_report(result: SimulationResult, out: Path | None) -> None:
     call = result.call
+    print(f"Call {call.call_sid} (a new CallSid for every run).")
     print("Timeline (seconds since Twilio connected the stream):")
     for line in result.timeline():
         print(line)
@@ -178,8 +208,49 @@ def print_report(result: SimulationResult, out: Path | None) -> None:
         print(f"Agent audio (as heard by the caller) written to {out}")
 
 
+def simulation_settings():
+    """The settings the simulated server will run with (the emulator's key stands in for
+    GEMINI_API_KEY); a bad setting raises SettingsError, one line."""
+    from .settings import Settings
+
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED_ENV}
+    return Settings.from_env({**env, "GEMINI_API_KEY": "emulator-key"})
+
+
+def simulated_agent(settings) -> tuple[str, str, str, str, list[str]]:
+    """(name, instructions, greeting, voice, tool names) of the agent a simulated call reaches."""
+    try:
+        from .agents import load_agents  # type: ignore[import-not-found]
+    except ImportError:  # one agent, configured from the environment
+        from .lifecycle import default_registry
+
+        return ("default", settings.agent_instructions, settings.agent_greeting, settings.gemini_voice,
+                default_registry().names())
+    agent = load_agents(settings).for_number(DEFAULT_TO)
+    return agent.name, agent.instructions, agent.greeting, agent.voice, agent.tools.names()
+
+
+def print_setup(settings) -> None:
+    """Which agent is simulated and how, before the call: nothing here is the real model."""
+    name, instructions, greeting, voice, tools = simulated_agent(settings)
+    instructions = " ".join(instructions.split())
+    print(f"Agent {name}: instructions {instructions[:100]!r}{'...' if len(instructions) > 100 else ''}")
+    print(f"       greeting prompt {' '.join(greeting.split())[:100]!r}")
+    print(f"       model {settings.gemini_model}, voice {voice}, tools: {', '.join(tools) or 'none'}")
+    print("Offline: the Live emulator plays the model with the built-in Acme order-status conversation, whatever "
+          "the instructions and tools above say; the agent's voice is a tone (the emulator does not speak). "
+          "To test your own conversation, write a scenario and run `telephony test` (README, \"Test your agent\").\n")
+
+
 def main(recording: str, out: str | None, speed: float) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .errors import SettingsError
+
+    try:
+        settings = simulation_settings()
+    except SettingsError as exc:
+        print(f"telephony: configuration error: {exc}", file=sys.stderr)
+        return 2
     path = Path(recording)
     if not path.is_file():
         print(f"telephony: recording {recording!r} not found", file=sys.stderr)
@@ -190,6 +261,7 @@ def main(recording: str, out: str | None, speed: float) -> int:
         print(f"telephony: {recording!r} is not a Twilio stream recording: {exc}", file=sys.stderr)
         return 2
     out_path = Path(out) if out else None
+    print_setup(settings)
     result = run_simulation(path, out=out_path, speed=speed)
     print_report(result, out_path)
     return 0 if not result.call.protocol_errors else 1

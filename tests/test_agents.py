@@ -10,7 +10,6 @@ Then every kind of bad agents file must stop start-up with its one line.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import textwrap
 import uuid
@@ -26,6 +25,7 @@ from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, Reply, Say, Script
 from telephony.testing.recordings import read_recording
 from telephony.testing.simulator import CallSimulator
+from telephony.testing.virtual_clock import run_fast
 from telephony.testing.twilio_signing import readdress
 from telephony.testing.watched import API_TOKEN, FIXTURES, authorized, new_call_sid, scrape, value, watched_server
 
@@ -125,7 +125,7 @@ def clinic(emulator, tmp_path_factory):
 
     os.environ["BRIGHT_SMILE_TEST_KEY"] = "sk-test-1234"
     try:
-        with watched_server(emulator, folder, AGENTS_FILE=str(agents_file)) as server:
+        with watched_server(emulator, folder, AGENTS_FILE=str(agents_file), virtual=True) as server:
             yield server, folder
     finally:
         os.environ.pop("BRIGHT_SMILE_TEST_KEY", None)
@@ -137,7 +137,7 @@ def call_number(server, emulator, number: str, script: Script):
     sid = new_call_sid()
     messages = readdress(read_recording(FIXTURES / "order_call.jsonl"), sid, "AC" + "0" * 32,
                          {"From": CALLER, "To": number})
-    call = asyncio.run(CallSimulator(server.ws_url, messages, speed=2).run())
+    call = run_fast(server.loop, CallSimulator(server.ws_url, messages, speed=2).run())  # on the virtual clock
     return sid, call, emulator.sessions[before]
 
 

@@ -14,6 +14,8 @@ import pytest
 from telephony.audio import ulaw_encode
 from telephony.audio_recording import AudioRecordings, CallAudio
 from telephony.testing.watched import authorized, place_call, watched_server
+from telephony.testing.order_story import order_script
+from telephony.testing.waiting import wait_until
 
 
 def frame(value: int) -> str:
@@ -62,16 +64,12 @@ def test_a_call_sid_never_becomes_a_path_elsewhere(tmp_path):
 
 
 def test_a_recorded_call_is_served_to_the_token_holder_as_stereo_wav(emulator, tmp_path):
-    from test_phone_calls import order_script
-
     emulator.script = order_script()
     folder = tmp_path / "recordings"
-    with watched_server(emulator, tmp_path, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder)) as server:
-        sid, call = place_call(server.ws_url)
-        for _ in range(50):
-            if (folder / f"{sid}.wav").exists():
-                break
-            time.sleep(0.1)
+    with watched_server(emulator, tmp_path, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder), virtual=True) as server:
+        sid, call = place_call(server.ws_url, loop=server.loop)
+        server.finished_call(sid)
+        wait_until(lambda: (folder / f"{sid}.wav").exists(), what="the call's recording")
         assert httpx.get(f"{server.http_url}/calls/{sid}/audio").status_code == 401
         r = httpx.get(f"{server.http_url}/calls/{sid}/audio", headers=authorized())
         assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
@@ -85,6 +83,6 @@ def test_a_recorded_call_is_served_to_the_token_holder_as_stereo_wav(emulator, t
 def test_without_record_audio_nothing_is_written(emulator, tmp_path):
     with watched_server(emulator, tmp_path, RECORDINGS_DIR=str(tmp_path / "recordings")) as server:
         sid, _ = place_call(server.ws_url, "greeting_only.jsonl", speed=4)
-        time.sleep(0.3)
+        server.finished_call(sid)  # the recording, when on, is begun before the call's summary
         assert httpx.get(f"{server.http_url}/calls/{sid}/audio", headers=authorized()).status_code == 404
     assert not (tmp_path / "recordings").exists()

@@ -9,13 +9,14 @@ does not skip, so a missing browser cannot pass for a working dashboard.
 from __future__ import annotations
 
 import shutil
-import time
 
 import httpx
 import pytest
 
 from telephony.dashboard import COOKIE
 from telephony.testing.watched import API_TOKEN, place_call, watched_server
+from telephony.testing.order_story import order_script
+from telephony.testing.waiting import wait_until
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -39,14 +40,14 @@ def browser(profile: str):
 
 @pytest.fixture(scope="module")
 def dashboard(emulator, tmp_path_factory):
-    from test_phone_calls import order_script
-
     folder = tmp_path_factory.mktemp("dashboard")
     emulator.script = order_script()
-    with watched_server(emulator, folder, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder / "recordings")) as server:
-        sid, call = place_call(server.ws_url)
-        time.sleep(0.5)
-        server.app.state.recorder.flush()
+    with watched_server(emulator, folder, RECORD_AUDIO="true", RECORDINGS_DIR=str(folder / "recordings"),
+                        virtual=True) as server:
+        sid, call = place_call(server.ws_url, loop=server.loop)
+        server.finished_call(sid)
+        wait_until(lambda: (folder / "recordings" / f"{sid}.wav").exists(), what="the call's recording")
+        assert server.app.state.recorder.flush()
         yield server, sid, call, folder
 
 
@@ -92,10 +93,7 @@ class TestTheDashboardInABrowser:
         wait_for(chrome, f'tr.call[data-sid="{sid}"]')
         chrome.get(f"{server.http_url}/dashboard?number=9999999")
         status = wait_for(chrome, "#status")
-        for _ in range(50):
-            if status.text != "Loading…":
-                break
-            time.sleep(0.1)
+        wait_until(lambda: status.text != "Loading…", what="the filtered list")
         assert status.text == "No calls match."
 
     def test_the_call_page_shows_transcript_timeline_latency_and_recording(self, dashboard, chrome):

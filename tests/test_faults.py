@@ -1,7 +1,8 @@
 """Fault injection: a misbehaving model, tools that hang or raise, callers that vanish.
 
 Each call ends in its documented outcome and leaves no task behind. These calls
-run against a server of their own whose registry holds misbehaving tools.
+run against a server of their own whose registry holds misbehaving tools, on
+the emulator's virtual clock (tests/conftest.py, `phone`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, Fail, Reply, Say, Script
 from telephony.testing.server import ServerThread
 from telephony.testing.simulator import CallSimulator
+from telephony.testing.virtual_clock import run_fast
 from telephony.tool_registry import ToolRegistry
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -62,16 +64,15 @@ def faulty(server, emulator, tmp_path_factory):  # `server` puts the emulator in
     env.pop("PUBLIC_URL", None)
     env.pop("TWILIO_AUTH_TOKEN", None)
     app = create_app(Settings.from_env(env), registry=registry)
-    with ServerThread(app) as server:
+    with ServerThread(app, loop=emulator.loop) as server:  # on the emulator's virtual clock
         yield server
 
 
 def play(server, emulator, recording: str, script: Script, speed: float = 2.0):
     emulator.script = script
     before = len(emulator.sessions)
-    call = asyncio.run(CallSimulator(server.ws_url, FIXTURES / recording, speed=speed).run())
-    emulator.wait_for(lambda: not server.app.state.active_calls, timeout=10)
-    return call, emulator.sessions[before:], server.app.state.recent_calls[-1]
+    call = run_fast(emulator.loop, CallSimulator(server.ws_url, FIXTURES / recording, speed=speed).run())
+    return call, emulator.sessions[before:], server.finished_call(call.call_sid)
 
 
 def no_call_tasks(server) -> bool:

@@ -80,7 +80,8 @@ def finished_summary(server, emulator, call_sid: str) -> dict:
     return next(s for s in reversed(list(recent)) if s.get("call_sid") == call_sid)
 
 
-def test_a_caller_tone_burst_reaches_live_as_16khz_pcm_at_the_sample_it_was_sent(phone, server, emulator, tmp_path):
+def test_a_caller_tone_burst_reaches_live_as_16khz_pcm_at_the_sample_it_was_sent(phone, emulator, tmp_path):
+    server = phone.server
     messages = build_messages(
         [Silence(LEAD_S), Tone(TONE_HZ, BURST_S, TONE_DBFS), Silence(0.6)],
         seed=31,
@@ -111,7 +112,8 @@ def test_a_caller_tone_burst_reaches_live_as_16khz_pcm_at_the_sample_it_was_sent
     assert correlation > 0.99
 
 
-def test_an_emulator_tone_burst_reaches_the_caller_as_8khz_mulaw_no_later_than_the_resampler_delay(phone, server, tmp_path):
+def test_an_emulator_tone_burst_reaches_the_caller_as_8khz_mulaw_no_later_than_the_resampler_delay(phone, tmp_path):
+    server = phone.server
     rate = 24_000
     n_lead, n_burst = int(LEAD_S * rate), int(BURST_S * rate)
     pcm = np.zeros(n_lead + n_burst + int(0.1 * rate))

@@ -84,7 +84,8 @@ def test_drain_stops_new_calls_and_ends_the_rest_politely_with_their_summaries(s
         async with open_call(small_server.ws_url, call_sid) as ws:
             await ws.recv()
             drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(drain(app, timeout_s=0.5), small_server.loop))
-            await asyncio.sleep(0.1)
+            while not app.state.draining:
+                await asyncio.sleep(0.01)
             health = await asyncio.to_thread(httpx.get, f"{small_server.http_url}/healthz")
             busy = await asyncio.to_thread(httpx.post, f"{small_server.http_url}/incoming-call", data={"CallSid": "CA" + "6" * 32})
             code = await wait_closed(ws)
@@ -95,8 +96,7 @@ def test_drain_stops_new_calls_and_ends_the_rest_politely_with_their_summaries(s
     assert health.status_code == 503 and health.json()["status"] == "draining"
     assert "busy" in busy.text
     assert code == 1000  # closed by us, onto the apology TwiML
-    assert app.state.recent_calls[-1]["call_sid"] == call_sid
-    assert app.state.recent_calls[-1]["end_reason"] == "server shutting down"
+    assert small_server.finished_call(call_sid)["end_reason"] == "server shutting down"
     after = httpx.post(f"{small_server.http_url}/stream-ended", data={"CallSid": call_sid})
     assert "<Say>" in after.text and "<Hangup />" in after.text
 
@@ -118,18 +118,27 @@ def test_the_webhook_twiml_asks_stream_ended_what_comes_next(server):
 def test_sigterm_drains_active_calls_before_the_process_exits(emulator, serve_process):
     emulator.script = Script(greeting=[Say(seconds=8.0)], replies=[])
     proc, port = serve_process(capture=True, DRAIN_TIMEOUT_SECONDS="1", LOG_LEVEL="INFO")
+    seen: list[str] = []
+
+    def read_until_draining() -> None:
+        for line in proc.stdout:
+            seen.append(line)
+            if "draining:" in line:
+                return
+
     try:
         async def scenario():
             async with open_call(f"ws://127.0.0.1:{port}/media-stream", "CA" + "a" * 32) as ws:
                 await ws.recv()  # mid-greeting
                 proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
+                await asyncio.to_thread(read_until_draining)  # the drain has begun
                 health = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/healthz")
                 return health.status_code, await wait_closed(ws)
 
         status, code = asyncio.run(scenario())
     finally:
-        out, _ = proc.communicate(timeout=30)
+        rest, _ = proc.communicate(timeout=30)
+        out = "".join(seen) + rest
     assert status == 503 and code == 1000  # the call was ended by us, not cut with 1012
     assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     assert "draining: 1 active call" in out and "ending 1 call(s) politely" in out

@@ -26,7 +26,8 @@ def expected_live_input(recording: Path, resampler: str) -> bytes:
     )
 
 
-def test_a_call_survives_three_go_away_handovers_with_sample_exact_caller_audio(phone, emulator, server):
+def test_a_call_survives_three_go_away_handovers_with_sample_exact_caller_audio(realtime_phone, emulator, server):
+    phone = realtime_phone  # another thread sends goAway on a wall-clock schedule
     script = Script(greeting=[Say(seconds=1.0)], replies=[Reply(steps=[Say(seconds=1.0, freq=600.0)])])
     before = len(emulator.sessions)
     stop = threading.Event()
@@ -59,7 +60,7 @@ def test_a_call_survives_three_go_away_handovers_with_sample_exact_caller_audio(
     received = b"".join(bytes(s.audio_in) for s in sessions)
     expected = expected_live_input(FIXTURES / "order_call.jsonl", server.app.state.settings.resampler)
     assert received == expected  # not one caller sample lost, duplicated or reordered
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["live_reconnects"] == 3 and summary["end_reason"] == "caller hung up"
     assert call.close_code == 1000 and not call.protocol_errors
 
@@ -82,9 +83,10 @@ def dominant_hz(ulaw: bytes) -> float:
 
 
 def test_a_refused_handle_opens_a_fresh_session_that_knows_the_conversation_and_the_caller_stays(
-    phone, emulator, server
+    realtime_phone, emulator, server
 ):
     """docs/gemini-live.md §12: a handle can be refused (expired, invalid, another model)."""
+    phone = realtime_phone  # another thread drops the session mid-call
     script = Script(
         greeting=[Say(text="Hi, thanks for calling Acme!", seconds=1.0)],
         replies=[Reply(heard="Where is my order?", steps=[Say(text="It has shipped.", seconds=1.0, freq=600.0)])],
@@ -108,13 +110,14 @@ def test_a_refused_handle_opens_a_fresh_session_that_knows_the_conversation_and_
     assert "Hi, thanks for calling Acme!" in instruction and "Do not greet the caller again" in instruction
     assert "greeting" not in [d for _, kind, d in fresh.events if kind == "turn_start"]
     assert dominant_hz(call.played_audio[-8000:]) == pytest.approx(600.0, abs=10)  # the answer came through
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["live_sessions_fresh"] == 1 and summary["end_reason"] == "caller hung up"
     assert call.close_code == 1000
 
 
-def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(phone, emulator, server):
+def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(realtime_phone, emulator, server):
     """Only a fresh session's refused setup is fatal: retrying it would loop."""
+    phone = realtime_phone  # another thread drops the session mid-call
     script = Script(greeting=[Say(text="Hi, thanks for calling Acme!", seconds=1.0)], replies=[], refuse_resumption=1008)
     before = len(emulator.sessions)
 
@@ -129,11 +132,12 @@ def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(ph
     thread.start()
     call = phone.call("order_call.jsonl", script, speed=2)
     thread.join(timeout=10)
+    emulator.wait_for(lambda: len(emulator.sessions) >= before + 3 and emulator.sessions[before + 2].closed)
     first, refused, fresh = emulator.sessions[before : before + 3]
     assert first.close_code == 1011 and refused.close_code == 1008 and fresh.close_code == 1008
     assert not key(fresh.setup, "sessionResumption", "session_resumption").get("handle")
     assert len(emulator.sessions) == before + 3, "no fourth attempt"
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["end_reason"].startswith("Live session could not be opened")
     assert summary["live_sessions_fresh"] == 0
     assert call.of_kind("closed")[-1].detail["by"] == "server"
@@ -141,9 +145,10 @@ def test_when_the_fresh_session_is_refused_too_the_call_ends_with_the_apology(ph
     assert "<Say>" in r.text  # Twilio plays the apology, not silence
 
 
-def test_a_1008_close_after_go_away_is_resumed_like_any_other(phone, emulator, server):
+def test_a_1008_close_after_go_away_is_resumed_like_any_other(phone, emulator):
     """pollen-robotics/reachy_mini_conversation_app #357: "Connection aborted because the client
     failed to close the connection after receiving a GoAway signal" comes as 1008."""
+    server = phone.server
     go_away_then_1008 = Fail(
         raw={"goAway": {"timeLeft": "50s"}}, close_code=1008,
         reason="Connection aborted because the client failed to close the connection after receiving a GoAway signal",
@@ -161,6 +166,6 @@ def test_a_1008_close_after_go_away_is_resumed_like_any_other(phone, emulator, s
     assert first.close_code == 1008
     assert key(resumed.setup, "sessionResumption", "session_resumption").get("handle")
     assert dominant_hz(call.played_audio[-4000:]) == pytest.approx(660.0, abs=10)
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["live_sessions_resumed"] == 1 and summary["live_sessions_fresh"] == 0
     assert summary["end_reason"] == "caller hung up" and call.close_code == 1000

@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from telephony.testing.emulator import CallTool, Reply, Say, Script
-from telephony.testing.postgres_server import PostgresServer
 from telephony.testing.proxy import HaproxyProxy
 from telephony.testing.recordings import read_recording
 from telephony.testing.redis_server import RedisServer
@@ -50,12 +49,6 @@ def new_caller() -> str:
 @pytest.fixture(scope="module")
 def redis():
     with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    with PostgresServer() as server:
         yield server
 
 

@@ -8,7 +8,6 @@ the rest plays recorded calls at real servers (one thread, then `telephony serve
 from __future__ import annotations
 
 import os
-import time
 
 import httpx
 import numpy as np
@@ -18,6 +17,8 @@ from telephony.metrics import OUTCOMES, call_outcome, replacement_cause
 from telephony.speech_end import SpeechEndDetector
 from telephony.testing.redis_server import RedisServer
 from telephony.testing.server import ServerProcess
+from telephony.testing.order_story import order_script
+from telephony.testing.waiting import wait_until
 from telephony.testing.watched import (
     API_TOKEN,
     authorized,
@@ -91,12 +92,10 @@ class TestMetricsAreProtectedLikeTheCallsApi:
 
 
 def test_an_order_call_is_counted_from_greeting_to_hang_up(server, emulator):
-    from test_phone_calls import order_script
-
     emulator.script = order_script()
     before = scrape(server.http_url)
-    _, call = place_call(server.ws_url)
-    time.sleep(0.3)  # the bridge's end runs just after the caller's socket closes
+    sid, call = place_call(server.ws_url)
+    server.finished_call(sid)  # the bridge's end runs just after the caller's socket closes
     after = scrape(server.http_url)
 
     def grew(name: str, **labels: str) -> float:
@@ -133,7 +132,13 @@ def test_with_two_workers_every_scrape_counts_the_calls_of_both(emulator, redis,
     try:
         for _ in range(4):
             place_call(server.ws_url, "greeting_only.jsonl", speed=4)
-        time.sleep(0.5)
+
+        def all_counted() -> bool:
+            samples = scrape(server.http_url)
+            ended = sum(v for (name, _), v in samples.items() if name == "phone_calls_total")
+            return ended == 4 and value(samples, "phone_active_calls") == 0
+
+        wait_until(all_counted, what="both workers to count the four calls")
         for _ in range(8):  # each scrape is answered by either worker
             samples = scrape(server.http_url)
             assert sum(v for (name, _), v in samples.items() if name == "phone_calls_total") == 4

@@ -21,25 +21,10 @@ import soxr
 
 from telephony.audio import ulaw_decode
 from telephony.testing.emulator import CallTool, Fail, Reply, Say, Script
+from telephony.testing.order_story import ANSWER_HZ, GOODBYE_HZ, GREETING_HZ, order_script
 from telephony.testing.recordings import media_payloads, read_recording
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-GREETING_HZ, ANSWER_HZ, GOODBYE_HZ = 440.0, 520.0, 660.0
-
-
-def order_script() -> Script:
-    return Script(
-        greeting=[Say(text="Hi, thanks for calling Acme Outfitters!", seconds=1.5, freq=GREETING_HZ)],
-        replies=[
-            Reply(
-                heard="Where is my order A1001?",
-                steps=[CallTool("lookup_order", {"order_id": "A1001"}), Say(text="Your order has shipped.", seconds=5.0, freq=ANSWER_HZ)],
-            ),
-            Reply(heard="Thanks, bye.", steps=[Say(text="Goodbye!", seconds=1.5, freq=GOODBYE_HZ)]),
-        ],
-    )
-
 
 def dominant_hz(pcm: np.ndarray, rate: int) -> float:
     spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(len(pcm))))
@@ -141,18 +126,20 @@ class TestAnOrderStatusCall:
         # Every mark outstanding at the clear came back (Twilio echoes them as cleared).
         assert sorted(call.marks_received) == sorted(call.marks_echoed)
 
-    def test_the_call_ends_on_stop_closing_live_and_leaving_no_task_behind(self, order_call, server, emulator):
+    def test_the_call_ends_on_stop_closing_live_and_leaving_no_task_behind(self, order_call, phone):
+        server, emulator = phone.server, phone.emulator
         call, session = order_call
         emulator.wait_for(lambda: session.closed, timeout=5)
         assert call.close_code == 1000 and not call.protocol_errors
-        summary = server.app.state.recent_calls[-1]
+        summary = server.finished_call(call.call_sid)
         assert summary["end_reason"] == "caller hung up" and summary["interruptions"] == 1
         assert [t["outcome"] for t in summary["tool_calls"]] == ["ok"]
         leftovers = [n for n in server.task_names() if n in ("twilio-reader", "live") or n.startswith("tool-")]
         assert leftovers == [] and not server.app.state.active_calls
 
-    def test_the_transcript_is_kept_for_the_call(self, order_call, server):
-        summary = server.app.state.recent_calls[-1]
+    def test_the_transcript_is_kept_for_the_call(self, order_call, phone):
+        server = phone.server
+        summary = server.finished_call(order_call[0].call_sid)
         roles = [role for role, _ in summary["transcript"]]
         assert roles[:3] == ["agent", "caller", "agent"]
         assert "A1001" in summary["transcript"][1][1]
@@ -186,18 +173,20 @@ def test_an_unknown_tool_gets_an_error_and_the_call_goes_on(phone):
     "setup, why",
     [("close", "refused with 1008"), ("never", "no setupComplete"), ("http403", "upgrade refused")],
 )
-def test_when_live_cannot_be_reached_the_stream_is_closed_onto_the_spoken_apology(phone, server, setup, why):
+def test_when_live_cannot_be_reached_the_stream_is_closed_onto_the_spoken_apology(phone, setup, why):
+    server = phone.server
     call = phone.call("greeting_only.jsonl", Script(setup=setup))
     stop = [e.t for e in call.events if e.kind == "sent_stop"]
     closed = [e for e in call.events if e.kind == "closed"]
     assert closed and closed[0].detail.get("by") == "server" and call.close_code == 1000
     assert not stop or closed[0].t <= stop[0], "the server must end the stream itself, not wait for the caller"
     assert call.agent_audio == b""
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["end_reason"].startswith("Live session could not be opened")
 
 
-def test_a_live_session_dropped_mid_call_is_resumed_and_the_call_goes_on(phone, server, emulator):
+def test_a_live_session_dropped_mid_call_is_resumed_and_the_call_goes_on(phone, emulator):
+    server = phone.server
     script = Script(
         greeting=[Say(seconds=0.5)],
         replies=[
@@ -211,18 +200,19 @@ def test_a_live_session_dropped_mid_call_is_resumed_and_the_call_goes_on(phone, 
     handle = key(resumed.setup, "sessionResumption", "session_resumption").get("handle")
     assert handle and first.close_code == 1011
     assert any(abs(dominant_hz(ulaw_decode(a), 8000) - 600) < 10 for _, _, a in heard_utterances(call))
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["end_reason"] == "caller hung up" and summary["live_reconnects"] == 1
     assert call.close_code == 1000
 
 
-def test_a_policy_close_mid_call_is_not_retried_and_ends_the_call(phone, server, emulator):
+def test_a_policy_close_mid_call_is_not_retried_and_ends_the_call(phone, emulator):
+    server = phone.server
     script = Script(greeting=[Say(seconds=0.5)], replies=[Reply(steps=[Fail(close_code=1008, reason="policy")])])
     before = len(emulator.sessions)
     call = phone.call("order_call.jsonl", script, speed=2)
     assert len(emulator.sessions) == before + 1  # no reconnection loop
     assert call.close_code == 1000
-    assert server.app.state.recent_calls[-1]["end_reason"].startswith("Live session closed (code=1008")
+    assert server.finished_call(call.call_sid)["end_reason"].startswith("Live session closed (code=1008")
 
 
 def test_under_plain_uvicorn_the_same_call_goes_the_same_way(emulator, tmp_path, monkeypatch):
@@ -246,7 +236,7 @@ def test_under_plain_uvicorn_the_same_call_goes_the_same_way(emulator, tmp_path,
     emulator.script = order_script()
     with ServerThread(create_app(Settings.from_env()), ws="auto") as srv:
         call = asyncio.run(CallSimulator(srv.ws_url, FIXTURES / "order_call.jsonl").run())
-        summary = srv.app.state.recent_calls[-1]
+        summary = srv.finished_call(call.call_sid)
     heard = heard_utterances(call)
     assert dominant_hz(ulaw_decode(heard[0][2]), 8000) == pytest.approx(GREETING_HZ, abs=8)
     assert len(call.clears) == 1 and sorted(call.marks_received) == sorted(call.marks_echoed)
@@ -263,7 +253,8 @@ class TestLateAudioAfterABargeIn:
         (clear,) = call.of_kind("clear")
         return call.agent_audio[clear.detail["received_bytes"] :]
 
-    def test_caller_barges_in_late_audio_arrives_and_the_caller_hears_nothing_of_it(self, phone, server):
+    def test_caller_barges_in_late_audio_arrives_and_the_caller_hears_nothing_of_it(self, phone):
+        server = phone.server
         script = order_script()
         script.late_chunks_after_interrupt = 10  # 0.4 s more of the 520 Hz answer
         script.transcript_during_late_audio = "Thanks,"
@@ -277,11 +268,12 @@ class TestLateAudioAfterABargeIn:
         assert after, "the agent answers again after the barge-in"
         assert dominant_hz(ulaw_decode(after), 8000) == pytest.approx(GOODBYE_HZ, abs=8)
         assert len(after) <= 1.5 * 8000 + 2 * 160  # the goodbye and nothing else reached Twilio
-        summary = server.app.state.recent_calls[-1]
+        summary = server.finished_call(call.call_sid)
         assert summary["stale_audio_chunks_dropped"] >= 10 and summary["interrupted_turns_without_turn_complete"] == 0
         assert summary["interruptions"] == 1 and summary["end_reason"] == "caller hung up"
 
-    def test_an_interrupted_turn_that_never_completes_is_given_up_after_the_bound(self, phone, server, caplog):
+    def test_an_interrupted_turn_that_never_completes_is_given_up_after_the_bound(self, phone, caplog):
+        server = phone.server
         script = order_script()
         script.late_chunks_after_interrupt = 10
         script.turn_complete_after_interrupt = False
@@ -294,14 +286,15 @@ class TestLateAudioAfterABargeIn:
         after = self.received_after_the_clear(call)
         assert after, "the caller hears the agent again"
         assert dominant_hz(ulaw_decode(after), 8000) == pytest.approx(GOODBYE_HZ, abs=8)
-        summary = server.app.state.recent_calls[-1]
+        summary = server.finished_call(call.call_sid)
         assert summary["interrupted_turns_without_turn_complete"] == 1
         assert len([r for r in caplog.records if "no turnComplete" in r.getMessage()]) == 1
 
 
-def test_after_every_tool_response_the_caller_hears_the_model_before_the_watchdog(phone, server):
+def test_after_every_tool_response_the_caller_hears_the_model_before_the_watchdog(phone):
     """docs/gemini-live.md §8, §12: on 3.8 Live each response's `scheduling` decides whether the
     model speaks; WHEN_IDLE never fires in voice calls, so our tools choose on purpose."""
+    server = phone.server
     script = Script(
         greeting=[Say(seconds=0.5, freq=GREETING_HZ)],
         replies=[
@@ -325,6 +318,6 @@ def test_after_every_tool_response_the_caller_hears_the_model_before_the_watchdo
     for hz in (ANSWER_HZ, 600.0, GOODBYE_HZ):  # the model spoke after each result it was to speak about
         assert any(abs(h - hz) <= 10 for h in heard), (hz, heard)
     assert not any(abs(h - 300.0) <= 10 for h in heard)  # and not after the one it was told to keep quiet about
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["watchdog_nudges"] == 0  # never MODEL_WATCHDOG_SECONDS of silence after a response
     assert summary["end_reason"] == "agent ended the call: done"

@@ -37,7 +37,8 @@ def test_keypad_digits_reach_the_model_as_one_text_turn(phone):
     assert "(The caller typed 1 0 0 1 on the keypad.)" in phone.last_session.texts
 
 
-def test_agent_hangs_up_only_after_its_goodbye_has_played(phone, server):
+def test_agent_hangs_up_only_after_its_goodbye_has_played(phone):
+    server = phone.server
     script = Script(
         greeting=[Say(seconds=0.5)],
         replies=[Reply(heard="That's all, thanks.", steps=[  # as instructed: a goodbye, then end_call
@@ -55,7 +56,7 @@ def test_agent_hangs_up_only_after_its_goodbye_has_played(phone, server):
     assert len(goodbye) >= 1.2 * 8000 - 160  # the whole goodbye was heard...
     assert dominant_hz(ulaw_decode(goodbye)) == pytest.approx(GOODBYE_HZ, abs=10)
     assert closed.t >= last_end - 0.05  # ...before the stream was closed
-    summary = server.app.state.recent_calls[-1]
+    summary = server.finished_call(call.call_sid)
     assert summary["end_reason"] == "agent ended the call: caller is done"
     # Without REST credentials, Twilio asks what follows the stream: a plain hang-up.
     r = httpx.post(f"{server.http_url}/stream-ended", data={"CallSid": summary["call_sid"]})
@@ -131,7 +132,7 @@ def test_with_rest_a_transfer_dials_the_configured_number_and_its_stop_is_not_a_
     (update,) = line.standin.wait_for("calls.update", call_sid=call_sid)
     assert update.params["Twiml"].endswith(f"<Response><Dial>{SALES}</Dial></Response>")
     assert "Status" not in update.params  # a transfer, not a hang-up
-    summary = line.app.state.recent_calls[-1]
+    summary = line.finished_call(call_sid)
     assert summary["end_reason"] == "transferred to sales"
     assert line.standin.requests_of("calls.update", call_sid) == [update]  # nothing else, e.g. no hang-up
 

@@ -10,8 +10,17 @@ What counts as private:
   (not a dunder) from a package that is not ours;
 - importing from a dependency's internal modules (uvicorn's protocol, loop and
   lifespan implementations; websockets' legacy layer);
-- reading an attribute `x._name` where `_name` is not a name this project
+- reading an attribute `x._name` on a dependency's object, whatever `_name` is:
+  `x` a dependency's module, a name bound to what a dependency returned
+  (`site = web.TCPSite(...)`, `loop = asyncio.get_running_loop()`), an attribute
+  the project sets to such a value (`self.server = uvicorn.Server(...)`), or a
+  chain of calls and attributes from one of those;
+- reading `x._name` on any other object where `_name` is not a name this project
   defines itself, or `getattr(x, "_name")` on anything but `self`.
+
+Which objects are a dependency's is read from the code, not from types: a name
+counts as foreign in a file once any assignment there binds it to a foreign
+value, which errs towards flagging.
 """
 
 from __future__ import annotations
@@ -64,12 +73,83 @@ def own_private_names(trees: list[ast.AST]) -> set[str]:
     return {n for n in names if _private(n)}
 
 
+def _foreign_module(module: str) -> bool:
+    return module.split(".")[0] not in OURS | LOCAL_MODULES
+
+
+def _root(node: ast.AST) -> ast.AST:
+    """The name or attribute a chain of calls, awaits, subscripts and attributes starts from."""
+    while True:
+        if isinstance(node, (ast.Call,)):
+            node = node.func
+        elif isinstance(node, (ast.Await, ast.Starred)):
+            node = node.value
+        elif isinstance(node, ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.Attribute) and not isinstance(node.value, ast.Name) or (
+                isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id not in ("self", "cls")):
+            node = node.value
+        else:
+            return node
+
+
+def foreign_values(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """(names, attributes) of a file bound to a dependency's modules or to what they return."""
+    names: set[str] = set()
+    attributes: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if _foreign_module(alias.name):
+                    names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and _foreign_module(node.module):
+            names.update(alias.asname or alias.name for alias in node.names)
+
+    def is_foreign(value: ast.AST) -> bool:
+        root = _root(value)
+        return (isinstance(root, ast.Name) and root.id in names) or (
+            isinstance(root, ast.Attribute) and root.attr in attributes)
+
+    def bind(target: ast.AST) -> None:
+        if isinstance(target, ast.Name):
+            names.add(target.id)
+        elif isinstance(target, ast.Attribute):
+            attributes.add(target.attr)
+
+    for _ in range(3):  # a value bound from a foreign value is foreign: follow a few steps
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and is_foreign(node.value):
+                for target in node.targets:
+                    bind(target)
+            elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None and is_foreign(node.value):
+                bind(node.target)
+            elif isinstance(node, ast.withitem) and node.optional_vars is not None and is_foreign(node.context_expr):
+                bind(node.optional_vars)
+    return names, attributes
+
+
 def violations_in(path: Path, tree: ast.AST, own: set[str]) -> list[str]:
     found = []
     where = f"{path.relative_to(ROOT)}"
+    foreign = _foreign_module
+    names, attributes = foreign_values(tree)
 
-    def foreign(module: str) -> bool:
-        return module.split(".")[0] not in OURS | LOCAL_MODULES
+    def on_foreign_object(value: ast.AST) -> bool:
+        """Whether any link of the chain `value` is a dependency's module or object."""
+        node = value
+        while True:
+            if isinstance(node, ast.Name):
+                return node.id in names
+            if isinstance(node, ast.Attribute):
+                if node.attr in attributes:
+                    return True
+                node = node.value
+            elif isinstance(node, ast.Call):
+                node = node.func
+            elif isinstance(node, (ast.Await, ast.Starred, ast.Subscript)):
+                node = node.value
+            else:
+                return False
 
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -84,7 +164,8 @@ def violations_in(path: Path, tree: ast.AST, own: set[str]) -> list[str]:
             for alias in node.names:
                 if _private(alias.name):
                     found.append(f"{where}:{node.lineno}: from {module} import {alias.name}")
-        elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own:
+        elif isinstance(node, ast.Attribute) and _private(node.attr) and (
+                node.attr not in own or on_foreign_object(node.value)):
             found.append(f"{where}:{node.lineno}: .{node.attr}")
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr", "setattr")
               and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
@@ -112,11 +193,25 @@ import google.genai._live_converters
 from google.genai import _common
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.legacy.server import WebSocketServerProtocol
+import asyncio
+from aiohttp import web
 
 
 def reach(session, client):
     session._ws.send("x")
     getattr(client, "_api_client")
+
+
+class Standin:
+    def __init__(self):
+        self._server = None  # the project's own `_server`...
+        self.runner = web.AppRunner(web.Application())
+
+
+async def port_of(standin):
+    site = web.TCPSite(standin.runner, "127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    return site._server, loop._selector, standin.runner._sites, web._run_app  # ...on a dependency's objects
 '''
     found = scan({ROOT / "tests" / "example.py": code})
     assert sorted(v.split(": ", 1)[1] for v in found) == sorted([
@@ -126,6 +221,10 @@ def reach(session, client):
         "from websockets.legacy.server import ...",
         "._ws",
         "getattr(..., '_api_client')",
+        "._server",
+        "._selector",
+        "._sites",
+        "._run_app",
     ])
 
 

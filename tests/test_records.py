@@ -29,7 +29,7 @@ from telephony.app import create_app
 from telephony.pricing import MODEL_PRICES, PriceTable, estimate_cost
 from telephony.records import CallRecorder
 from telephony.records_query import get_call, list_calls
-from telephony.records_schema import MIGRATIONS, SCHEMA_VERSION, RecordsError, migrate
+from telephony.records_schema import SCHEMA_VERSION, RecordsError
 from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, Reply, Say, Script
 from telephony.testing.server import ServerThread
@@ -74,32 +74,6 @@ class TestSchema:
             assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert {"calls", "turns", "tool_calls", "events", "status_callbacks"} <= set(tables(recorder.path))
-
-    def test_migrating_again_changes_nothing(self, recorder):
-        before = tables(recorder.path)
-        CallRecorder(recorder.path, settings()).close()  # a second start of the app
-        with contextlib.closing(sqlite3.connect(recorder.path, isolation_level=None)) as db:
-            assert migrate(db) == SCHEMA_VERSION
-        assert tables(recorder.path) == before
-
-    def test_a_later_migration_adds_a_column_and_keeps_the_rows_an_older_version_wrote(self, recorder):
-        recorder.call_started("CA1", stream_sid="MZ1", direction="inbound", caller=None, called=None, at=T0)
-        recorder.flush()
-        newer = (*MIGRATIONS, ("ALTER TABLE calls ADD COLUMN recording_url TEXT",))
-        with contextlib.closing(sqlite3.connect(recorder.path, isolation_level=None)) as db:
-            assert migrate(db, newer) == SCHEMA_VERSION
-            assert migrate(db, newer) == SCHEMA_VERSION + 1  # already there: nothing to do
-            assert db.execute("SELECT call_sid, recording_url FROM calls").fetchall() == [("CA1", None)]
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
-
-    def test_a_database_written_by_a_newer_version_is_refused_with_a_clear_error(self, tmp_path):
-        path = tmp_path / "calls.db"
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
-        with pytest.raises(RecordsError, match="newer than this code knows"):
-            CallRecorder(path, settings())
-        with pytest.raises(RecordsError, match="newer than this code knows"):
-            list_calls(path)
 
     def test_an_unusable_path_stops_start_up_naming_the_variable(self, tmp_path):
         (tmp_path / "a-file").write_text("not a folder")
@@ -344,12 +318,13 @@ def with_call_sid(recording: Path, call_sid: str, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def recorded_call(phone, server, tmp_path_factory):
+def recorded_call(phone, tmp_path_factory):
+    server = phone.server
     sid = "CA" + "e" * 32
     recording = with_call_sid(FIXTURES / "order_call.jsonl", sid, tmp_path_factory.mktemp("rec") / "order_call.jsonl")
     call = phone.call(str(recording), record_script(), speed=2)
     assert server.app.state.recorder.flush()
-    path = Path(os.environ["CALLS_DB_PATH"])
+    path = Path(server.app.state.settings.calls_db_path)
     return call, get_call(path, sid), path
 
 
@@ -385,14 +360,14 @@ class TestARecordedCall:
             tokens["prompt"], tokens["response"], tokens["by_modality"], PriceTable.from_settings(server.app.state.settings))
         assert record["estimated_cost_usd"] > 0
 
-    def test_a_call_that_thinks_uses_tools_and_hits_the_cache_costs_what_those_tokens_cost(self, phone, server,
-                                                                                            tmp_path):
+    def test_a_call_that_thinks_uses_tools_and_hits_the_cache_costs_what_those_tokens_cost(self, phone, tmp_path):
+        server = phone.server
         sid = "CA" + "7" * 32
         script = record_script()
         script.thoughts_tokens, script.tool_use_prompt_tokens, script.cached_tokens = 40, 25, 60
         phone.call(str(with_call_sid(FIXTURES / "order_call.jsonl", sid, tmp_path / "call.jsonl")), script, speed=2)
         assert server.app.state.recorder.flush()
-        record = get_call(Path(os.environ["CALLS_DB_PATH"]), sid)
+        record = get_call(Path(server.app.state.settings.calls_db_path), sid)
 
         tokens, by = record["tokens"], record["tokens"]["by_modality"]
         turns = by["thoughts:TEXT"] // 40

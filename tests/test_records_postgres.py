@@ -32,13 +32,11 @@ from telephony.records import CallRecorder, SqliteRecords, open_records
 from telephony.records_postgres import PostgresRecords, migrate, schema_version
 from telephony.records_query import get_call, list_calls
 from telephony.records_schema import (
-    MIGRATIONS,
     SCHEMA_VERSION,
     RecordsError,
     RecordsUnavailable,
 )
 from telephony.settings import Settings
-from telephony.testing.postgres_server import PostgresServer
 from telephony.testing.server import ServerThread
 
 ROOT = Path(__file__).parent.parent
@@ -47,10 +45,10 @@ API_TOKEN = "calls-api-token-0123456789"
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def pg():
-    with PostgresServer() as server:
-        yield server
+@pytest.fixture
+def pg(postgres):
+    """The session's PostgreSQL server (tests here stop and start it)."""
+    return postgres
 
 
 @pytest.fixture
@@ -117,36 +115,6 @@ class TestSchema:
             types = {r["column_name"]: r["data_type"] for r in conn.execute(
                 "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'calls'")}
         assert types["started_at"] == "double precision"  # epoch seconds need more than REAL's 24 bits
-
-    def test_migrating_again_changes_nothing(self, db_url):
-        CallRecorder(db_url, start=False).close()
-        before = postgres_schema(db_url)
-        CallRecorder(db_url, start=False).close()  # a second start of the app
-        with connect(db_url) as conn:
-            assert migrate(conn) == SCHEMA_VERSION
-            assert conn.execute("SELECT count(*) AS n FROM records_schema").fetchone()["n"] == 1
-        assert postgres_schema(db_url) == before
-
-    def test_a_later_migration_adds_a_column_and_keeps_the_rows_an_older_version_wrote(self, db_url):
-        rec = CallRecorder(db_url)
-        rec.call_started("CA1", stream_sid="MZ1", direction="inbound", caller=None, called=None, at=T0)
-        assert rec.flush()
-        rec.close()
-        newer = (*MIGRATIONS, ("ALTER TABLE calls ADD COLUMN recording_url TEXT",))
-        with connect(db_url) as conn:
-            assert migrate(conn, newer) == SCHEMA_VERSION
-            assert migrate(conn, newer) == SCHEMA_VERSION + 1
-            assert conn.execute("SELECT call_sid, recording_url FROM calls").fetchall() == [
-                {"call_sid": "CA1", "recording_url": None}]
-
-    def test_a_database_written_by_a_newer_version_is_refused_with_a_clear_error(self, db_url):
-        CallRecorder(db_url, start=False).close()
-        with connect(db_url) as conn:
-            conn.execute("UPDATE records_schema SET version = %s", (SCHEMA_VERSION + 5,))
-        with pytest.raises(RecordsError, match="newer than this code knows.*DATABASE_URL"):
-            CallRecorder(db_url, settings())
-        with pytest.raises(RecordsError, match="newer than this code knows"):
-            list_calls(db_url)
 
     def test_servers_starting_at_once_migrate_once_and_none_fails(self, db_url):
         starts = 6

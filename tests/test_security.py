@@ -212,7 +212,7 @@ def signed_call(secure, emulator):
 class TestASignedCall:
     def test_goes_through_and_talks_to_live(self, signed_call, secure):
         assert signed_call["call"].close_code == 1000 and signed_call["call"].agent_audio
-        summary = secure.app.state.recent_calls[-1]
+        summary = secure.finished_call(signed_call["call_sid"])
         assert summary["call_sid"] == signed_call["call_sid"] and summary["end_reason"] == "caller hung up"
 
     def test_the_twiml_carries_a_token_and_no_secret(self, signed_call):
@@ -380,8 +380,9 @@ class TestMediaStreams:
         assert call.close_code in (1000, 1008)  # the simulator hangs up itself once it has nothing to send
 
 
-def test_in_development_mode_plain_streams_still_work_unverified(phone, server):
+def test_in_development_mode_plain_streams_still_work_unverified(phone):
     """The session server has no TWILIO_AUTH_TOKEN: `telephony simulate` keeps working offline."""
+    server = phone.server
     call = phone.call("greeting_only.jsonl", Script(greeting=[Say(seconds=0.3)], replies=[]), speed=4)
     assert call.close_code == 1000 and call.agent_audio
     assert server.app.state.gate.verifying is False

@@ -112,7 +112,7 @@ class TestBadInputOnTheStream:
         for expected in ("before the start event", "not JSON", "binary frame", "unknown Twilio event 'sparkles'",
                          "base64", "another stream", "exceeds", "unknown mark"):
             assert sum(expected in w for w in warnings) == 1, (expected, warnings)
-        summary = server.app.state.recent_calls[-1]
+        summary = server.finished_call(CALL_SID)
         assert summary["end_reason"] == "caller hung up" and summary["bad_frames"] >= 5
 
     def test_a_flood_of_garbage_closes_the_stream_with_policy_violation(self, server, emulator):
@@ -144,8 +144,7 @@ class TestBadInputOnTheStream:
 
         asyncio.run(scenario())
         emulator.wait_for(lambda: len(emulator.sessions) > before and emulator.sessions[before].closed, timeout=10)
-        emulator.wait_for(lambda: not server.app.state.active_calls, timeout=10)
-        assert server.app.state.recent_calls[-1]["end_reason"].startswith("Twilio socket closed without stop")
+        assert server.finished_call(CALL_SID)["end_reason"].startswith("Twilio socket closed without stop")
 
 
 def test_simulate_command_runs_a_whole_call_offline(tmp_path):

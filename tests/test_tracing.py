@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -18,19 +17,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from telephony.settings import Settings
 from telephony.tracing import CALL_SID, CallTracing, from_settings
 from telephony.testing.watched import place_call, watched_server
+from telephony.testing.order_story import order_script
 
 
 @pytest.fixture(scope="module")
 def spans(emulator, tmp_path_factory):
-    from test_phone_calls import order_script
-
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     emulator.script = order_script()
-    with watched_server(emulator, tmp_path_factory.mktemp("tracing"), tracing=CallTracing(provider)) as server:
-        sid, call = place_call(server.ws_url)
-        time.sleep(0.3)
+    with watched_server(emulator, tmp_path_factory.mktemp("tracing"), tracing=CallTracing(provider), virtual=True) as server:
+        sid, call = place_call(server.ws_url, loop=server.loop)
+        server.finished_call(sid)  # the call's span ends just before its summary
     return sid, call, exporter.get_finished_spans()
 
 

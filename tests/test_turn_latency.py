@@ -11,7 +11,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -21,20 +20,19 @@ from telephony.testing.watched import authorized, place_call, watched_server
 from telephony.records import CallRecorder
 from telephony.records_query import get_call
 from telephony.settings import Settings
+from telephony.testing.order_story import order_script
 
 ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
 def order_call(emulator, tmp_path_factory):
-    from test_phone_calls import order_script
-
     folder = tmp_path_factory.mktemp("latency")
     emulator.script = order_script()
     with watched_server(emulator, folder) as server:
         sid, call = place_call(server.ws_url)
-        time.sleep(0.3)
-        server.app.state.recorder.flush()
+        server.finished_call(sid)
+        assert server.app.state.recorder.flush()
         record = httpx.get(f"{server.http_url}/calls/{sid}", headers=authorized()).json()
         yield sid, call, record, folder / "calls.db"
 

@@ -23,6 +23,7 @@ from telephony.settings import Settings
 from telephony.testing.emulator import CallTool, LiveEmulator, Reply, Say, Script
 from telephony.testing.server import ServerThread
 from telephony.testing.simulator import CallSimulator
+from telephony.testing.virtual_clock import VirtualClockLoop, run_fast
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VERTEX_PATH = "/ws/google.cloud.aiplatform.v1beta1.LlmBidiService/BidiGenerateContent"
@@ -45,7 +46,7 @@ def order_script() -> Script:
 
 @pytest.fixture(scope="module")
 def vertex():
-    with LiveEmulator(vertex=True) as emulator:
+    with LiveEmulator(vertex=True, loop_factory=VirtualClockLoop) as emulator:
         yield emulator
 
 
@@ -61,7 +62,7 @@ def vertex_server(emulator: LiveEmulator, tmp: Path, *, express: bool = False):
                       LIVE_CONNECT_TIMEOUT_SECONDS="5", TOOL_TIMEOUT_SECONDS="2")
     try:
         app = create_app(Settings.from_env())
-        return ServerThread(app), saved
+        return ServerThread(app, loop=emulator.loop), saved  # calls on the emulator's virtual clock
     except BaseException:
         os.environ.clear()
         os.environ.update(saved)
@@ -74,7 +75,7 @@ def place_call(emulator: LiveEmulator, tmp: Path, *, express: bool = False):
         with server:
             emulator.script = order_script()
             before = len(emulator.sessions)
-            call = asyncio.run(CallSimulator(server.ws_url, FIXTURES / "order_call.jsonl", speed=2).run())
+            call = run_fast(emulator.loop, CallSimulator(server.ws_url, FIXTURES / "order_call.jsonl", speed=2).run())
             assert server.app.state.recorder.flush()
             record = get_call(tmp / "calls.db", call.call_sid)
             return call, emulator.sessions[before], record, server.app.state.settings

@@ -290,6 +290,10 @@ class Script:
     reported as TEXT in cacheTokensDetails."""
     resumption_updates: bool = True
     """sessionResumptionUpdate after each turnComplete, when the setup enabled resumption."""
+    on_text: Callable[[str], list[Step]] | None = None
+    """When set, every realtime text the client sends is answered with the steps it
+    returns (instead of the greeting): a session used as a voice that says what it is told (a simulated
+    caller reading its lines)."""
 
     def __post_init__(self) -> None:
         if self.setup not in _SETUP_MODES:
@@ -529,7 +533,7 @@ class EmulatedSession:
     """One WebSocket connection to the emulator: what it received, and live controls.
 
     Recorded attributes are appended from the emulator thread and may be read from
-    any thread. `events` holds ``(time.monotonic(), kind, detail)`` tuples, in order;
+    any thread. `events` holds ``(loop time, kind, detail)`` tuples, in order;
     kinds: setup, resumed / resume_refused / resume_refused_open (the handle), caller_speech_start/end
     (detail: stream seconds), activity_start/end, audio_stream_end, text,
     context_update, turn_start (reply index or "greeting"), audio_out (bytes sent),
@@ -554,7 +558,8 @@ class EmulatedSession:
         self.audio_in = bytearray()
         self.audio_chunks = 0
         self.audio_in_times: list[tuple[float, int, int]] = []
-        """One ``(arrived, offset, nbytes)`` per audio blob: the ``time.monotonic()`` at which
+        """One ``(arrived, offset, nbytes)`` per audio blob: the loop time
+        (``time.monotonic()`` but in a virtual-clock loop) at which
         the frame carrying it was read off the socket, and where its bytes lie in `audio_in`
         (latency benchmarks line caller audio up with the moment it reached "Live")."""
         self.texts: list[str] = []
@@ -608,7 +613,8 @@ class EmulatedSession:
     def send(self, frame: dict | str) -> concurrent.futures.Future:
         """Send any raw server frame (a dict is JSON-encoded). Returns a future; never blocks.
 
-        The future's result is the ``time.monotonic()`` at which the frame was handed to
+        The future's result is the loop time
+        (``time.monotonic()`` but in a virtual-clock loop) at which the frame was handed to
         the socket, so a benchmark can time the frame from the moment it left "Live".
         """
         return self._schedule(self._send(frame))
@@ -630,13 +636,13 @@ class EmulatedSession:
     # -- internals (emulator loop only)
 
     def _record(self, kind: str, detail: object = None) -> None:
-        self.events.append((time.monotonic(), kind, detail))
+        self.events.append((self._loop.time(), kind, detail))
 
     async def _send(self, frame: dict | str) -> float:
         """Send one frame; return the monotonic time it was handed to the socket."""
         if isinstance(frame, dict):
             frame = json.dumps(frame, separators=(",", ":"))
-        sent_at = time.monotonic()
+        sent_at = self._loop.time()
         await self._ws.send(frame)
         return sent_at
 
@@ -685,6 +691,11 @@ class EmulatedSession:
             raise _ClientProtocolError(f"the first message must be a setup, got keys {sorted(frame)}")
         self.setup = frame["setup"]
         self._record("setup", self.setup.get("model"))
+        if self._emulator.choose_script is not None:
+            chosen = self._emulator.choose_script(self.setup)
+            if chosen is not None:
+                self.script = chosen
+                self._interrupts = chosen.interrupt_on_speech
         self._configure(self.setup)
         if self.vertex and (refusal := self._emulator._vertex_model_refusal(str(self.setup.get("model")), self)):
             self._record("model_refused", self.setup.get("model"))
@@ -761,7 +772,7 @@ class EmulatedSession:
     async def _read_frames(self) -> None:
         while True:
             message = await self._ws.recv()
-            self._frame_received_at = time.monotonic()
+            self._frame_received_at = self._loop.time()
             frame = self._parse(message)
             for key, body in frame.items():
                 kind = _CLIENT_KEYS.get(key)
@@ -829,6 +840,10 @@ class EmulatedSession:
     async def _on_text(self, text: str) -> None:
         self.texts.append(text)
         self._record("text", text)
+        if self.script.on_text is not None:
+            self._greeted = True
+            await self._start_turn(self.script.on_text(text), f"text-{len(self.texts)}")
+            return
         if self._greeted and self.script.text_answer:
             await self._start_turn(self.script.text_answer, "text_answer")
             return
@@ -866,14 +881,14 @@ class EmulatedSession:
 
     def _speaking(self) -> bool:
         """The model is audible until the client has played all audio sent so far."""
-        return self._turn is not None and not self._turn.done() and time.monotonic() < self._playback_end
+        return self._turn is not None and not self._turn.done() and self._loop.time() < self._playback_end
 
     async def _on_speech_start(self, at: float) -> None:
         self._record("caller_speech_start", at)
         if self._interrupts and self._speaking():
             label = self._turn_label
             await self._cancel_turn()
-            self._playback_end = time.monotonic()  # the client drops its queued audio
+            self._playback_end = self._loop.time()  # the client drops its queued audio
             self._record("interrupted", label)
             await self._send({"serverContent": {"interrupted": True}})
             if self.script.late_chunks_after_interrupt:
@@ -938,7 +953,7 @@ class EmulatedSession:
                     return
             await self._send({"serverContent": {"generationComplete": True}})
             if self.script.pace > 0:
-                await asyncio.sleep(max(0.0, self._playback_end - time.monotonic()))
+                await asyncio.sleep(max(0.0, self._playback_end - self._loop.time()))
             await self._complete_turn(label)
         except ConnectionClosed:
             pass
@@ -983,7 +998,7 @@ class EmulatedSession:
         due: dict[int, list[str]] = {}
         for k, piece in enumerate(pieces):
             due.setdefault(k * len(chunks) // len(pieces) if chunks else 0, []).append(piece)
-        pace, start, emitted, sent_bytes = self.script.pace, time.monotonic(), 0.0, 0
+        pace, start, emitted, sent_bytes = self.script.pace, self._loop.time(), 0.0, 0
         try:
             for i, chunk in enumerate(chunks or [b""]):
                 for piece in due.get(i, []):
@@ -991,10 +1006,10 @@ class EmulatedSession:
                 if not chunk:
                     break
                 if pace > 0:
-                    await asyncio.sleep(max(0.0, start + emitted / pace - time.monotonic()))
+                    await asyncio.sleep(max(0.0, start + emitted / pace - self._loop.time()))
                 await self._send_audio(chunk)
                 seconds = len(chunk) / (2 * OUTPUT_RATE)
-                self._playback_end = max(self._playback_end, time.monotonic()) + seconds
+                self._playback_end = max(self._playback_end, self._loop.time()) + seconds
                 emitted += seconds
                 self._turn_audio_s += seconds
                 sent_bytes += len(chunk)
@@ -1039,7 +1054,7 @@ class EmulatedSession:
             self._record("tool_result_unspoken", {"id": call_id, "scheduling": scheduling})
             return False
         if scheduling == "WHEN_IDLE" and self.script.pace > 0:
-            await asyncio.sleep(max(0.0, self._playback_end - time.monotonic()))
+            await asyncio.sleep(max(0.0, self._playback_end - self._loop.time()))
         return True
 
     async def _fail(self, step: Fail) -> bool:
@@ -1129,7 +1144,11 @@ class LiveEmulator:
         vertex: bool = False,
         project: str = "emulator-project",
         location: str = "us-central1",
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
     ) -> None:
+        self.loop_factory = loop_factory
+        """Makes the emulator thread's event loop (e.g. a `virtual_clock.VirtualClockLoop`,
+        which other components may then share through `loop`)."""
         self.vertex = vertex
         """Speak Vertex AI's Live dialect (its path, Bearer auth, model form, usage names)
         and refuse what only the Gemini API accepts, instead of the Gemini API's."""
@@ -1147,6 +1166,9 @@ class LiveEmulator:
         self._requested_port = port
         self.raise_server_errors = raise_server_errors
         self.sessions: list[EmulatedSession] = []
+        self.choose_script: Callable[[dict], Script | None] | None = None
+        """Picks a session's script from its setup (None keeps `script`): one emulator then
+        plays different models, e.g. the agent and a simulated caller of a live scenario."""
         self.cert_path = ""
         self._key_path = ""
         self._tmpdir: str | None = None
@@ -1168,6 +1190,12 @@ class LiveEmulator:
     def url(self) -> str:
         """The base URL to give the SDK, e.g. ``https://127.0.0.1:53187``."""
         return f"https://{self.host}:{self.port}"
+
+    @property
+    def key_path(self) -> str:
+        """The certificate's private key, for another loopback server trusted by the same
+        SSL_CERT_FILE (e.g. `TextModelEmulator`)."""
+        return self._key_path
 
     def env(self, *, express: bool = False) -> dict[str, str]:
         """The environment a process needs to reach the emulator with an unmodified SDK.
@@ -1286,8 +1314,13 @@ class LiveEmulator:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The emulator's event loop while it runs (sessions' times are its `time()`)."""
+        return self._loop
+
     def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = self.loop_factory()
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())

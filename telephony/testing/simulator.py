@@ -103,7 +103,8 @@ class SimulatedCall:
     events: list[SimEvent] = field(default_factory=list)
     duration: float = 0.0
     started_at: float = 0.0
-    """``time.monotonic()`` at connect: the zero of every ``t`` here (to line up other clocks)."""
+    """The loop's ``time()`` at connect (``time.monotonic()`` but on a virtual clock): the
+    zero of every ``t`` here (to line up the emulator's times, taken on the same clock)."""
     spans: list[tuple[float, float, bytes]] = field(default_factory=list)
     """``(start, end, bytes)`` of each run of agent audio the caller heard."""
 

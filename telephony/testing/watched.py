@@ -19,6 +19,7 @@ from telephony.testing.recordings import read_recording
 from telephony.testing.server import ServerThread
 from telephony.testing.simulator import CallSimulator, SimulatedCall
 from telephony.testing.twilio_signing import readdress
+from telephony.testing.virtual_clock import VirtualClockLoop, run_fast
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 API_TOKEN = "watch-the-line-token-0123"
@@ -26,8 +27,12 @@ _serial = itertools.count(0x14000)
 
 
 @contextlib.contextmanager
-def watched_server(emulator, folder: Path, tracing=None, **env: str) -> Iterator[ServerThread]:
-    """The app in development mode (nothing Twilio-signed), with CALLS_API_TOKEN and `env`."""
+def watched_server(emulator, folder: Path, tracing=None, virtual: bool = False, **env: str) -> Iterator[ServerThread]:
+    """The app in development mode (nothing Twilio-signed), with CALLS_API_TOKEN and `env`.
+
+    `virtual`: serve it in the emulator's own loop (a `VirtualClockLoop`), so that
+    `place_call(..., loop=server.loop)` plays calls without waiting out their audio.
+    """
     values = {k: v for k, v in os.environ.items() if k not in (
         "PUBLIC_URL", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "REQUIRE_TWILIO_SIGNATURE", "REDIS_URL", "DATABASE_URL")}
     values.update(emulator.env())
@@ -37,7 +42,8 @@ def watched_server(emulator, folder: Path, tracing=None, **env: str) -> Iterator
     saved = dict(os.environ)
     os.environ.update(emulator.env())  # the SDK finds the emulator through its own variables
     try:
-        with ServerThread(create_app(Settings.from_env(values), tracing=tracing)) as server:
+        app = create_app(Settings.from_env(values), tracing=tracing)
+        with ServerThread(app, loop=emulator.loop if virtual else None) as server:
             yield server
     finally:
         os.environ.clear()
@@ -49,12 +55,14 @@ def new_call_sid() -> str:
 
 
 def place_call(url: str, recording: str = "order_call.jsonl", *, call_sid: str | None = None,
-               speed: float = 2.0) -> tuple[str, SimulatedCall]:
-    """A recorded call played at `url` under a fresh CallSid; returns (sid, what the caller got)."""
+               speed: float = 2.0, loop: VirtualClockLoop | None = None) -> tuple[str, SimulatedCall]:
+    """A recorded call played at `url` under a fresh CallSid; returns (sid, what the caller got).
+    With `loop` (a virtual-clock server's), the caller plays there, idle waits skipped."""
     sid = call_sid or new_call_sid()
     messages = readdress(read_recording(FIXTURES / recording), sid, "AC" + "0" * 32,
                          {"From": "+15551230101", "To": "+15559870000"})
-    return sid, asyncio.run(CallSimulator(url, messages, speed=speed).run())
+    simulator = CallSimulator(url, messages, speed=speed)
+    return sid, (run_fast(loop, simulator.run()) if loop is not None else asyncio.run(simulator.run()))
 
 
 def authorized() -> dict[str, str]:
