@@ -107,26 +107,40 @@ class HaproxyProxy(LoopbackAddress):
         if binary is None:
             raise HaproxyMissing("haproxy is not installed (Debian: apt-get install haproxy)")
         self.dns = NameServer({name: host for name, (host, _) in upstreams.items()})
-        self.host, self.port = "127.0.0.1", free_port()
+        self.host = "127.0.0.1"
         self._dir = Path(tempfile.mkdtemp(prefix="haproxy-"))
         self.stats_socket = str(self._dir / "stats.sock")
-        text = haproxy_loopback_config(config.read_text(), {n: p for n, (_, p) in upstreams.items()}, self.port,
-                                       self.dns.port, self.stats_socket)
-        (self._dir / "haproxy.cfg").write_text(text)
         self.log_path = self._dir / "haproxy.log"
         self._log = open(self.log_path, "w")
-        self._proc = subprocess.Popen([binary, "-db", "-f", str(self._dir / "haproxy.cfg")],
-                                      stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+        # A free port can be taken by another test process before haproxy binds it; then haproxy
+        # exits while the port still answers (the other process), so its stats socket is the proof
+        # that this haproxy is the one listening. A lost race is retried on another port.
+        for attempt in range(3):
+            self.port = free_port()
+            text = haproxy_loopback_config(config.read_text(), {n: p for n, (_, p) in upstreams.items()}, self.port,
+                                           self.dns.port, self.stats_socket)
+            (self._dir / "haproxy.cfg").write_text(text)
+            Path(self.stats_socket).unlink(missing_ok=True)
+            self._proc = subprocess.Popen([binary, "-db", "-f", str(self._dir / "haproxy.cfg")],
+                                          stdout=self._log, stderr=subprocess.STDOUT)
+            if self._started(deadline=time.monotonic() + 10):
                 return
+            if self._proc.poll() is None or attempt == 2:
+                self.stop()
+                raise RuntimeError(f"haproxy did not start: {self.output()[-1000:]}")
+
+    def _started(self, deadline: float) -> bool:
+        """Whether this haproxy came up (False as soon as it exits, or at the deadline)."""
+        while self._proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with socket.socket(socket.AF_UNIX) as stats:
+                    stats.settimeout(1)
+                    stats.connect(self.stats_socket)
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self._proc.poll() is None
             except OSError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"haproxy did not start: {self.output()[-1000:]}")
                 time.sleep(0.05)
+        return False
 
     def output(self) -> str:
         try:
