@@ -152,6 +152,16 @@ def server(emulator, tmp_path_factory):
         os.environ.update(saved)
 
 
+@pytest.fixture(scope="module")
+def redis():
+    """A redis-server of the module's own: its tests may stop and start it, and instances
+    register in it by name."""
+    from telephony.testing.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """One PostgreSQL server for the session (one initdb); tests make databases of their own on it."""

@@ -9,7 +9,6 @@ down, an instance's old address kept after a restart, and requests hanging for
 from __future__ import annotations
 
 import asyncio
-import itertools
 import signal
 import socket
 import time
@@ -19,33 +18,9 @@ import pytest
 
 from telephony.testing.deployment import ACCOUNT, AUTH_TOKEN, HOSTS, OUR_NUMBER, PUBLIC, Deployment
 from telephony.testing.emulator import Reply, Say, Script
-from telephony.testing.postgres_server import PostgresServer
+from telephony.testing.identities import new_call_sid, new_caller
 from telephony.testing.recordings import Silence, Tone
-from telephony.testing.redis_server import RedisServer
 from telephony.testing.twilio_signing import sign, webhook_form
-
-_serial = itertools.count(0x40FE000)
-_numbers = itertools.count(5550400)
-
-
-def new_call_sid() -> str:
-    return f"CA{next(_serial):032x}"
-
-
-def new_caller() -> str:
-    return f"+1444{next(_numbers):07d}"
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    with PostgresServer() as server:
-        yield server
 
 
 def webhook(url: str, timeout: float = 15) -> httpx.Response:

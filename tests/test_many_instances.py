@@ -4,13 +4,12 @@ Each test is what a caller or Twilio would meet when a call's webhook, its strea
 and Twilio's /stream-ended land on different instances: the instances must
 behave as one server. Both are real `telephony serve` processes reaching the
 Live emulator; Redis is a real redis-server and the call records' database a
-real PostgreSQL, both this module's own, since the tests stop and start them.
+real PostgreSQL (the session's; the test that stops it starts it again).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import threading
 import time
@@ -19,9 +18,9 @@ import httpx
 import pytest
 
 from telephony.testing.emulator import CallTool, Reply, Say, Script
+from telephony.testing.identities import new_call_sid, new_caller
 from telephony.testing.proxy import HaproxyProxy
 from telephony.testing.recordings import read_recording
-from telephony.testing.redis_server import RedisServer
 from telephony.testing.server import ServerProcess
 from telephony.testing.simulator import CallSimulator, SimulatedCall
 from telephony.testing.twilio_signing import readdress, sign, stream_parameters, webhook_form
@@ -33,23 +32,6 @@ STREAM_URL = "wss://agent.example.test/media-stream"
 ACCOUNT = "AC" + "4" * 32
 OUR_NUMBER = "+15559870000"
 API_TOKEN = "calls-api-token-for-tests"
-
-_serial = itertools.count(0x1A57A000)
-_numbers = itertools.count(5550100)
-
-
-def new_call_sid() -> str:
-    return f"CA{next(_serial):032x}"
-
-
-def new_caller() -> str:
-    return f"+1444{next(_numbers):07d}"
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

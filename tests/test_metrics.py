@@ -15,7 +15,6 @@ import pytest
 
 from telephony.metrics import OUTCOMES, call_outcome, replacement_cause
 from telephony.speech_end import SpeechEndDetector
-from telephony.testing.redis_server import RedisServer
 from telephony.testing.server import ServerProcess
 from telephony.testing.order_story import order_script
 from telephony.testing.waiting import wait_until
@@ -113,12 +112,6 @@ def test_an_order_call_is_counted_from_greeting_to_hang_up(server, emulator):
     assert answered >= 2
     mean = grew("phone_response_latency_seconds_sum") / answered
     assert 0 < mean < 3.0
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as srv:
-        yield srv
 
 
 def test_with_two_workers_every_scrape_counts_the_calls_of_both(emulator, redis, tmp_path):

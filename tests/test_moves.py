@@ -8,7 +8,7 @@ stand-in, which follows `<Connect action>` from one stream to the next as Twilio
 from __future__ import annotations
 
 import asyncio
-import itertools
+import secrets
 import threading
 import time
 
@@ -16,35 +16,12 @@ import pytest
 
 from telephony.testing.deployment import OUR_NUMBER, PUBLIC, Deployment
 from telephony.testing.emulator import CallTool, Reply, Say, Script
-from telephony.testing.postgres_server import PostgresServer
+from telephony.testing.identities import new_call_sid, new_caller
 from telephony.testing.recordings import Silence, Tone
-from telephony.testing.redis_server import RedisServer
 
-_serial = itertools.count(0x30FE000)
-_numbers = itertools.count(5550300)
 
 GREETING = "Hello, how can I help?"
 ANSWER = "It ships tomorrow."
-
-
-def new_call_sid() -> str:
-    return f"CA{next(_serial):032x}"
-
-
-def new_caller() -> str:
-    return f"+1444{next(_numbers):07d}"
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -326,7 +303,7 @@ def test_the_orphan_sweep_never_overwrites_the_end_of_a_call_that_ended(store, p
         def __call__(self):
             return self.now
 
-    target = tmp_path / "calls.db" if store == "sqlite" else postgres.create_database(f"sweep_{next(_serial):x}")
+    target = tmp_path / "calls.db" if store == "sqlite" else postgres.create_database(f"sweep_{secrets.token_hex(4)}")
     recorder = CallRecorder(target)
     clock = Clock()
     state = InProcessState(clock=clock)
