@@ -249,84 +249,64 @@ async def answering_machine(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def _transfers(request: Request):
+async def _transfer_callback(request: Request, step, *, about: str = "CallSid", status_only: bool = False) -> Response:
+    """One of Twilio's callbacks about a warm transfer, checked like every webhook and
+    handed to `step(transfers, ticket, form)`, which returns the TwiML to answer with.
+    A `status_only` callback only informs us: its answer is 204.
+
+    Where transfers are not configured, or the shared state cannot be read, the leg
+    asking hangs up rather than being left on hold: one warning line says which."""
+    pairs = await twilio_form(request, once=False, about=about)
+    if isinstance(pairs, Response):
+        return pairs
     transfers = request.app.state.transfers
+    twiml: str | None
     if transfers is None:
         log.warning("%s requested, but warm transfers are not configured here", request.url.path)
-    return transfers
+        twiml = hangup_twiml()
+    else:
+        try:
+            twiml = await step(transfers, request.query_params.get("t"), dict(pairs))
+        except SharedStateUnavailable as exc:
+            log.warning("%s: %s", request.url.path, exc)
+            twiml = hangup_twiml()
+    if status_only or twiml is None:
+        return Response(status_code=204)
+    return Response(content=twiml, media_type="text/xml")
 
 
 @router.post("/transfer/hold")
 async def transfer_hold(request: Request) -> Response:
     """The held caller's waitUrl: a word, then music, until the person joins."""
-    pairs = await twilio_form(request, once=False)
-    if isinstance(pairs, Response):
-        return pairs
-    transfers = _transfers(request)
-    twiml = await transfers.hold(request.query_params.get("t")) if transfers else hangup_twiml()
-    return Response(content=twiml, media_type="text/xml")
+    return await _transfer_callback(request, lambda transfers, t, form: transfers.hold(t))
 
 
 @router.post("/transfer/brief")
 async def transfer_brief(request: Request) -> Response:
     """The person answered: read them the summary, ask them to accept or decline."""
-    pairs = await twilio_form(request, once=False)
-    if isinstance(pairs, Response):
-        return pairs
-    transfers = _transfers(request)
-    try:
-        twiml = await transfers.brief(request.query_params.get("t")) if transfers else hangup_twiml()
-    except SharedStateUnavailable as exc:
-        log.warning("/transfer/brief: %s", exc)
-        twiml = hangup_twiml()
-    return Response(content=twiml, media_type="text/xml")
+    return await _transfer_callback(request, lambda transfers, t, form: transfers.brief(t))
 
 
 @router.post("/transfer/decide")
 async def transfer_decide(request: Request) -> Response:
     """The person's key press or words (or nothing): connect them, or send the caller back."""
-    pairs = await twilio_form(request, once=False)
-    if isinstance(pairs, Response):
-        return pairs
-    form = dict(pairs)
-    transfers = _transfers(request)
-    try:
-        twiml = (await transfers.decide(request.query_params.get("t"), form.get("Digits"), form.get("SpeechResult"))
-                 if transfers else hangup_twiml())
-    except SharedStateUnavailable as exc:
-        log.warning("/transfer/decide: %s", exc)
-        twiml = hangup_twiml()
-    return Response(content=twiml, media_type="text/xml")
+    return await _transfer_callback(
+        request, lambda transfers, t, form: transfers.decide(t, form.get("Digits"), form.get("SpeechResult")))
 
 
 @router.post("/transfer/human-status")
 async def transfer_human_status(request: Request) -> Response:
     """The final status of the call to the person: no-answer, busy, failed, canceled or completed."""
-    pairs = await twilio_form(request, once=False)
-    if isinstance(pairs, Response):
-        return pairs
-    transfers = _transfers(request)
-    if transfers is not None:
-        try:
-            await transfers.human_status(request.query_params.get("t"), dict(pairs).get("CallStatus", ""))
-        except SharedStateUnavailable as exc:
-            log.warning("/transfer/human-status: %s", exc)
-    return Response(status_code=204)
+    return await _transfer_callback(
+        request, lambda transfers, t, form: transfers.human_status(t, form.get("CallStatus", "")),
+        status_only=True)
 
 
 @router.post("/transfer/conference")
 async def transfer_conference(request: Request) -> Response:
     """The held caller's conference events (start, end, join, leave)."""
-    pairs = await twilio_form(request, once=False, about="ConferenceSid")
-    if isinstance(pairs, Response):
-        return pairs
-    transfers = _transfers(request)
-    if transfers is not None:
-        try:
-            await transfers.conference(request.query_params.get("t"), dict(pairs))
-        except SharedStateUnavailable as exc:
-            log.warning("/transfer/conference: %s", exc)
-    return Response(status_code=204)
+    return await _transfer_callback(request, lambda transfers, t, form: transfers.conference(t, form),
+                                    about="ConferenceSid", status_only=True)
 
 
 def _agent_of(book: AgentBook, name: str | None, form: dict[str, str]) -> Agent:
