@@ -23,6 +23,7 @@ session fixtures; the hooks below order the work so the longest units start firs
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -42,7 +43,12 @@ SCOPE_SECONDS = "telephony/scope-seconds"
 #: order between them): under pytest-xdist each test is a unit of its own, so their long
 #: multi-process tests run side by side instead of one after another on one worker.
 #: (tests/test_deploy_proxy.py stays one unit: its proxy timings failed with company.)
-EACH_TEST_APART = {"tests/test_moves.py"}
+EACH_TEST_APART = {"tests/test_moves.py", "tests/test_scenarios.py"}
+#: Each unit's seconds in a reference run of the whole suite, for a machine with no run of
+#: its own in pytest's cache (a fresh clone, CI): without them the long multi-process units
+#: would start in collection order, some of them last. Refresh after adding slow tests:
+#: `scripts/test`, then copy `.pytest_cache/v/telephony/scope-seconds` here.
+REFERENCE_SECONDS = Path(__file__).parent / "unit_seconds.json"
 
 
 def _unit(nodeid: str) -> str:
@@ -65,7 +71,9 @@ def pytest_collection_modifyitems(config, items):
     """
     if not hasattr(config, "workerinput"):
         return
-    seconds = config.cache.get(SCOPE_SECONDS, {}) if getattr(config, "cache", None) else {}
+    seconds = json.loads(REFERENCE_SECONDS.read_text()) if REFERENCE_SECONDS.exists() else {}
+    if getattr(config, "cache", None) is not None:
+        seconds.update(config.cache.get(SCOPE_SECONDS, {}))
     first_seen: dict[str, int] = {}
     for i, item in enumerate(items):
         unit = _unit(item.nodeid)
@@ -110,6 +118,18 @@ def pytest_sessionstart(session):
     lacking = missing()
     if lacking:
         pytest.exit(report(lacking), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.fixture(autouse=True)
+def _telephony_log_level():
+    """An app started in this process sets the `telephony` logger to its LOG_LEVEL (as it
+    must in production); put it back, so a later test's caplog sees what it expects."""
+    import logging
+
+    logger = logging.getLogger("telephony")
+    level = logger.level
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")
