@@ -48,11 +48,13 @@ LIVE_VOICES = (
     "Pulcherrima", "Rasalgethi", "Sadachbia", "Sadaltager", "Schedar", "Sulafat", "Umbriel", "Vindemiatrix",
     "Zephyr", "Zubenelgenubi",
 )
-#: The speech languages the Live API documents for `speech_config.language_code`.
+#: The speech languages documented for `speech_config.language_code`: the Gemini API's list
+#: and Vertex AI's, which adds ar-EG, bn-BD, ro-RO and uk-UA (docs/agents.md, "Languages").
+#: Refusing a language the service takes would stop a valid deployment, so this is the union.
 LIVE_LANGUAGES = (
-    "ar-XA", "bn-IN", "cmn-CN", "de-DE", "en-AU", "en-GB", "en-IN", "en-US", "es-ES", "es-US", "fr-CA", "fr-FR",
-    "gu-IN", "hi-IN", "id-ID", "it-IT", "ja-JP", "kn-IN", "ko-KR", "ml-IN", "mr-IN", "nl-NL", "pl-PL", "pt-BR",
-    "ru-RU", "ta-IN", "te-IN", "th-TH", "tr-TR", "vi-VN",
+    "ar-EG", "ar-XA", "bn-BD", "bn-IN", "cmn-CN", "de-DE", "en-AU", "en-GB", "en-IN", "en-US", "es-ES", "es-US",
+    "fr-CA", "fr-FR", "gu-IN", "hi-IN", "id-ID", "it-IT", "ja-JP", "kn-IN", "ko-KR", "ml-IN", "mr-IN", "nl-NL",
+    "pl-PL", "pt-BR", "ro-RO", "ru-RU", "ta-IN", "te-IN", "th-TH", "tr-TR", "uk-UA", "vi-VN",
 )
 #: The agents file read from the working directory when AGENTS_FILE is unset.
 AGENTS_FILE_NAME = "agents.toml"

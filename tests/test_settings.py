@@ -125,6 +125,11 @@ def test_the_speech_language_is_validated_and_sent_to_live():
         settings(GEMINI_LANGUAGE="spanish")
 
 
+def test_languages_only_vertex_ai_lists_are_accepted_too():
+    for code in ("uk-UA", "ro-RO", "ar-EG", "bn-BD"):
+        assert settings(GEMINI_LANGUAGE=code).gemini_language == code
+
+
 def test_warm_transfers_per_target_or_by_default_and_their_requirements_in_one_line():
     line = {"PUBLIC_URL": "https://agent.example.com", "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
             "TWILIO_AUTH_TOKEN": "a" * 32, "TWILIO_PHONE_NUMBER": "+15559870000"}
