@@ -63,6 +63,7 @@ class CallKeeper:
         self.orphan_s = orphan_s
         self.renew_s = lease_s * RENEW_SHARE
         self._warned = False
+        self._lease_lost = False  # said once, not at every renewal
         self.claimed_in_s = 0.0
 
     async def claim(self, wait_s: float | None = None) -> dict | None:
@@ -105,8 +106,9 @@ class CallKeeper:
                 self._warned = True
             return False
         self._warned = False
-        if not owned:
+        if not owned and not self._lease_lost:
             log.warning("call %s: this instance no longer holds its lease", self.call_sid)
+        self._lease_lost = not owned
         return owned
 
     async def hand_over(self, snapshot: dict) -> bool:

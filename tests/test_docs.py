@@ -124,7 +124,9 @@ def test_bare_section_numbers_in_a_module_that_cites_one_doc_lead_to_its_heading
 
 
 def test_no_pointer_leads_outside_the_repository():
-    outside = re.compile(r"shared/reference|/work/")
+    # The reference folder beside the repository and the machine's work folder, spelled in
+    # pieces so this line is not itself a pointer outside.
+    outside = re.compile("|".join(re.escape(part) for part in ("shared" + "/reference", "/" + "work/")))
     bare = re.compile(r"(?<![\w/])(?:gemini-live|twilio-media-streams)\.md")  # fine within docs/ itself
     me = Path(__file__).resolve()
     offenders = [
