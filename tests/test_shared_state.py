@@ -9,6 +9,7 @@ in Redis, short lifetimes and a short sleep.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
@@ -533,3 +534,20 @@ def test_open_shared_state_chooses_by_url(redis_server):
         await remote.aclose()
 
     run(scenario())
+
+
+def test_an_instance_that_lost_a_calls_lease_says_so_once_not_at_every_renewal(caplog):
+    from telephony.moves import CallKeeper
+
+    async def scenario():
+        clock = FakeClock()
+        state = InProcessState(clock=clock)
+        mine = CallKeeper(state, "instance-a", "CA" + "1" * 32, lease_s=10, orphan_s=60)
+        assert (await state.claim_call(mine.call_sid, "instance-a", lease_s=10, orphan_s=60)).owned
+        clock.now += 11  # the lease lapsed (a long pause), and another instance took the call
+        assert (await state.claim_call(mine.call_sid, "instance-b", lease_s=10, orphan_s=60)).owned
+        with caplog.at_level(logging.WARNING, logger="telephony.moves"):
+            assert [await mine.save(None) for _ in range(3)] == [False, False, False]
+        return [r.getMessage() for r in caplog.records if "no longer holds its lease" in r.getMessage()]
+
+    assert asyncio.run(scenario()) == [f"call CA{'1' * 32}: this instance no longer holds its lease"]
