@@ -173,6 +173,17 @@ def server(emulator, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def standin():
+    """Twilio's REST API and callbacks as the module's tests see them (telephony.testing.twilio_standin),
+    with our number, +15559870000, in its account."""
+    from telephony.testing import TwilioStandIn
+
+    with TwilioStandIn() as st:
+        st.add_number("+15559870000")
+        yield st
+
+
+@pytest.fixture(scope="module")
 def redis():
     """A redis-server of the module's own: its tests may stop and start it, and instances
     register in it by name."""

@@ -47,13 +47,6 @@ def env_for(standin: TwilioStandIn, emulator, folder, **extra: str) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def standin():
-    with TwilioStandIn() as st:
-        st.add_number(OUR_NUMBER)
-        yield st
-
-
-@pytest.fixture(scope="module")
 def centre(server, emulator, standin, tmp_path_factory):
     """A production-shaped server: verified Twilio traffic, REST through the stand-in."""
     folder = tmp_path_factory.mktemp("centre")

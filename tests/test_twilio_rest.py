@@ -64,13 +64,6 @@ def run(coro):
 
 
 @pytest.fixture(scope="module")
-def standin():
-    with TwilioStandIn() as st:
-        st.add_number(OUR_NUMBER)
-        yield st
-
-
-@pytest.fixture(scope="module")
 def outbound(server, emulator, standin, tmp_path_factory):
     """A real server that places calls through the stand-in; `server` first, for the SDK's environment."""
     db = tmp_path_factory.mktemp("outbound-db")
